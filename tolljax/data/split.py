@@ -1,0 +1,85 @@
+"""The split container shared by every dataset, and its validation."""
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from tolljax.errors import TollError
+
+
+@dataclasses.dataclass(frozen=True)
+class AnomalySplit:
+    """One-class anomaly-detection split.
+
+    Attributes:
+      name: dataset name.
+      train: normal-class training samples, float32, shape ``(n_train, *sample_shape)``.
+      val_x, val_y: validation samples and labels (1 = anomaly), for checkpoint selection.
+      test_x, test_y: test samples and labels (1 = anomaly).
+    """
+
+    name: str
+    train: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.shape[1:])
+
+    def sizes(self) -> dict[str, int]:
+        """Counts per part: train normals, val/test normals and anomalies."""
+        return {
+            "train": int(self.train.shape[0]),
+            "val_normal": int((self.val_y == 0).sum()),
+            "val_anomalous": int((self.val_y == 1).sum()),
+            "test_normal": int((self.test_y == 0).sum()),
+            "test_anomalous": int((self.test_y == 1).sum()),
+        }
+
+
+def validate_split(split: AnomalySplit, *, sample_shape: tuple[int, ...] | None = None,
+                   batch_size: int | None = None) -> None:
+    """Raise :class:`TollError` naming the first problem found in ``split``.
+
+    Checks: finite values, the expected sample shape, labels in {0, 1} with both classes
+    present in validation and test (AUROC/F1 are undefined otherwise), and at least
+    ``batch_size`` normal training samples (each step draws ``batch_size`` distinct indices).
+    """
+    parts = {"train": split.train, "validation": split.val_x, "test": split.test_x}
+    for part, x in parts.items():
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise TollError(f"{split.name}: the {part} set is empty (shape {x.shape}); "
+                            "check the data files and the normal class")
+        if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+            raise TollError(f"{split.name}: {part} samples have shape {tuple(x.shape[1:])}, "
+                            f"the model expects {tuple(sample_shape)}; pass data with the right "
+                            "number of features or a matching --dataset")
+        if not np.all(np.isfinite(x)):
+            bad = int(np.size(x) - np.isfinite(x).sum())
+            raise TollError(f"{split.name}: the {part} set contains {bad} NaN/inf values; "
+                            "clean or impute the data before training")
+    for part, x, y in (("validation", split.val_x, split.val_y), ("test", split.test_x, split.test_y)):
+        if y.shape != (x.shape[0],):
+            raise TollError(f"{split.name}: {part} labels have shape {y.shape}, "
+                            f"expected ({x.shape[0]},)")
+        if not np.isin(y, (0, 1)).all():
+            raise TollError(f"{split.name}: {part} labels must be 0 (normal) or 1 (anomaly)")
+        if y.min() == y.max():
+            raise TollError(f"{split.name}: the {part} set has only one class; AUROC/F1 need "
+                            "normal and anomalous samples")
+    if batch_size is not None and split.train.shape[0] < batch_size:
+        raise TollError(f"{split.name}: only {split.train.shape[0]} normal training samples but "
+                        f"--batch-size {batch_size}; each step draws batch-size distinct samples, "
+                        f"so use --batch-size <= {split.train.shape[0]}")
+
+
+def shipped_file(name: str) -> Path:
+    """Path of a data file shipped inside the package (see ``files/SOURCES.md``)."""
+    path = resources.files("tolljax.data").joinpath("files", name)
+    return Path(str(path))
