@@ -80,6 +80,11 @@ def load_arrhythmia(data_dir: str | Path | None = None) -> AnomalySplit:
                         "(ODDS arrhythmia)")
     if not np.isin(y, (0, 1)).all():
         raise TollError(f"{path}: labels must be 0 (normal) or 1 (anomaly)")
+    if not np.all(np.isfinite(x)):
+        rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
+        raise TollError(f"{path}: X contains {int((~np.isfinite(x)).sum())} NaN/inf values "
+                        f"(rows {rows[:5].tolist()}{'...' if len(rows) > 5 else ''}); clean or "
+                        "impute the data before training")
     normal_perm = np.load(shipped_file("randomized_normal_indices_arrhythmia.npy"))
     anomalous_perm = np.load(shipped_file("randomized_anomalous_indices_arrhythmia.npy"))
     return split_arrhythmia(x, y, normal_perm, anomalous_perm)

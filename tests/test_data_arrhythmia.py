@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import scipy.io
+
+from tolljax.data import AnomalySplit, load_arrhythmia, load_dataset, shipped_file, validate_split
+from tolljax.errors import TollError
+
+
+def test_split_sizes_match_the_authors_code(arrhythmia):
+    assert arrhythmia.sizes() == {"train": 232, "val_normal": 77, "val_anomalous": 13,
+                                  "test_normal": 77, "test_anomalous": 13}
+    assert arrhythmia.train.dtype == np.float32 and arrhythmia.sample_shape == (274,)
+
+
+def test_split_follows_the_shipped_permutations(arrhythmia):
+    mat = scipy.io.loadmat(str(shipped_file("arrhythmia.mat")))
+    x, y = mat["X"].astype(np.float32), mat["y"].ravel()
+    normal = x[y == 0][np.load(shipped_file("randomized_normal_indices_arrhythmia.npy"))]
+    anomalous = x[y == 1][np.load(shipped_file("randomized_anomalous_indices_arrhythmia.npy"))]
+    np.testing.assert_array_equal(arrhythmia.test_x[:77], normal[:77])
+    np.testing.assert_array_equal(arrhythmia.val_x[:77], normal[77:154])
+    np.testing.assert_array_equal(arrhythmia.train, normal[154:])
+    np.testing.assert_array_equal(arrhythmia.test_x[77:], anomalous[:13])
+    np.testing.assert_array_equal(arrhythmia.val_x[77:], anomalous[13:26])
+    # No row is used twice; raw features (no scaling).
+    rows = {r.tobytes() for part in (arrhythmia.train, arrhythmia.val_x, arrhythmia.test_x) for r in part}
+    assert len(rows) == 232 + 90 + 90
+    assert arrhythmia.train.max() > 100
+
+
+def test_data_dir_reads_the_same_file(tmp_path, arrhythmia):
+    (tmp_path / "arrhythmia.mat").write_bytes(shipped_file("arrhythmia.mat").read_bytes())
+    again = load_dataset("arrhythmia", data_dir=tmp_path)
+    np.testing.assert_array_equal(again.train, arrhythmia.train)
+
+
+def _write_mat(path, x, y):
+    scipy.io.savemat(str(path / "arrhythmia.mat"), {"X": x, "y": y.reshape(-1, 1)})
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "not found"),
+    ("corrupt", "cannot read"),
+    ("features", "273 features per row, expected 274"),
+    ("keys", "no 'X' and 'y'"),
+    ("labels", "labels must be 0"),
+    ("rows", "split indices do not match"),
+])
+def test_bad_files_give_clear_errors(tmp_path, case, message):
+    mat = scipy.io.loadmat(str(shipped_file("arrhythmia.mat")))
+    x, y = mat["X"], mat["y"].ravel()
+    if case == "corrupt":
+        (tmp_path / "arrhythmia.mat").write_bytes(b"MATLAB 5.0 garbage" * 10)
+    elif case == "features":
+        _write_mat(tmp_path, x[:, :273], y)
+    elif case == "keys":
+        scipy.io.savemat(str(tmp_path / "arrhythmia.mat"), {"data": x})
+    elif case == "labels":
+        _write_mat(tmp_path, x, np.where(y == 1, 2, 0))
+    elif case == "rows":
+        _write_mat(tmp_path, x[:400], y[:400])
+    with pytest.raises(TollError, match=message):
+        load_arrhythmia(tmp_path)
+
+
+def test_validate_split_names_each_problem(arrhythmia):
+    s = arrhythmia
+    bad = s.train.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(TollError, match="train set contains 1 NaN/inf"):
+        validate_split(AnomalySplit("t", bad, s.val_x, s.val_y, s.test_x, s.test_y))
+    test_x = s.test_x.copy()
+    test_x[0, 0] = np.inf
+    with pytest.raises(TollError, match="test set contains 1 NaN/inf"):
+        validate_split(AnomalySplit("t", s.train, s.val_x, s.val_y, test_x, s.test_y))
+    with pytest.raises(TollError, match="model expects"):
+        validate_split(s, sample_shape=(275,))
+    with pytest.raises(TollError, match="only 232 normal training samples but --batch-size 300"):
+        validate_split(s, batch_size=300)
+    with pytest.raises(TollError, match="train set is empty"):
+        validate_split(AnomalySplit("t", s.train[:0], s.val_x, s.val_y, s.test_x, s.test_y))
+    with pytest.raises(TollError, match="only one class"):
+        validate_split(AnomalySplit("t", s.train, s.val_x, np.zeros_like(s.val_y), s.test_x, s.test_y))
+    validate_split(s, sample_shape=(274,), batch_size=100)  # the real split is fine
+
+
+def test_unknown_dataset():
+    with pytest.raises(TollError, match="unknown dataset 'mnits'"):
+        load_dataset("mnits")

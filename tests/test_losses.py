@@ -1,0 +1,54 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tolljax.errors import TollError
+from tolljax.losses import latent_norm, parse_norm, reconstruction_error, toll_loss, toll_score
+
+X = np.array([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]], np.float32)
+X_HAT = np.array([[1.0, 0.0, 2.0], [3.0, 0.0, 4.0]], np.float32)  # residual norms 2 and 5
+Z = np.array([[3.0, -4.0], [-1.0, 0.5]], np.float32)
+
+
+@pytest.mark.parametrize("norm, z_norms", [(1, [7.0, 1.5]), (2, [5.0, math.sqrt(1.25)]),
+                                           ("inf", [4.0, 1.0])])
+def test_score_and_loss_by_hand(norm, z_norms):
+    beta = 10.0
+    expected = np.array([2.0, 5.0]) + beta * np.array(z_norms)
+    np.testing.assert_allclose(toll_score(X, X_HAT, Z, beta, norm), expected, rtol=1e-6)
+    np.testing.assert_allclose(toll_loss(X, X_HAT, Z, beta, norm), expected.mean(), rtol=1e-6)
+
+
+def test_norms_not_squared_and_images_flattened():
+    x = np.zeros((1, 2, 2, 1), np.float32)
+    x_hat = np.full((1, 2, 2, 1), 3.0, np.float32)  # residual norm sqrt(4 * 9) = 6
+    np.testing.assert_allclose(reconstruction_error(x, x_hat), [6.0])
+    np.testing.assert_allclose(latent_norm(np.array([[[3.0], [4.0]]])), [5.0])
+
+
+def test_beta_zero_is_reconstruction_only():
+    np.testing.assert_allclose(toll_score(X, X_HAT, Z, 0.0), [2.0, 5.0])
+
+
+def test_gradient_finite_at_perfect_reconstruction_and_zero_code():
+    x = jnp.ones((2, 3))
+    g = jax.grad(lambda xh, z: toll_loss(x, xh, z, 1.0), argnums=(0, 1))(x, jnp.zeros((2, 4)))
+    assert all(np.all(np.isfinite(np.asarray(a))) for a in g)
+    # Away from zero the gradient is the usual one: d||v||/dv = v/||v||.
+    z = jnp.array([[3.0, 4.0]])
+    np.testing.assert_allclose(jax.grad(lambda z: latent_norm(z).sum())(z), [[0.6, 0.8]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("alias, order", [("1", 1), (2, 2), ("inf", math.inf), (math.inf, math.inf),
+                                          ("L2", 2)])
+def test_parse_norm_aliases(alias, order):
+    assert parse_norm(alias) == order
+
+
+@pytest.mark.parametrize("bad", ["3", "fro", 0, "-1"])
+def test_unknown_norm_is_a_clear_error(bad):
+    with pytest.raises(TollError, match="unknown latent norm"):
+        parse_norm(bad)

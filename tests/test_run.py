@@ -1,0 +1,83 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+from experiments.run import main
+from tolljax.data import shipped_file
+from tests.conftest import REPO
+
+
+def test_short_run_writes_results_json(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--steps", "40", "--eval-every", "20", "--seeds", "2", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test F1:" in printed and "paper (Table 4): 60.00 %" in printed
+    assert "not the paper's protocol" in printed and "compile" in printed
+    res = json.loads((out / "results.json").read_text())
+    cfg = res["config"]
+    assert cfg["dataset"] == "arrhythmia" and cfg["beta"] == 10.0 and cfg["z_dim"] == 16
+    assert cfg["lr"] == 1e-3 and cfg["batch_size"] == 100 and cfg["steps"] == 40
+    assert cfg["paper_protocol"] is False
+    run = res["runs"][0]
+    assert run["seeds"] == [0, 1] and len(run["test_metric"]) == 2
+    assert all(0 <= v <= 100 for v in run["test_metric"])
+    assert all(s in (20, 40) for s in run["best_step"])
+    assert len(run["val_curve"][0]) == 2 and len(run["loss_curve"][0]) == 2
+    assert res["summary"]["mean"] == pytest.approx(np.mean(run["test_metric"]))
+    assert res["summary"]["std"] == pytest.approx(np.std(run["test_metric"]))
+    assert res["summary"]["paper"] == 60.0
+    assert set(res["timings"]) >= {"load_s", "compile_s", "run_s", "total_s"}
+    assert set(res["environment"]) >= {"jax", "flax", "optax", "backend", "device_kind"}
+
+
+def test_describe_prints_the_authors_parameter_count(capsys):
+    assert main(["--describe"]) == 0
+    assert "212,514" in capsys.readouterr().out
+
+
+def _mat_dir(tmp_path, transform):
+    mat = scipy.io.loadmat(str(shipped_file("arrhythmia.mat")))
+    x, y = transform(mat["X"].copy()), mat["y"]
+    scipy.io.savemat(str(tmp_path / "arrhythmia.mat"), {"X": x, "y": y})
+    return str(tmp_path)
+
+
+def _nan(x):
+    x[10, 3] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--norm", "3"], "unknown latent norm '3'"),
+    (["--batch-size", "300"], "only 232 normal training samples but --batch-size 300"),
+    (["--steps", "30"], "not a multiple of --eval-every"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--data-dir", "{tmp}/nowhere"], "arrhythmia data file not found"),
+    (["--data-dir", "{nan}"], "X contains 1 NaN/inf values (rows [10])"),
+    (["--data-dir", "{narrow}"], "273 features per row, expected 274"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, capsys, argv, message):
+    subs = {"{tmp}": str(tmp_path)}
+    if "{nan}" in argv:
+        subs["{nan}"] = _mat_dir(tmp_path, _nan)
+    if "{narrow}" in argv:
+        subs["{narrow}"] = _mat_dir(tmp_path, lambda x: x[:, :273])
+    for key, value in subs.items():
+        argv = [a.replace(key, value) for a in argv]
+    quick = [] if "--steps" in argv else ["--steps", "20"]  # errors come before training
+    assert main([*argv, *quick, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_cli_process_exit_code_and_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--norm", "fro"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: unknown latent norm 'fro'; choose 1, 2 or inf (paper Table 8)"

@@ -1,0 +1,108 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tolljax.errors import TollError
+from tolljax.models import build_model
+from tolljax.train import (ProtocolConfig, compile_protocol, create_train_state,
+                           sample_batch_indices, score, train_step)
+
+SHORT = dict(beta=10.0, lr=1e-3, batch_size=100, steps=60, eval_every=20, metric="f1")
+
+
+@pytest.fixture(scope="module")
+def data(arrhythmia):
+    s = arrhythmia
+    return {"train": jnp.asarray(s.train), "val_x": jnp.asarray(s.val_x),
+            "val_y": jnp.asarray(s.val_y), "test_x": jnp.asarray(s.test_x),
+            "test_y": jnp.asarray(s.test_y)}
+
+
+@pytest.fixture(scope="module")
+def three_seeds(data):
+    run = compile_protocol(build_model("arrhythmia"), ProtocolConfig(**SHORT), data, 3)
+    return run, run([0, 1, 2], data, SHORT["beta"])
+
+
+def test_train_steps_lower_the_loss(data):
+    model = build_model("arrhythmia")
+    state = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    batch = data["train"][:100]
+    step = jax.jit(train_step)
+    losses = []
+    for _ in range(50):
+        state, metrics = step(state, batch, 10.0)
+        losses.append(float(metrics["loss"]))
+    assert losses[-1] < 0.95 * losses[0]
+    assert sum(b < a for a, b in zip(losses, losses[1:])) >= 45  # descends almost every step
+    assert int(state.step) == 50
+    # BatchNorm running statistics are part of the state and move during training.
+    fresh = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
+                                   state.batch_stats, fresh.batch_stats)
+    assert min(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_score_is_eval_mode_and_chunking_does_not_change_it(data):
+    model = build_model("arrhythmia")
+    state = create_train_state(model, jax.random.key(1), (274,), optax.adam(1e-3))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = data["test_x"]
+    whole = score(model.apply, variables, x, 10.0)
+    chunked = score(model.apply, variables, x, 10.0, chunk=16)
+    np.testing.assert_allclose(whole, chunked, rtol=1e-5)
+    # Eval mode: a sample's score does not depend on the rest of the batch.
+    np.testing.assert_allclose(score(model.apply, variables, x[:5], 10.0), whole[:5], rtol=1e-5)
+
+
+def test_sample_batch_indices_are_distinct_and_respect_padding():
+    for i in range(20):
+        idx = np.asarray(sample_batch_indices(jax.random.key(i), 150, 232, 100))
+        assert len(set(idx.tolist())) == 100
+        assert idx.min() >= 0 and idx.max() < 150
+    counts = np.zeros(10)
+    for i in range(2000):
+        counts[np.asarray(sample_batch_indices(jax.random.key(i), 10, 12, 3))] += 1
+    np.testing.assert_allclose(counts / 2000, 0.3, atol=0.03)  # uniform inclusion probability
+
+
+def test_vmapped_seeds_equal_each_seed_alone(data, three_seeds):
+    # Same computation, but XLA picks different matmul kernels for a batch of 1, 2 or more
+    # seeds, so the last bits differ (see train.compile_protocol): equal to float tolerance.
+    _, together = three_seeds
+    for i, seed in enumerate([0, 1, 2]):
+        alone = compile_protocol(build_model("arrhythmia"), ProtocolConfig(**SHORT), data, 1,
+                                 devices=jax.devices()[:1])([seed], data, SHORT["beta"])
+        np.testing.assert_allclose(alone["loss_curve"][0], together["loss_curve"][i], rtol=2e-3)
+
+
+def test_same_seed_twice_is_identical(data, three_seeds):
+    run, first = three_seeds
+    second = run([0, 1, 2], data, SHORT["beta"])
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])
+    assert len(set(np.round(first["loss_curve"][:, 0], 6))) == 3  # seeds really differ
+
+
+def test_best_checkpoint_is_the_first_strict_maximum(three_seeds):
+    _, out = three_seeds
+    for val_curve, best_val, best_step in zip(out["val_curve"], out["best_val_metric"],
+                                              out["best_step"]):
+        assert best_val == val_curve.max()
+        assert best_step == (int(np.argmax(val_curve)) + 1) * SHORT["eval_every"]
+    assert np.all(out["nonfinite_step"] == -1)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(steps=50), "not a multiple of --eval-every"),
+    (dict(batch_size=0), "--batch-size must be a positive integer"),
+    (dict(beta=-1.0), "--beta must be"),
+    (dict(lr=float("nan")), "--lr must be"),
+    (dict(norm="3"), "unknown latent norm"),
+    (dict(metric="accuracy"), "unknown metric"),
+])
+def test_bad_protocol_config(override, message):
+    with pytest.raises(TollError, match=message):
+        ProtocolConfig(**{**SHORT, **override})
