@@ -22,6 +22,18 @@ from tolljax.errors import TollError
 from tolljax.losses import parse_norm
 
 NORM_CHOICES = ("1", "2", "inf")
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tolljax" / "xla"
+
+
+def use_compile_cache(folder: str) -> None:
+    """Turn on JAX's persistent compilation cache in ``folder`` (unless 'off' or disabled by
+    ``JAX_ENABLE_COMPILATION_CACHE=false``): re-running a sweep skips XLA compilation."""
+    import jax
+
+    if folder.lower() == "off" or os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false"):
+        return
+    jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def use_all_cores(host_devices: int | None = None) -> None:
@@ -44,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "values for the dataset (Appendix B).")
     p.add_argument("--dataset", default="arrhythmia",
                    help="dataset name (default: arrhythmia, shipped with the package)")
+    p.add_argument("--classes", default=None,
+                   help="image datasets: normal classes to run, e.g. 0,3,8 (default: all)")
+    p.add_argument("--source", default="files", choices=("files", "tfds"),
+                   help="image datasets: read the original files from --data-dir (default) or "
+                        "tensorflow-datasets (validation = a seeded random 10,000)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (paper: 10)")
     p.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--beta", type=float, default=None, help="weight of the latent norm β")
@@ -61,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/<dataset>)")
     p.add_argument("--host-devices", type=int, default=None,
                    help="CPU only: XLA host devices to shard seeds over (default: one per core)")
+    p.add_argument("--compile-cache", default=str(DEFAULT_CACHE),
+                   help="folder of JAX's persistent compilation cache, reused by later runs with "
+                        "the same program ('off' disables it; default: %(default)s)")
     p.add_argument("--describe", action="store_true",
                    help="print the model summary and parameter count, then exit")
     p.add_argument("--quiet", action="store_true", help="print only errors and the result line")
@@ -78,10 +98,33 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config["norm"] = "inf" if order == float("inf") else str(int(order))
     if config["seeds"] < 1:
         raise TollError(f"--seeds must be at least 1, got {config['seeds']}")
-    config.update(init=args.init, seed_offset=args.seed_offset, data_dir=args.data_dir)
+    config.update(init=args.init, seed_offset=args.seed_offset, data_dir=args.data_dir,
+                  source=args.source)
+    config["all_classes"], config["classes"] = _classes(args.dataset, args.classes)
     paper = {k: v for k, v in get_config(args.dataset).items()}
     config["paper_protocol"] = all(config[k] == paper[k] for k in paper if k != "seeds")
     return config
+
+
+def _classes(dataset: str, spec: str | None) -> tuple[list, list]:
+    """All normal classes of ``dataset`` and the ones selected by ``--classes``."""
+    from tolljax.data import IMAGE_DATASETS, num_classes
+
+    if dataset not in IMAGE_DATASETS:
+        if spec is not None:
+            raise TollError(f"{dataset} has one fixed normal set; --classes is for image datasets")
+        return [None], [None]
+    everything = list(range(num_classes(dataset)))
+    if spec is None:
+        return everything, everything
+    try:
+        chosen = [int(c) for c in spec.split(",") if c.strip()]
+    except ValueError:
+        raise TollError(f"--classes takes comma-separated integers, got {spec!r}") from None
+    bad = [c for c in chosen if c not in everything]
+    if bad or not chosen:
+        raise TollError(f"--classes {spec!r}: {dataset} has normal classes 0..{everything[-1]}")
+    return everything, chosen
 
 
 def environment() -> dict:
@@ -116,79 +159,140 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def run(config: dict, *, quiet: bool = False, log=print) -> dict:
-    """Run the protocol for ``config`` (see :func:`resolve_config`) and return the results."""
+def _device_data(split, n_rows: int) -> dict:
+    """The split as device arrays, the normal training set zero-padded to ``n_rows`` rows so
+    that every normal class of a dataset runs through one compiled program."""
     import jax.numpy as jnp
 
+    train = np.zeros((n_rows, *split.train.shape[1:]), np.float32)
+    train[: split.train.shape[0]] = split.train
+    return {"train": jnp.asarray(train), "n_train": jnp.int32(split.train.shape[0]),
+            "val_x": jnp.asarray(split.val_x), "val_y": jnp.asarray(split.val_y),
+            "test_x": jnp.asarray(split.test_x), "test_y": jnp.asarray(split.test_y)}
+
+
+def run(config: dict, *, quiet: bool = False, log=print) -> dict:
+    """Run the protocol for every normal class in ``config`` (see :func:`resolve_config`)."""
     from tolljax.data import load_dataset, validate_split
     from tolljax.models import build_model, sample_shape
     from tolljax.train import ProtocolConfig, compile_protocol
     from experiments.paper import paper_value
 
     say = (lambda *a, **k: None) if quiet else log
-    timings = {}
-    t0 = time.perf_counter()
-    dataset = config["dataset"]
+    dataset, classes = config["dataset"], config["classes"]
+    timings = {"load_s": 0.0, "compile_s": 0.0, "run_s": 0.0}
     model = build_model(dataset, config["z_dim"], init=config["init"])
     protocol_config = ProtocolConfig(
         beta=config["beta"], lr=config["lr"], batch_size=config["batch_size"],
         steps=config["steps"], eval_every=config["eval_every"], norm=config["norm"],
         metric=config["metric"])
-    split = load_dataset(dataset, data_dir=config["data_dir"])
-    validate_split(split, sample_shape=sample_shape(dataset), batch_size=config["batch_size"])
-    data = {"train": jnp.asarray(split.train), "val_x": jnp.asarray(split.val_x),
-            "val_y": jnp.asarray(split.val_y), "test_x": jnp.asarray(split.test_x),
-            "test_y": jnp.asarray(split.test_y)}
-    timings["load_s"] = time.perf_counter() - t0
 
+    def load(normal_class):
+        t = time.perf_counter()
+        split = load_dataset(dataset, data_dir=config["data_dir"], normal_class=normal_class,
+                             source=config["source"])
+        validate_split(split, sample_shape=sample_shape(dataset), batch_size=config["batch_size"])
+        timings["load_s"] += time.perf_counter() - t
+        return split
+
+    # One padded training-set size for all classes, so the program is compiled once.
+    n_rows = max(load(c).train.shape[0] for c in classes) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
-    say(f"compiling {len(seeds)}-seed protocol ({config['steps']} steps) ...", flush=True)
-    compiled = compile_protocol(model, protocol_config, data, len(seeds))
-    timings["compile_s"] = compiled.compile_seconds
-    say(f"running on {compiled.mesh.devices.size} {compiled.mesh.devices.flat[0].platform} "
-        f"device(s) ...", flush=True)
-    t1 = time.perf_counter()
-    out = compiled(seeds, data, config["beta"])
-    timings["run_s"] = time.perf_counter() - t1
-
-    test_pct = 100.0 * out["test_metric"]
+    compiled, runs = None, []
+    for normal_class in classes:
+        split = load(normal_class)
+        data = _device_data(split, n_rows or split.train.shape[0])
+        if compiled is None:
+            say(f"compiling the {len(seeds)}-seed protocol ({config['steps']} steps) ...", flush=True)
+            compiled = compile_protocol(model, protocol_config, data, len(seeds))
+            timings["compile_s"] = compiled.compile_seconds
+            say(f"running on {compiled.mesh.devices.size} {compiled.mesh.devices.flat[0].platform} "
+                f"device(s) ...", flush=True)
+        t = time.perf_counter()
+        out = compiled(seeds, data, config["beta"])
+        elapsed = time.perf_counter() - t
+        timings["run_s"] += elapsed
+        test_pct = 100.0 * out["test_metric"]
+        paper, source = paper_value(dataset, normal_class, beta=config["beta"], norm=config["norm"])
+        runs.append({
+            "normal_class": normal_class,
+            "n_train": int(split.train.shape[0]),
+            "seeds": seeds,
+            "test_metric": test_pct.tolist(),
+            "best_step": out["best_step"].tolist(),
+            "best_val_metric": (100.0 * out["best_val_metric"]).tolist(),
+            "nonfinite_step": out["nonfinite_step"].tolist(),
+            "val_curve": (100.0 * out["val_curve"]).round(4).tolist(),
+            "loss_curve": out["loss_curve"].tolist(),
+            **summarize(test_pct),
+            "paper": paper, "paper_source": source,
+            "failed_seeds": [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0],
+            "run_s": elapsed,
+        })
+        if normal_class is not None:
+            ref = f" (paper {paper:.1f})" if paper is not None else ""
+            say(f"  class {normal_class}: {runs[-1]['mean']:.2f} ± {runs[-1]['std']:.2f} %{ref}"
+                f"  [{elapsed:.1f} s]", flush=True)
+    class_means = np.array([r["mean"] for r in runs])
     paper, source = paper_value(dataset, None, beta=config["beta"], norm=config["norm"])
-    failed = [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0]
-    result = {
-        "normal_class": None,
-        "seeds": seeds,
-        "test_metric": test_pct.tolist(),
-        "best_step": out["best_step"].tolist(),
-        "best_val_metric": (100.0 * out["best_val_metric"]).tolist(),
-        "nonfinite_step": out["nonfinite_step"].tolist(),
-        "val_curve": (100.0 * out["val_curve"]).round(4).tolist(),
-        "loss_curve": out["loss_curve"].tolist(),
-        **summarize(test_pct),
-        "paper": paper, "paper_source": source,
-        "failed_seeds": failed,
-    }
+    if len(runs) > 1 and len(runs) != len(config["all_classes"]):
+        paper, source = None, None  # the paper's mean is over all classes
+    summary = {"mean": float(class_means.mean()),
+               "std": runs[0]["std"] if len(runs) == 1 else float(class_means.std()),
+               "std_is": "over seeds" if len(runs) == 1 else "over per-class means",
+               "paper": paper, "paper_source": source}
     return {"dataset": dataset, "metric": config["metric"], "metric_unit": "%",
-            "runs": [result], "summary": {**summarize(test_pct), "paper": paper,
-                                          "paper_source": source},
-            "timings": timings}
+            "runs": runs, "summary": summary, "timings": timings}
+
+
+def metric_label(metric: str) -> str:
+    return {"f1": "F1", "auroc": "AUROC"}[metric]
+
+
+def markdown_table(config: dict, results: dict) -> str:
+    """Per-class results beside the paper's numbers, as a Markdown table."""
+    from tolljax.data import class_names
+
+    metric = metric_label(results["metric"])
+    names = class_names(config["dataset"]) if config["classes"] != [None] else None
+    lines = [f"# Toll · {config['dataset']} · test {metric} (%)", ""]
+    if not config["paper_protocol"]:
+        lines += ["**Not the paper's protocol** (flags differ from Appendix B): "
+                  + ", ".join(f"{k}={config[k]}" for k in ("steps", "batch_size", "beta", "lr",
+                                                           "z_dim", "norm", "eval_every")), ""]
+    lines += ["| normal class | ours (mean ± std over seeds) | paper |", "|---|---|---|"]
+    for r in results["runs"]:
+        label = "all" if r["normal_class"] is None else f"{r['normal_class']} ({names[r['normal_class']]})"
+        paper = f"{r['paper']:.2f}" if r["paper"] is not None else "–"
+        lines.append(f"| {label} | {r['mean']:.2f} ± {r['std']:.2f} | {paper} |")
+    s = results["summary"]
+    if len(results["runs"]) > 1:
+        paper = f"{s['paper']:.2f}" if s["paper"] is not None else "–"
+        lines.append(f"| **mean** | **{s['mean']:.2f}** | {paper} |")
+    source = s.get("paper_source") or results["runs"][0].get("paper_source")
+    lines += ["", f"{len(results['runs'][0]['seeds'])} seeds; paper numbers from {source or '–'}."]
+    return "\n".join(lines) + "\n"
 
 
 def report(config: dict, results: dict, log=print) -> None:
-    metric = results["metric"].upper() if results["metric"] == "f1" else "AUROC"
-    metric = "F1" if metric == "F1" else metric
-    r = results["runs"][0]
+    metric = metric_label(results["metric"])
     label = "" if config["paper_protocol"] else "  [not the paper's protocol: flags differ]"
-    log(f"Toll · {config['dataset']} · {len(r['seeds'])} seeds · β={config['beta']:g} "
+    n_seeds = len(results["runs"][0]["seeds"])
+    log(f"Toll · {config['dataset']} · {n_seeds} seeds · β={config['beta']:g} "
         f"z={config['z_dim']} lr={config['lr']:g} batch={config['batch_size']} "
         f"steps={config['steps']} eval every {config['eval_every']} · norm L{config['norm']}{label}")
-    log(f"{'seed':>6} {'test ' + metric + ' %':>12} {'best step':>10} {'val ' + metric + ' %':>11}")
-    for s, t, b, v, bad in zip(r["seeds"], r["test_metric"], r["best_step"],
-                               r["best_val_metric"], r["nonfinite_step"]):
-        flag = f"  non-finite loss at step {bad}" if bad >= 0 else ""
-        log(f"{s:>6} {t:>12.2f} {b:>10} {v:>11.2f}{flag}")
+    if len(results["runs"]) == 1:
+        r = results["runs"][0]
+        log(f"{'seed':>6} {'test ' + metric + ' %':>12} {'best step':>10} {'val ' + metric + ' %':>11}")
+        for s, t, b, v, bad in zip(r["seeds"], r["test_metric"], r["best_step"],
+                                   r["best_val_metric"], r["nonfinite_step"]):
+            flag = f"  non-finite loss at step {bad}" if bad >= 0 else ""
+            log(f"{s:>6} {t:>12.2f} {b:>10} {v:>11.2f}{flag}")
+    else:
+        log(markdown_table(config, results).rstrip())
     s = results["summary"]
     paper = f"   paper ({s['paper_source']}): {s['paper']:.2f} %" if s["paper"] is not None else ""
-    log(f"test {metric}: {s['mean']:.2f} ± {s['std']:.2f} %{paper}")
+    log(f"test {metric}: {s['mean']:.2f} ± {s['std']:.2f} % ({s['std_is']}){paper}")
     t = results["timings"]
     log(f"wall time: compile {t['compile_s']:.1f} s + run {t['run_s']:.1f} s "
         f"(load {t['load_s']:.1f} s, total {t['total_s']:.1f} s)")
@@ -198,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
     use_all_cores(args.host_devices)
+    use_compile_cache(args.compile_cache)
     try:
         config = resolve_config(args)
         if args.describe:
@@ -215,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"config": config, "command": ["python", "-m", "experiments.run", *(argv or sys.argv[1:])],
                **results, "environment": environment()}
     write_json(out_dir / "results.json", payload)
+    (out_dir / "results.md").write_text(markdown_table(config, results))
     report(config, results)
     print(f"results: {out_dir / 'results.json'}")
     return 0

@@ -1,0 +1,107 @@
+"""Arrhythmia full protocol: tolljax vs the PyTorch re-implementation, same machine, one run.
+
+Each implementation runs the paper's protocol (10 seeds × 2000 steps, validation every 20
+steps, best checkpoint on test) in a fresh Python process, one after the other, so neither
+sees the other's threads, caches or compiled code. Reported per implementation: the wall
+time of the whole process (interpreter start, imports, data, compilation, training), the
+protocol's own wall time (tolljax: compile + run; PyTorch: the seed loop), mean test F1, and
+the ratios tolljax / PyTorch. ``--repeat N`` alternates the two N times and reports medians.
+
+    python benchmarks/bench_arrhythmia.py [--seeds 10] [--steps 2000] [--repeat 1] [--json OUT]
+
+PyTorch (benchmark only): ``pip install torch==2.13.0``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _timed(cmd: list[str], env: dict | None = None) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    return elapsed
+
+
+def run_tolljax(seeds: int, steps: int, workdir: Path) -> dict:
+    out = workdir / "tolljax"
+    env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # cold compile every time
+    process_s = _timed([sys.executable, "-m", "experiments.run", "--quiet", "--seeds", str(seeds),
+                        "--steps", str(steps), "--out", str(out)], env)
+    res = json.loads((out / "results.json").read_text())
+    t = res["timings"]
+    return {"process_s": process_s, "protocol_s": t["compile_s"] + t["run_s"],
+            "compile_s": t["compile_s"], "run_s": t["run_s"],
+            "f1_per_seed": res["runs"][0]["test_metric"], "f1_mean": res["summary"]["mean"],
+            "f1_std": res["summary"]["std"], "devices": res["environment"]["device_count"]}
+
+
+def run_torch(seeds: int, steps: int, workdir: Path) -> dict:
+    out = workdir / "torch.json"
+    process_s = _timed([sys.executable, str(REPO / "benchmarks" / "torch_arrhythmia.py"),
+                        "--seeds", str(seeds), "--steps", str(steps), "--json", str(out)])
+    res = json.loads(out.read_text())
+    return {"process_s": process_s, "protocol_s": res["wall_s"],
+            "train_ms_per_step": res["train_ms_per_step"], "threads": res["threads"],
+            "f1_per_seed": [100 * f for f in res["per_seed_f1"]],
+            "f1_mean": 100 * res["mean_f1"], "f1_std": 100 * res["std_f1"],
+            "torch": res["torch_version"]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="write all measurements here")
+    args = p.parse_args(argv)
+
+    runs = {"tolljax": [], "torch": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeat):
+            for name, fn in (("tolljax", run_tolljax), ("torch", run_torch)):
+                r = fn(args.seeds, args.steps, Path(tmp))
+                runs[name].append(r)
+                print(f"[{i + 1}/{args.repeat}] {name:8s} process {r['process_s']:6.1f} s, "
+                      f"protocol {r['protocol_s']:6.1f} s, F1 {r['f1_mean']:.2f} ± {r['f1_std']:.2f} %",
+                      flush=True)
+
+    def med(name, key):
+        return statistics.median(r[key] for r in runs[name])
+
+    j, t = runs["tolljax"][-1], runs["torch"][-1]
+    print(f"\nArrhythmia protocol, {args.seeds} seeds × {args.steps} steps, "
+          f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}"
+          f"{f', median of {args.repeat}' if args.repeat > 1 else ''}")
+    print(f"{'':26s}{'tolljax':>10s}{'PyTorch':>10s}{'ratio':>8s}")
+    for label, key in (("process wall time (s)", "process_s"), ("protocol wall time (s)", "protocol_s")):
+        a, b = med("tolljax", key), med("torch", key)
+        print(f"{label:26s}{a:10.1f}{b:10.1f}{a / b:8.3f}")
+    print(f"{'  of which compile (s)':26s}{med('tolljax', 'compile_s'):10.1f}")
+    print(f"{'mean test F1 (%)':26s}{j['f1_mean']:10.2f}{t['f1_mean']:10.2f}")
+    print(f"{'std over seeds (%)':26s}{j['f1_std']:10.2f}{t['f1_std']:10.2f}")
+    print(f"tolljax: {j['devices']} XLA device(s); PyTorch {t['torch']}: {t['threads']} threads, "
+          f"{t['train_ms_per_step']:.2f} ms per training step")
+    if args.json:
+        args.json.write_text(json.dumps({"seeds": args.seeds, "steps": args.steps, "runs": runs,
+                                         "ratio_process": med("tolljax", "process_s") / med("torch", "process_s"),
+                                         "ratio_protocol": med("tolljax", "protocol_s") / med("torch", "protocol_s")},
+                                        indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""theory.figure2: the paper's Figure 2 claims, checked on the fitted linear autoencoder."""
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+
+from theory import TheoryInputError, figure2, linear
+
+
+def _line(x1, x2):
+    return np.stack([x1, np.full_like(x1, x2)], axis=1)
+
+
+def test_fit_shapes_dtype_and_determinism():
+    W1, W2 = figure2.fit(figure2.DEFAULT_BETA, seed=0)
+    assert W1.shape == (1, 2) and W2.shape == (2, 1)
+    assert W1.dtype == W2.dtype == np.float64
+    W1b, W2b = figure2.fit(figure2.DEFAULT_BETA, seed=0)
+    np.testing.assert_array_equal(W1, W1b)
+    np.testing.assert_array_equal(W2, W2b)
+    assert jnp.zeros(1).dtype == jnp.float32  # float64 was used locally, not switched on
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_beta0_score_does_not_depend_on_x1(seed):
+    """Unregularised: the score is the distance to the x1 axis (bands), paper Figure 2(a)."""
+    W1, W2 = figure2.fit(0.0, seed=seed)
+    x1 = np.linspace(-6.0, 6.0, 241)
+    for x2 in (0.5, 1.0, 2.0, -1.5):
+        s = figure2.score(W1, W2, 0.0, _line(x1, x2))
+        assert (s.max() - s.min()) / s.mean() < 1e-3, (x2, s.min(), s.max())
+    # ... and it is the PCA solution: reconstruct x1, drop x2.
+    np.testing.assert_allclose(W2 @ W1, np.diag([1.0, 0.0]), atol=1e-5)
+
+
+def _half_axis(W1, W2, beta, level, direction):
+    """Where the level set crosses the ray along ``direction``, by root finding on the score."""
+    f = lambda r: figure2.score(W1, W2, beta, np.array([r * direction]))[0] - level  # noqa: E731
+    return brentq(f, 1e-9, 1e3, xtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_default_beta_contours_are_closed_with_data_like_aspect(seed):
+    beta = figure2.DEFAULT_BETA
+    assert 0 < beta < 1
+    W1, W2 = figure2.fit(beta, seed=seed)
+    # Closed: the score grows in every direction (positive on the whole unit circle).
+    ang = np.linspace(0, 2 * np.pi, 1441)
+    circle = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    s = figure2.score(W1, W2, beta, circle)
+    assert s.min() > 0.05 * s.max()
+    # A level-set's half-axes along x1 and x2 (found by root finding, level through (0, 2)).
+    level = figure2.score(W1, W2, beta, np.array([[0.0, 2.0]]))[0]
+    a1 = _half_axis(W1, W2, beta, level, np.array([1.0, 0.0]))
+    a2 = _half_axis(W1, W2, beta, level, np.array([0.0, 1.0]))
+    assert a2 == pytest.approx(2.0, rel=1e-9)
+    assert 1.5 <= a1 / a2 <= 3.0, a1 / a2
+    assert a1 / a2 == pytest.approx(figure2.half_axis_ratio(W1, W2, beta), rel=1e-8)
+    # ... and the contour is bounded: far along x1 the score exceeds the level.
+    assert figure2.score(W1, W2, beta, np.array([[3 * a1, 0.0]]))[0] > level
+
+
+def test_beta_positive_has_no_equilibrium_contours_keep_stretching():
+    beta = figure2.DEFAULT_BETA
+    ts = figure2.T_TRAIN * np.array([0.5, 1.0, 2.0, 4.0])
+    W1s, W2s = figure2.fit_path(beta, ts)
+    n1 = np.linalg.norm(W1s, axis=(1, 2))
+    n2 = np.linalg.norm(W2s, axis=(1, 2))
+    ratios = [figure2.half_axis_ratio(a, b, beta) for a, b in zip(W1s, W2s)]
+    G = linear.balance(W1s, W2s)[:, 0, 0]
+    assert np.all(np.diff(n1) < 0) and np.all(np.diff(n2) > 0)
+    assert np.all(np.diff(G) < 0)
+    assert np.all(np.diff(ratios) > 0)
+    W1, W2 = figure2.fit(beta)
+    np.testing.assert_allclose(W1, W1s[1], rtol=1e-12)
+
+
+def test_score_formula_and_quadratic_form():
+    rng = np.random.default_rng(0)
+    W1, W2 = rng.standard_normal((1, 2)), rng.standard_normal((2, 1))
+    x = rng.standard_normal((7, 2))
+    beta = 0.3
+    expected = np.array([(1 - beta) * np.sum((W2 @ W1 @ p - p) ** 2) + beta * np.sum((W1 @ p) ** 2)
+                         for p in x])
+    np.testing.assert_allclose(figure2.score(W1, W2, beta, x), expected, rtol=1e-13)
+    Q = figure2.score_matrix(W1, W2, beta)
+    np.testing.assert_allclose(np.einsum("ni,ij,nj->n", x, Q, x), expected, rtol=1e-12)
+    norm_version = figure2.score(W1, W2, beta, x, squared=False)
+    expected_norm = np.array([(1 - beta) * np.linalg.norm(W2 @ W1 @ p - p)
+                              + beta * np.linalg.norm(W1 @ p) for p in x])
+    np.testing.assert_allclose(norm_version, expected_norm, rtol=1e-13)
+
+
+def test_population_loss_decreases_along_the_fit():
+    beta = figure2.DEFAULT_BETA
+    W1s, W2s = figure2.fit_path(beta, np.array([0.0, 1.0, 5.0, 20.0]))
+    losses = [linear.theorem2_loss_cov(a, b, figure2.COV, beta, 1 - beta) for a, b in zip(W1s, W2s)]
+    assert np.all(np.diff(losses) < 0)
+
+
+def test_bad_input_is_rejected():
+    W1, W2 = np.ones((1, 2)), np.ones((2, 1))
+    with pytest.raises(TheoryInputError, match="N × 2"):
+        figure2.score(W1, W2, 0.5, np.ones((4, 3)))
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        figure2.score(np.ones((2, 2)), W2, 0.5, np.ones((4, 2)))
+    with pytest.raises(TheoryInputError, match="beta"):
+        figure2.score(W1, W2, 1.5, np.ones((4, 2)))
+    with pytest.raises(TheoryInputError, match="beta"):
+        figure2.fit(-0.1)
+    with pytest.raises(TheoryInputError, match=">= 0"):
+        figure2.fit(0.5, t_train=-1.0)
+    with pytest.raises(TheoryInputError, match="single time"):
+        figure2.fit(0.5, t_train=[1.0, 2.0])
+    with pytest.raises(TheoryInputError, match="NaN"):
+        figure2.score(W1, W2, 0.5, np.array([[np.nan, 0.0]]))
+
+
+@pytest.mark.slow
+def test_figures_cli_writes_png_and_pdf(tmp_path):
+    from theory.__main__ import main
+
+    assert main(["figures", "--out", str(tmp_path)]) == 0
+    for name in ("figure2_contours", "learning_dynamics", "figure2_training_time"):
+        for ext in ("png", "pdf"):
+            assert (tmp_path / f"{name}.{ext}").stat().st_size > 10_000

@@ -1,0 +1,269 @@
+"""theory.linear: Lemma 1, Theorem 1, Theorem 2 (paper §3.3, Appendix A) against independent
+references (scipy.linalg.expm, jax.grad of the losses, jax.jvp), plus input validation."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from theory import TheoryInputError, checks, linear
+
+M, D, N = 5, 3, 40
+TIMES = np.array([0.0, 0.1, 0.5, 1.0, 2.0, 3.0])
+
+
+def _problem(seed: int):
+    rng = np.random.default_rng(seed)
+    S = checks.random_covariance(M, rng)
+    return rng, S
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# ---------------------------------------------------------------- Theorem 1 closed form
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_closed_form_matches_scipy_expm(seed):
+    rng, S = _problem(seed)
+    W0 = rng.standard_normal((D, M))
+    closed = linear.theorem1_closed_form(W0, S, TIMES)
+    assert closed.shape == (len(TIMES), D, M) and closed.dtype == np.float64
+    for k, t in enumerate(TIMES):
+        assert _rel(closed[k], W0 @ scipy.linalg.expm(-S * t)) <= 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_closed_form_matches_integrated_lemma1_flow(seed):
+    rng, S = _problem(10 + seed)
+    # S has distinct eigenvalues by construction; check it, since Theorem 1's U relies on it.
+    lam = np.linalg.eigvalsh(S)
+    assert np.min(np.diff(lam)) > 1e-3 and lam[0] > 0
+    W0 = rng.standard_normal((D, M))
+    flow = linear.solve_lemma1(W0, S, TIMES)
+    closed = linear.theorem1_closed_form(W0, S, TIMES)
+    assert flow.shape == closed.shape == (len(TIMES), D, M)
+    errs = [_rel(flow[k], closed[k]) for k in range(len(TIMES))]
+    assert max(errs) <= 1e-10, errs
+
+
+def test_closed_form_scalar_time_and_t0():
+    rng, S = _problem(3)
+    W0 = rng.standard_normal((2, M))
+    W = linear.theorem1_closed_form(W0, S, 0.0)
+    assert W.shape == (2, M)
+    np.testing.assert_allclose(W, W0, rtol=0, atol=1e-14)
+    # Along eigenvector u_i the component decays exactly like exp(−λ_i t) (greedy collapse of
+    # high-variance directions first).
+    lam, U = np.linalg.eigh(S)
+    Wt = linear.theorem1_closed_form(W0, S, 1.7)
+    np.testing.assert_allclose(Wt @ U, (W0 @ U) * np.exp(-lam * 1.7), rtol=1e-12, atol=1e-15)
+
+
+def test_solve_lemma1_scalar_and_unsorted_times():
+    rng, S = _problem(4)
+    W0 = rng.standard_normal((D, M))
+    ts = np.array([2.0, 0.5, 1.0])
+    out = linear.solve_lemma1(W0, S, ts)
+    for k, t in enumerate(ts):  # results follow the caller's order, not the sorted one
+        assert _rel(out[k], linear.theorem1_closed_form(W0, S, t)) <= 1e-10
+    single = linear.solve_lemma1(W0, S, 1.0)
+    assert single.shape == (D, M)
+    np.testing.assert_allclose(linear.solve_lemma1(W0, S, [0.0]), W0[None], atol=0)
+
+
+# ---------------------------------------------------------------- right-hand sides vs autodiff
+
+
+def _max_err(rhs, grads):
+    num = max(float(np.max(np.abs(np.asarray(r) + np.asarray(g)))) for r, g in zip(rhs, grads))
+    return num / max(1.0, max(float(np.max(np.abs(np.asarray(g)))) for g in grads))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lemma1_rhs_is_minus_grad_of_norm_loss(seed):
+    rng = np.random.default_rng(20 + seed)
+    X = checks.centred_data(M, N, rng)
+    W = rng.standard_normal((D, M))
+    S = linear.covariance(X)
+    rhs = linear.lemma1_rhs(W, S)
+    np.testing.assert_allclose(rhs, -W @ S, rtol=1e-13, atol=1e-14)
+    with jax.enable_x64(True):
+        g = jax.grad(linear.lemma1_loss)(jnp.asarray(W), jnp.asarray(X))
+        g_cov = jax.grad(linear.lemma1_loss_cov)(jnp.asarray(W), jnp.asarray(S))
+        assert g.dtype == jnp.float64
+    assert _max_err([rhs], [g]) <= 1e-12
+    assert _max_err([rhs], [g_cov]) <= 1e-12
+
+
+@pytest.mark.parametrize("beta,rec_weight", [(0.0, 1.0), (0.3, 1.0), (2.0, 1.0), (0.3, 0.7),
+                                             (0.7, 0.3), (0.5, 0.0)])
+def test_theorem2_rhs_is_minus_grad_of_loss(beta, rec_weight):
+    rng = np.random.default_rng(30)
+    X = checks.centred_data(M, N, rng)
+    W1, W2 = rng.standard_normal((D, M)), rng.standard_normal((M, D))
+    S = linear.covariance(X)
+    rhs = linear.theorem2_rhs(W1, W2, S, beta, rec_weight=rec_weight)
+    with jax.enable_x64(True):
+        g = jax.grad(linear.theorem2_loss, argnums=(0, 1))(
+            jnp.asarray(W1), jnp.asarray(W2), jnp.asarray(X), beta, rec_weight)
+        g_cov = jax.grad(linear.theorem2_loss_cov, argnums=(0, 1))(
+            jnp.asarray(W1), jnp.asarray(W2), jnp.asarray(S), beta, rec_weight)
+    assert _max_err(rhs, g) <= 1e-12
+    assert _max_err(rhs, g_cov) <= 1e-12
+
+
+def test_theorem2_rhs_is_paper_eq10_for_unit_weight():
+    rng = np.random.default_rng(31)
+    _, S = _problem(31)
+    W1, W2 = rng.standard_normal((D, M)), rng.standard_normal((M, D))
+    beta = 0.4
+    dW1, dW2 = linear.theorem2_rhs(W1, W2, S, beta)
+    np.testing.assert_allclose(dW1, (W2.T - W2.T @ W2 @ W1 - beta * W1) @ S, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dW2, (np.eye(M) - W2 @ W1) @ S @ W1.T, rtol=1e-13, atol=1e-13)
+
+
+def test_losses_agree_between_data_and_covariance_forms():
+    rng = np.random.default_rng(32)
+    X = checks.centred_data(M, N, rng)
+    S = linear.covariance(X)
+    W1, W2 = rng.standard_normal((D, M)), rng.standard_normal((M, D))
+    np.testing.assert_allclose(linear.covariance(X), X @ X.T / N, rtol=1e-14)
+    assert linear.lemma1_loss(W1, X) == pytest.approx(linear.lemma1_loss_cov(W1, S), rel=1e-12)
+    assert linear.theorem2_loss(W1, W2, X, 0.3, 0.6) == pytest.approx(
+        linear.theorem2_loss_cov(W1, W2, S, 0.3, 0.6), rel=1e-12)
+    assert isinstance(linear.lemma1_loss(W1, X), np.float64)
+
+
+# ---------------------------------------------------------------- the balance identity
+
+
+@pytest.mark.parametrize("beta,rec_weight", [(0.3, 1.0), (0.5, 0.5), (1.2, 0.2)])
+def test_balance_identity_along_theorem2_trajectory(beta, rec_weight):
+    """d/dt (W1 W1ᵀ − W2ᵀ W2) = −2β W1 S W1ᵀ, for any reconstruction weight."""
+    rng = np.random.default_rng(40)
+    _, S = _problem(40)
+    W1_0, W2_0 = 0.5 * rng.standard_normal((D, M)), 0.5 * rng.standard_normal((M, D))
+    ts = np.linspace(0.0, 4.0, 21)
+    W1s, W2s = linear.solve_theorem2(W1_0, W2_0, S, beta, ts, rec_weight=rec_weight)
+    assert W1s.shape == (len(ts), D, M) and W2s.shape == (len(ts), M, D)
+    G = lambda a, b: a @ a.T - b.T @ b  # noqa: E731
+    with jax.enable_x64(True):
+        for W1, W2 in zip(W1s, W2s):
+            v = linear.theorem2_rhs(W1, W2, S, beta, rec_weight=rec_weight)
+            _, dG = jax.jvp(G, (jnp.asarray(W1), jnp.asarray(W2)),
+                            (jnp.asarray(v[0]), jnp.asarray(v[1])))
+            target = -2.0 * beta * W1 @ S @ W1.T
+            assert np.max(np.abs(np.asarray(dG) - target)) <= 1e-8 * max(1.0, np.abs(target).max())
+    # Integrated over the trajectory: G decreases by exactly 2β ∫ W1 S W1ᵀ (trapezoid is only
+    # O(h²) accurate, so the tight check is the augmented-ODE one in theory.checks).
+    Gs = linear.balance(W1s, W2s)
+    eig_drop = np.linalg.eigvalsh(Gs[-1] - Gs[0])
+    assert np.all(eig_drop <= 1e-12)  # negative semi-definite: the layers unbalance one way
+
+
+def test_balance_identity_integrated_check_passes():
+    c = checks.check_balance_identity_integrated()
+    assert c.passed and c.error <= 1e-8, c.line()
+
+
+def test_theorem2_beta0_converges_to_pca_projector():
+    """Reconstruction only (β = 0): W2 W1 → projector on the top-d principal subspace."""
+    rng = np.random.default_rng(41)
+    # The encoder's component along u_i (i beyond the bottleneck) decays at a rate ∝ λ_i, so the
+    # smallest eigenvalue must not be tiny for convergence within t = 60.
+    U, _ = np.linalg.qr(rng.standard_normal((M, M)))
+    S = (U * np.array([3.0, 2.2, 1.4, 0.8, 0.5])) @ U.T
+    W1_0, W2_0 = 0.1 * rng.standard_normal((2, M)), 0.1 * rng.standard_normal((M, 2))
+    W1, W2 = linear.solve_theorem2(W1_0, W2_0, S, 0.0, 60.0)
+    lam, U = np.linalg.eigh(S)
+    top = U[:, -2:]
+    np.testing.assert_allclose(W2 @ W1, top @ top.T, atol=1e-6)
+
+
+# ---------------------------------------------------------------- float64 without global x64
+
+
+def test_outputs_are_float64_and_x64_is_not_leaked():
+    rng, S = _problem(5)
+    W0 = rng.standard_normal((D, M))
+    assert linear.solve_lemma1(W0, S, [0.5]).dtype == np.float64
+    assert linear.theorem1_closed_form(W0, S, 0.5).dtype == np.float64
+    assert linear.lemma1_rhs(W0, S).dtype == np.float64
+    assert jnp.zeros(1).dtype == jnp.float32
+    assert not jax.config.jax_enable_x64
+
+
+def test_verify_checks_all_pass():
+    results = checks.run_all(printer=None)
+    failed = [c.line() for c in results if not c.passed]
+    assert not failed, failed
+    assert jnp.zeros(1).dtype == jnp.float32
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_covariance_is_rejected():
+    W = np.ones((1, 2))
+    with pytest.raises(TheoryInputError, match="square"):
+        linear.lemma1_rhs(W, np.ones((2, 3)))
+    with pytest.raises(TheoryInputError, match="2-D"):
+        linear.lemma1_rhs(W, np.ones(4))
+    with pytest.raises(TheoryInputError, match="symmetric"):
+        linear.lemma1_rhs(W, np.array([[1.0, 0.5], [0.0, 1.0]]))
+    with pytest.raises(TheoryInputError, match="positive semi-definite"):
+        linear.theorem1_closed_form(W, np.diag([1.0, -1.0]), 1.0)
+    with pytest.raises(TheoryInputError, match="NaN"):
+        linear.solve_lemma1(W, np.array([[1.0, np.nan], [np.nan, 1.0]]), [1.0])
+    assert issubclass(TheoryInputError, ValueError)
+
+
+def test_shape_mismatches_are_rejected():
+    S = np.eye(3)
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        linear.lemma1_rhs(np.ones((2, 2)), S)
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        linear.theorem1_closed_form(np.ones((2, 4)), S, 1.0)
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        linear.theorem2_rhs(np.ones((2, 3)), np.ones((3, 1)), S, 0.1)
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        linear.solve_theorem2(np.ones((2, 3)), np.ones((2, 3)), S, 0.1, [1.0])
+    with pytest.raises(TheoryInputError, match="2-D"):
+        linear.lemma1_rhs(np.ones(3), S)
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        linear.lemma1_loss(np.ones((2, 2)), np.ones((3, 5)))
+    with pytest.raises(TheoryInputError, match="shape mismatch"):
+        linear.theorem2_loss_cov(np.ones((2, 3)), np.ones((2, 3)), S, 0.1)
+
+
+def test_bad_times_and_scalars_are_rejected():
+    S, W = np.eye(2), np.ones((1, 2))
+    with pytest.raises(TheoryInputError, match=">= 0"):
+        linear.theorem1_closed_form(W, S, -1.0)
+    with pytest.raises(TheoryInputError, match=">= 0"):
+        linear.solve_lemma1(W, S, [0.0, 1.0, -0.5])
+    with pytest.raises(TheoryInputError, match=">= 0"):
+        linear.solve_theorem2(W, W.T, S, 0.1, [-1.0])
+    with pytest.raises(TheoryInputError, match="1-D"):
+        linear.solve_lemma1(W, S, np.ones((2, 2)))
+    with pytest.raises(TheoryInputError, match="finite"):
+        linear.solve_lemma1(W, S, [np.inf])
+    with pytest.raises(TheoryInputError, match="at least one"):
+        linear.solve_lemma1(W, S, [])
+    with pytest.raises(TheoryInputError, match="beta"):
+        linear.theorem2_rhs(W, W.T, S, -0.1)
+    with pytest.raises(TheoryInputError, match="rec_weight"):
+        linear.solve_theorem2(W, W.T, S, 0.1, [1.0], rec_weight=float("nan"))
+
+
+def test_non_centred_data_is_rejected_by_covariance():
+    X = np.random.default_rng(0).standard_normal((2, 500)) + 3.0
+    with pytest.raises(TheoryInputError, match="zero-mean"):
+        linear.covariance(X)
+    with pytest.raises(TheoryInputError, match="NaN"):
+        linear.covariance(np.array([[1.0, np.nan], [0.0, 1.0]]))

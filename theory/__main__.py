@@ -1,0 +1,56 @@
+"""Command line: ``python -m theory verify`` and ``python -m theory figures --out DIR``."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+
+def _verify() -> int:
+    from theory import checks
+
+    t0 = time.perf_counter()
+    print("tolljax theory checks (float64; paper §3.3, Appendix A, Figure 2)")
+    results = checks.run_all()
+    n_fail = sum(not c.passed for c in results)
+    elapsed = time.perf_counter() - t0
+    print(f"{len(results) - n_fail}/{len(results)} checks passed in {elapsed:.1f} s"
+          + ("" if n_fail == 0 else f"; {n_fail} FAILED"))
+    return 0 if n_fail == 0 else 1
+
+
+def _figures(out: Path, formats: List[str]) -> int:
+    from theory import figures
+
+    t0 = time.perf_counter()
+    paths = figures.make_all(out, formats=formats)
+    for p in paths:
+        print(p)
+    print(f"{len(paths)} files written to {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m theory",
+        description="Linear learning-dynamics theory of Toll (paper §3.3): checks and figures.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("verify", help="run every numerical check; exit status 1 on any failure")
+    fig = sub.add_parser("figures", help="write Figure 2, learning-dynamics and training-time figures")
+    fig.add_argument("--out", type=Path, required=True, help="output directory (created if missing)")
+    fig.add_argument("--formats", default="png,pdf",
+                     help="comma-separated file formats (default: png,pdf)")
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        return _verify()
+    formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+    if bad or not formats:
+        parser.error(f"--formats must be a comma-separated subset of png,pdf,svg; got {args.formats!r}")
+    return _figures(args.out, formats)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
