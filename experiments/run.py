@@ -22,6 +22,7 @@ from tolljax.errors import TollError
 from tolljax.losses import parse_norm
 
 NORM_CHOICES = ("1", "2", "inf")
+METHODS = ("toll", "cance")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tolljax" / "xla"
 
 
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train Toll autoencoders with the paper's protocol and report the test "
                     "metric of the best validation checkpoint. Flags left out take the paper's "
                     "values for the dataset (Appendix B).")
+    p.add_argument("--method", default="toll", choices=METHODS,
+                   help="toll (default) or cance (see `--method cance --help`)")
     p.add_argument("--dataset", default="arrhythmia",
                    help="dataset name (default: arrhythmia, shipped with the package)")
     p.add_argument("--classes", default=None,
@@ -147,15 +150,47 @@ def environment() -> dict:
 
 
 def summarize(values_pct: np.ndarray) -> dict:
-    """Mean and population standard deviation (numpy ``std``, as the authors) over seeds."""
-    return {"mean": float(np.mean(values_pct)), "std": float(np.std(values_pct))}
+    """Mean and population standard deviation (numpy ``std``, as the authors) over the seeds
+    that did not fail (failed seeds have NaN and are listed separately)."""
+    ok = values_pct[np.isfinite(values_pct)]
+    if ok.size == 0:
+        return {"mean": None, "std": None}
+    return {"mean": float(np.mean(ok)), "std": float(np.std(ok))}
+
+
+def _nan_to_none(values) -> list:
+    return [None if not np.isfinite(v) else float(v) for v in values]
+
+
+def save_test_scores(out_dir: Path, scores: dict) -> None:
+    """Per-sample test scores of each seed's selected checkpoint, for ROC curves and
+    histograms (``scores.npz``: ``scores_<class>`` (seeds, n_test), ``labels_<class>``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for normal_class, (values, labels) in scores.items():
+        tag = "all" if normal_class is None else str(normal_class)
+        arrays[f"scores_{tag}"], arrays[f"labels_{tag}"] = np.asarray(values), np.asarray(labels)
+    tmp = out_dir / "scores.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, out_dir / "scores.npz")
+
+
+def _strict(value):
+    """NaN/±inf (diverged runs) → null, so results.json is standard JSON."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def write_json(path: Path, payload: dict) -> None:
     """Write atomically (temp file + rename) so a killed run never leaves a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    tmp.write_text(json.dumps(_strict(payload), indent=2, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -198,7 +233,7 @@ def run(config: dict, *, quiet: bool = False, log=print) -> dict:
     # One padded training-set size for all classes, so the program is compiled once.
     n_rows = max(load(c).train.shape[0] for c in classes) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
-    compiled, runs = None, []
+    compiled, runs, test_scores = None, [], {}
     for normal_class in classes:
         split = load(normal_class)
         data = _device_data(split, n_rows or split.train.shape[0])
@@ -214,35 +249,41 @@ def run(config: dict, *, quiet: bool = False, log=print) -> dict:
         timings["run_s"] += elapsed
         test_pct = 100.0 * out["test_metric"]
         paper, source = paper_value(dataset, normal_class, beta=config["beta"], norm=config["norm"])
+        test_scores[normal_class] = (out["test_scores"], split.test_y)
         runs.append({
             "normal_class": normal_class,
             "n_train": int(split.train.shape[0]),
             "seeds": seeds,
-            "test_metric": test_pct.tolist(),
+            "test_metric": _nan_to_none(test_pct),
             "best_step": out["best_step"].tolist(),
-            "best_val_metric": (100.0 * out["best_val_metric"]).tolist(),
+            "best_val_metric": _nan_to_none(100.0 * out["best_val_metric"]),
             "nonfinite_step": out["nonfinite_step"].tolist(),
             "val_curve": (100.0 * out["val_curve"]).round(4).tolist(),
             "loss_curve": out["loss_curve"].tolist(),
             **summarize(test_pct),
             "paper": paper, "paper_source": source,
             "failed_seeds": [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0],
+            "constant_score_seeds": [int(s) for s, c in zip(seeds, out["constant_test_scores"]) if c],
             "run_s": elapsed,
         })
         if normal_class is not None:
             ref = f" (paper {paper:.1f})" if paper is not None else ""
-            say(f"  class {normal_class}: {runs[-1]['mean']:.2f} ± {runs[-1]['std']:.2f} %{ref}"
+            say(f"  class {normal_class}: {_fmt(runs[-1]['mean'])} ± {_fmt(runs[-1]['std'])} %{ref}"
                 f"  [{elapsed:.1f} s]", flush=True)
-    class_means = np.array([r["mean"] for r in runs])
+    class_means = np.array([np.nan if r["mean"] is None else r["mean"] for r in runs])
     paper, source = paper_value(dataset, None, beta=config["beta"], norm=config["norm"])
     if len(runs) > 1 and len(runs) != len(config["all_classes"]):
         paper, source = None, None  # the paper's mean is over all classes
-    summary = {"mean": float(class_means.mean()),
-               "std": runs[0]["std"] if len(runs) == 1 else float(class_means.std()),
+    summary = {**summarize(class_means),
+               **({"std": runs[0]["std"]} if len(runs) == 1 else {}),
                "std_is": "over seeds" if len(runs) == 1 else "over per-class means",
                "paper": paper, "paper_source": source}
     return {"dataset": dataset, "metric": config["metric"], "metric_unit": "%",
-            "runs": runs, "summary": summary, "timings": timings}
+            "runs": runs, "summary": summary, "timings": timings, "test_scores": test_scores}
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def metric_label(metric: str) -> str:
@@ -264,11 +305,11 @@ def markdown_table(config: dict, results: dict) -> str:
     for r in results["runs"]:
         label = "all" if r["normal_class"] is None else f"{r['normal_class']} ({names[r['normal_class']]})"
         paper = f"{r['paper']:.2f}" if r["paper"] is not None else "–"
-        lines.append(f"| {label} | {r['mean']:.2f} ± {r['std']:.2f} | {paper} |")
+        lines.append(f"| {label} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {paper} |")
     s = results["summary"]
     if len(results["runs"]) > 1:
         paper = f"{s['paper']:.2f}" if s["paper"] is not None else "–"
-        lines.append(f"| **mean** | **{s['mean']:.2f}** | {paper} |")
+        lines.append(f"| **mean** | **{_fmt(s['mean'])}** | {paper} |")
     source = s.get("paper_source") or results["runs"][0].get("paper_source")
     lines += ["", f"{len(results['runs'][0]['seeds'])} seeds; paper numbers from {source or '–'}."]
     return "\n".join(lines) + "\n"
@@ -286,13 +327,21 @@ def report(config: dict, results: dict, log=print) -> None:
         log(f"{'seed':>6} {'test ' + metric + ' %':>12} {'best step':>10} {'val ' + metric + ' %':>11}")
         for s, t, b, v, bad in zip(r["seeds"], r["test_metric"], r["best_step"],
                                    r["best_val_metric"], r["nonfinite_step"]):
-            flag = f"  non-finite loss at step {bad}" if bad >= 0 else ""
-            log(f"{s:>6} {t:>12.2f} {b:>10} {v:>11.2f}{flag}")
+            flag = f"  FAILED: non-finite loss at step {bad}" if bad >= 0 else ""
+            log(f"{s:>6} {_fmt(t):>12} {b:>10} {_fmt(v):>11}{flag}")
     else:
         log(markdown_table(config, results).rstrip())
+    for r in results["runs"]:
+        where = "" if r["normal_class"] is None else f"class {r['normal_class']}: "
+        if r["failed_seeds"]:
+            log(f"warning: {where}seeds {r['failed_seeds']} diverged (non-finite loss) and are "
+                "excluded from the mean; try a smaller --lr or --beta")
+        if r["constant_score_seeds"]:
+            log(f"warning: {where}seeds {r['constant_score_seeds']} give (near-)constant test "
+                "scores, so their AUROC/F1 carries no information (collapsed model?)")
     s = results["summary"]
     paper = f"   paper ({s['paper_source']}): {s['paper']:.2f} %" if s["paper"] is not None else ""
-    log(f"test {metric}: {s['mean']:.2f} ± {s['std']:.2f} % ({s['std_is']}){paper}")
+    log(f"test {metric}: {_fmt(s['mean'])} ± {_fmt(s['std'])} % ({s['std_is']}){paper}")
     t = results["timings"]
     log(f"wall time: compile {t['compile_s']:.1f} s + run {t['run_s']:.1f} s "
         f"(load {t['load_s']:.1f} s, total {t['total_s']:.1f} s)")
@@ -300,7 +349,15 @@ def report(config: dict, results: dict, log=print) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument("--method", default="toll", choices=METHODS)
+    chosen, rest = method.parse_known_args(argv)
+    if chosen.method == "cance":  # CANCE has its own runner and flags (experiments/cance.py)
+        from experiments.cance import main as cance_main
+
+        return cance_main(rest)
+    args = build_parser().parse_args(rest)
     use_all_cores(args.host_devices)
     use_compile_cache(args.compile_cache)
     try:
@@ -317,12 +374,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results["timings"]["total_s"] = time.perf_counter() - start
-    payload = {"config": config, "command": ["python", "-m", "experiments.run", *(argv or sys.argv[1:])],
+    save_test_scores(out_dir, results.pop("test_scores"))
+    payload = {"config": config, "command": ["python", "-m", "experiments.run", *argv],
                **results, "environment": environment()}
     write_json(out_dir / "results.json", payload)
     (out_dir / "results.md").write_text(markdown_table(config, results))
     report(config, results)
     print(f"results: {out_dir / 'results.json'}")
+    if results["summary"]["mean"] is None:
+        print("error: every run failed (non-finite loss); see the warnings above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -52,3 +52,11 @@ def test_parse_norm_aliases(alias, order):
 def test_unknown_norm_is_a_clear_error(bad):
     with pytest.raises(TollError, match="unknown latent norm"):
         parse_norm(bad)
+
+
+def test_nonfinite_values_propagate():
+    x = np.zeros((2, 3), np.float32)
+    x_hat = np.array([[np.nan, 0, 0], [np.inf, 0, 0]], np.float32)
+    out = np.asarray(toll_score(x, x_hat, np.ones((2, 2), np.float32), 1.0))
+    assert np.isnan(out[0]) and np.isinf(out[1])
+    assert np.isnan(float(latent_norm(np.array([[np.nan, 1.0]]))[0]))

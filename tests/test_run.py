@@ -81,3 +81,20 @@ def test_cli_process_exit_code_and_no_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: unknown latent norm 'fro'; choose 1, 2 or inf (paper Table 8)"
+
+
+def test_diverged_run_is_reported_as_failed(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--steps", "40", "--seeds", "2", "--lr", "1e10", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED: non-finite loss at step" in captured.out
+    assert "every run failed" in captured.err
+    def reject(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    res = json.loads((out / "results.json").read_text(), parse_constant=reject)
+    run = res["runs"][0]
+    assert run["test_metric"] == [None, None] and run["failed_seeds"] == [0, 1]
+    assert res["summary"]["mean"] is None
+    scores = np.load(out / "scores.npz")
+    assert scores["scores_all"].shape == (2, 90) and scores["labels_all"].shape == (90,)

@@ -106,3 +106,23 @@ def test_best_checkpoint_is_the_first_strict_maximum(three_seeds):
 def test_bad_protocol_config(override, message):
     with pytest.raises(TollError, match=message):
         ProtocolConfig(**{**SHORT, **override})
+
+
+def test_nonfinite_loss_fails_the_run_without_a_metric(data):
+    # A learning rate this large makes the loss overflow within a few steps.
+    config = ProtocolConfig(**{**SHORT, "lr": 1e30})
+    out = compile_protocol(build_model("arrhythmia"), config, data, 2)([0, 1], data, 10.0)
+    assert np.all(out["nonfinite_step"] > 0)
+    assert np.all(np.isnan(out["test_metric"]))
+    assert np.all(out["best_val_metric"] == -np.inf) or np.all(out["best_step"] < out["nonfinite_step"])
+
+
+def test_constant_scores_are_flagged(data):
+    # β so large that the score is β·||z|| with z collapsed: here we flag instead by making
+    # every test sample identical, which makes any model's scores constant.
+    same = dict(data, test_x=jnp.broadcast_to(data["test_x"][:1], data["test_x"].shape))
+    out = compile_protocol(build_model("arrhythmia"), ProtocolConfig(**SHORT), same, 2)(
+        [0, 1], same, 10.0)
+    assert np.all(out["constant_test_scores"])
+    assert not np.any(compile_protocol(build_model("arrhythmia"), ProtocolConfig(**SHORT), data, 2)(
+        [0, 1], data, 10.0)["constant_test_scores"])

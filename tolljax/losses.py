@@ -38,8 +38,10 @@ def _euclidean(v: jnp.ndarray) -> jnp.ndarray:
     # Not jnp.linalg.norm: its gradient at an exact zero vector is NaN. A real model's
     # residual is never exactly zero, but a perfect reconstruction or a collapsed code
     # (tests, identity models) must still get finite gradients (zero, the subgradient).
+    # NaN/inf must propagate (a diverged model must not look perfect): test `== 0`, not `> 0`.
     sq = jnp.sum(jnp.square(v), axis=-1)
-    return jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0)
+    zero = sq == 0
+    return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, sq)))
 
 
 def latent_norm(z: jnp.ndarray, norm: Norm = 2) -> jnp.ndarray:

@@ -140,8 +140,15 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     ``data`` holds ``train`` (normal samples), ``val_x``, ``val_y``, ``test_x``, ``test_y``
     and optionally ``n_train``, the number of valid rows of a zero-padded ``train``.
     Returns the test metric of the best validation checkpoint, its step and validation
-    metric, the validation metric and mean training loss per checkpoint, and the first step
-    whose loss was not finite (−1 if none).
+    metric, the per-sample test scores, the validation metric and mean training loss per
+    checkpoint, the first step whose loss was not finite (−1 if none) and whether the test
+    scores are (near-)constant.
+
+    Failure handling: once a step's loss is not finite the run is failed. The model is
+    frozen at the last checkpoint before the failure, later checkpoints are never selected,
+    and the test metric is NaN, so a diverged model never reports a metric. Constant test
+    scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless 0.5; they are flagged
+    rather than silently reported.
     """
     metric = METRICS[config.metric]
     norm = config.norm
@@ -158,11 +165,15 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
         return (state, bad_step), metrics["loss"]
 
     def checkpoint(carry, step_keys):
-        state, bad_step, best = carry
-        (state, bad_step), losses = jax.lax.scan(step, (state, bad_step), step_keys)
+        last_good, bad_step, best = carry
+        (state, bad_step), losses = jax.lax.scan(step, (last_good, bad_step), step_keys)
+        failed = bad_step >= 0
+        # One select per checkpoint (not per step) keeps failure handling off the hot path.
+        state = _best_of(failed, last_good, state)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         val = metric(score(state.apply_fn, variables, data["val_x"], beta, norm,
                            config.score_chunk), data["val_y"])
+        val = jnp.where(failed, -jnp.inf, val)
         better = val > best["val"]
         best = _best_of(better, {"variables": variables, "val": val, "step": state.step}, best)
         return (state, bad_step, best), (val, jnp.mean(losses))
@@ -175,13 +186,17 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
         checkpoint, (state, jnp.array(-1, jnp.int32), best0), step_keys)
     test_scores = score(state.apply_fn, best["variables"], data["test_x"], beta, norm,
                         config.score_chunk)
+    spread = jnp.max(test_scores) - jnp.min(test_scores)
+    magnitude = jnp.max(jnp.abs(test_scores))
     return {
-        "test_metric": metric(test_scores, data["test_y"]),
+        "test_metric": jnp.where(bad_step >= 0, jnp.nan, metric(test_scores, data["test_y"])),
         "best_step": best["step"],
         "best_val_metric": best["val"],
+        "test_scores": test_scores,
         "val_curve": val_curve,
         "loss_curve": loss_curve,
         "nonfinite_step": bad_step,
+        "constant_test_scores": spread <= 1e-6 * magnitude,
     }
 
 
