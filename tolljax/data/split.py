@@ -83,3 +83,31 @@ def shipped_file(name: str) -> Path:
     """Path of a data file shipped inside the package (see ``files/SOURCES.md``)."""
     path = resources.files("tolljax.data").joinpath("files", name)
     return Path(str(path))
+
+
+def _stratified(y: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``limit`` samples keeping the anomaly fraction (at least one of each)."""
+    anomalous = np.flatnonzero(y == 1)
+    normal = np.flatnonzero(y == 0)
+    n_anom = int(np.clip(round(limit * anomalous.size / y.size), 1, min(anomalous.size, limit - 1)))
+    n_norm = min(limit - n_anom, normal.size)
+    return np.sort(np.concatenate([rng.choice(normal, n_norm, replace=False),
+                                   rng.choice(anomalous, n_anom, replace=False)]))
+
+
+def limit_split(split: AnomalySplit, *, val_limit: int | None = None,
+                test_limit: int | None = None, seed: int = 0) -> AnomalySplit:
+    """A seeded, stratified subset of the validation and/or test set (CPU budget runs only:
+    not the paper's protocol, which scores all 10,000 images)."""
+    rng = np.random.default_rng(seed)
+    val_x, val_y, test_x, test_y = split.val_x, split.val_y, split.test_x, split.test_y
+    for name, limit in (("--val-limit", val_limit), ("--test-limit", test_limit)):
+        if limit is not None and limit < 2:
+            raise TollError(f"{name} must be at least 2 (one normal and one anomalous sample), got {limit}")
+    if val_limit is not None and val_limit < val_y.size:
+        keep = _stratified(val_y, val_limit, rng)
+        val_x, val_y = val_x[keep], val_y[keep]
+    if test_limit is not None and test_limit < test_y.size:
+        keep = _stratified(test_y, test_limit, rng)
+        test_x, test_y = test_x[keep], test_y[keep]
+    return dataclasses.replace(split, val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y)

@@ -1,0 +1,162 @@
+"""AUROC vs β for one normal class (paper Figure 4: MNIST digit 8, 3 seeds).
+
+    python -m experiments.beta_sweep --data-dir DIR [--betas 0,1,10,100,1000,10000] [--seeds 3]
+
+β is an argument of the compiled protocol, so the whole sweep is compiled once. Writes
+``<out>/results.json`` (config, per-β per-seed AUROC, timings, versions), ``results.md`` and
+the plot ``beta_sweep.png``/``.pdf``. The paper's figure is an image without a stated β grid;
+the default grid here is ours. The paper's tables give two points of the curve for digit 8:
+β = 0 → 82.9 (Table 7) and β = 1000 → 97.3 (Table 1). All other flags are those of
+``python -m experiments.run`` (defaults: the paper's MNIST hyperparameters).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from experiments.run import (build_parser, environment, resolve_config, summarize,
+                             use_all_cores, use_compile_cache, write_json, _device_data, _fmt)
+from tolljax.errors import TollError
+
+DEFAULT_BETAS = "0,1,10,100,1000,10000"
+
+
+def parse_betas(spec: str) -> list[float]:
+    try:
+        betas = [float(b) for b in spec.split(",") if b.strip()]
+    except ValueError:
+        raise TollError(f"--betas takes comma-separated numbers, got {spec!r}") from None
+    if not betas or any(not np.isfinite(b) or b < 0 for b in betas):
+        raise TollError(f"--betas must be finite numbers >= 0, got {spec!r}")
+    return betas
+
+
+def plot(path: Path, betas, means, stds, config, paper_points) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array(betas, float)
+    shown = np.where(x > 0, x, np.min(x[x > 0]) / 10 if np.any(x > 0) else 1.0)  # β=0 on a log axis
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(shown, means, yerr=stds, marker="o", capsize=3, label="tolljax (mean ± std over seeds)")
+    for beta, value, table in paper_points:
+        ax.scatter([shown[betas.index(beta)] if beta in betas else beta], [value], marker="*",
+                   s=140, color="crimson", zorder=3, label=f"paper, β={beta:g} ({table})")
+    ax.set_xscale("log")
+    ticks = list(shown)
+    ax.set_xticks(ticks, [("0" if b == 0 else f"{b:g}") for b in betas])
+    ax.set_xlabel("β (weight of ||z||₂)")
+    ax.set_ylabel("test AUROC (%)")
+    cls = config["classes"][0]
+    budget = "" if config["paper_protocol"] else " — CPU budget, not the paper's protocol"
+    metric = {"auroc": "AUROC", "f1": "F1"}[config["metric"]]
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(f"{config['dataset']} normal class {cls}: {metric} vs β "
+                 f"({config['seeds']} seeds){budget}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    for suffix in (".png", ".pdf"):
+        fig.savefig(path.with_suffix(suffix), dpi=150)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
+    parser = build_parser()
+    parser.prog = "python -m experiments.beta_sweep"
+    parser.description = __doc__.split("\n")[0]
+    parser.add_argument("--betas", default=DEFAULT_BETAS, help="β values (default %(default)s)")
+    parser.add_argument("--normal-class", type=int, default=8, help="normal class (default 8)")
+    parser.set_defaults(dataset="mnist", seeds=3)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    use_all_cores(args.host_devices)
+    use_compile_cache(args.compile_cache)
+    try:
+        betas = parse_betas(args.betas)
+        from tolljax.data import IMAGE_DATASETS
+
+        args.classes = str(args.normal_class) if args.dataset in IMAGE_DATASETS else None
+        config = resolve_config(args)
+        config["betas"] = betas
+        out_dir = Path(args.out or Path("runs") / f"beta_sweep_{config['dataset']}_{args.normal_class}")
+        results, timings = sweep(config, betas, quiet=args.quiet)
+    except TollError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from experiments.paper import paper_value
+
+    paper_points = [(b, *paper_value(config["dataset"], config["classes"][0], beta=b))
+                    for b in (0.0, 1000.0)]
+    paper_points = [p for p in paper_points if p[1] is not None]
+    timings["total_s"] = time.perf_counter() - start
+    means = [np.nan if r["mean"] is None else r["mean"] for r in results]
+    stds = [np.nan if r["std"] is None else r["std"] for r in results]
+    write_json(out_dir / "results.json", {
+        "config": config, "command": ["python", "-m", "experiments.beta_sweep", *argv],
+        "metric": config["metric"], "metric_unit": "%", "per_beta": results,
+        "paper_points": [{"beta": b, "value": v, "source": t} for b, v, t in paper_points],
+        "timings": timings, "environment": environment()})
+    lines = [f"# AUROC vs β · {config['dataset']} class {args.normal_class} · {config['seeds']} seeds", "",
+             "| β | ours (mean ± std) | paper |", "|---|---|---|"]
+    paper_at = {b: f"{v:.1f} ({t})" for b, v, t in paper_points}
+    for beta, r in zip(betas, results):
+        lines.append(f"| {beta:g} | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {paper_at.get(beta, '–')} |")
+    if not config["paper_protocol"]:
+        lines += ["", "CPU budget run: not the paper's protocol (see config in results.json)."]
+    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    plot(out_dir / "beta_sweep", betas, means, stds, config, paper_points)
+    print("\n".join(lines))
+    print(f"wall time: compile {timings['compile_s']:.1f} s + run {timings['run_s']:.1f} s "
+          f"(total {timings['total_s']:.1f} s)\nresults: {out_dir / 'results.json'}, plot: "
+          f"{out_dir / 'beta_sweep.png'}")
+    return 0
+
+
+def sweep(config: dict, betas: list[float], *, quiet: bool = False):
+    """Compile the protocol once, then run it for every β. Returns per-β results, timings."""
+    from tolljax.data import limit_split, load_dataset, validate_split
+    from tolljax.models import build_model, sample_shape
+    from tolljax.train import ProtocolConfig, compile_protocol
+
+    say = (lambda *a, **k: None) if quiet else print
+    t = time.perf_counter()
+    split = load_dataset(config["dataset"], data_dir=config["data_dir"],
+                         normal_class=config["classes"][0], source=config["source"])
+    split = limit_split(split, val_limit=config["val_limit"], test_limit=config["test_limit"])
+    validate_split(split, sample_shape=sample_shape(config["dataset"]), batch_size=config["batch_size"])
+    data = _device_data(split, split.train.shape[0])
+    timings = {"load_s": time.perf_counter() - t, "run_s": 0.0}
+    protocol_config = ProtocolConfig(
+        beta=betas[0], lr=config["lr"], batch_size=config["batch_size"], steps=config["steps"],
+        eval_every=config["eval_every"], norm=config["norm"], metric=config["metric"])
+    say(f"compiling the {config['seeds']}-seed protocol ...", flush=True)
+    compiled = compile_protocol(build_model(config["dataset"], config["z_dim"], init=config["init"]),
+                                protocol_config, data, config["seeds"])
+    timings["compile_s"] = compiled.compile_seconds
+    seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
+    results = []
+    for beta in betas:
+        t = time.perf_counter()
+        out = compiled(seeds, data, beta)
+        elapsed = time.perf_counter() - t
+        timings["run_s"] += elapsed
+        pct = 100.0 * out["test_metric"]
+        results.append({"beta": beta, "seeds": seeds,
+                        "test_metric": [float(v) if np.isfinite(v) else None for v in pct],
+                        "best_step": out["best_step"].tolist(),
+                        "failed_seeds": [s for s, b in zip(seeds, out["nonfinite_step"]) if b >= 0],
+                        **summarize(pct), "run_s": elapsed})
+        say(f"  β={beta:g}: {_fmt(results[-1]['mean'])} ± {_fmt(results[-1]['std'])} %  [{elapsed:.1f} s]",
+            flush=True)
+    return results, timings
+
+
+if __name__ == "__main__":
+    sys.exit(main())

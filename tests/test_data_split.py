@@ -1,0 +1,22 @@
+import numpy as np
+import pytest
+
+from tolljax.data import limit_split
+from tolljax.errors import TollError
+
+
+def test_limit_split_is_stratified_seeded_and_a_subset(arrhythmia):
+    small = limit_split(arrhythmia, val_limit=30, test_limit=45, seed=0)
+    assert small.val_y.size == 30 and small.test_y.size == 45
+    assert small.val_y.sum() == round(30 * 13 / 90) and small.test_y.sum() == round(45 * 13 / 90)
+    rows = {r.tobytes() for r in arrhythmia.test_x}
+    assert all(r.tobytes() in rows for r in small.test_x)
+    again = limit_split(arrhythmia, val_limit=30, test_limit=45, seed=0)
+    np.testing.assert_array_equal(small.test_x, again.test_x)
+    np.testing.assert_array_equal(small.train, arrhythmia.train)  # training data untouched
+    assert limit_split(arrhythmia, val_limit=1000).val_y.size == 90  # larger than the set: all
+
+
+def test_limit_split_rejects_tiny_limits(arrhythmia):
+    with pytest.raises(TollError, match="--test-limit must be at least 2"):
+        limit_split(arrhythmia, test_limit=1)
