@@ -39,7 +39,7 @@ def _timed(cmd: list[str], env: dict | None = None) -> float:
 def run_tolljax(seeds: int, steps: int, workdir: Path) -> dict:
     out = workdir / "tolljax"
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # cold compile every time
-    process_s = _timed([sys.executable, "-m", "experiments.run", "--quiet", "--seeds", str(seeds),
+    process_s = _timed([sys.executable, "-m", "experiments.run", "--quiet", "--fresh", "--seeds", str(seeds),
                         "--steps", str(steps), "--out", str(out)], env)
     res = json.loads((out / "results.json").read_text())
     t = res["timings"]

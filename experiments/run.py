@@ -8,6 +8,7 @@ together with the full configuration, library versions, device and timings.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-cache", default=str(DEFAULT_CACHE),
                    help="folder of JAX's persistent compilation cache, reused by later runs with "
                         "the same program ('off' disables it; default: %(default)s)")
+    p.add_argument("--fresh", action="store_true",
+                   help="recompute every class even if --out holds finished results of the same "
+                        "configuration (default: resume, skipping them)")
     p.add_argument("--describe", action="store_true",
                    help="print the model summary and parameter count, then exit")
     p.add_argument("--quiet", action="store_true", help="print only errors and the result line")
@@ -213,16 +217,73 @@ def _device_data(split, n_rows: int) -> dict:
             "test_x": jnp.asarray(split.test_x), "test_y": jnp.asarray(split.test_y)}
 
 
-def run(config: dict, *, quiet: bool = False, log=print) -> dict:
-    """Run the protocol for every normal class in ``config`` (see :func:`resolve_config`)."""
+RESULT_KEYS = ("dataset", "beta", "lr", "batch_size", "steps", "eval_every", "norm", "z_dim",
+               "init", "metric", "data_dir", "source", "val_limit", "test_limit")
+
+
+def run_key(config: dict, seeds: list[int]) -> str:
+    """Identifies everything a class's results depend on: the result-relevant config, the
+    seeds, and the device layout (XLA's kernels, hence the last float bits, depend on how
+    many seeds share a device)."""
+    import jax
+
+    ident = {k: config[k] for k in RESULT_KEYS}
+    ident.update(seeds=seeds, backend=jax.default_backend(), devices=len(jax.devices()),
+                 tolljax=__import__("tolljax").__version__)
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _partial_paths(out_dir: Path, normal_class) -> tuple[Path, Path]:
+    tag = "all" if normal_class is None else f"class{normal_class}"
+    return out_dir / "partial" / f"{tag}.json", out_dir / "partial" / f"{tag}.npz"
+
+
+def load_partial(out_dir: Path | None, normal_class, key: str):
+    """A finished class's result from an earlier (possibly killed) run with the same key."""
+    if out_dir is None:
+        return None
+    meta_path, scores_path = _partial_paths(out_dir, normal_class)
+    try:
+        meta = json.loads(meta_path.read_text())
+        scores = np.load(scores_path)
+        if meta.get("key") != key:
+            return None
+        return meta["result"], (scores["scores"], scores["labels"])
+    except (OSError, ValueError, KeyError):
+        return None  # absent or torn: recompute
+
+
+def save_partial(out_dir: Path | None, normal_class, key: str, result: dict, scores) -> None:
+    """Write one class's result atomically (scores first, then the JSON that marks it done)."""
+    if out_dir is None:
+        return
+    meta_path, scores_path = _partial_paths(out_dir, normal_class)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = scores_path.with_name(scores_path.stem + ".tmp.npz")
+    np.savez(tmp, scores=np.asarray(scores[0]), labels=np.asarray(scores[1]))
+    os.replace(tmp, scores_path)
+    write_json(meta_path, {"key": key, "result": result})
+
+
+def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = None,
+        resume: bool = True) -> dict:
+    """Run the protocol for every normal class in ``config`` (see :func:`resolve_config`).
+
+    With ``out_dir``, each finished class is written to ``out_dir/partial/`` at once, and a
+    re-run with the same configuration skips the classes found there (``resume``), so a
+    killed sweep continues where it stopped and ends with the same results.
+    """
+    from tqdm import tqdm
+
     from tolljax.data import limit_split, load_dataset, validate_split
     from tolljax.models import build_model, sample_shape
     from tolljax.train import ProtocolConfig, compile_protocol
     from experiments.paper import paper_value
 
-    say = (lambda *a, **k: None) if quiet else log
+    show_bar = not quiet and sys.stderr.isatty() and len(config["classes"]) > 1
+    say = (lambda *a, **k: None) if quiet else (tqdm.write if show_bar else log)
     dataset, classes = config["dataset"], config["classes"]
-    timings = {"load_s": 0.0, "compile_s": 0.0, "run_s": 0.0}
+    timings = {"load_s": 0.0, "compile_s": 0.0, "run_s": 0.0, "per_class_run_s": {}}
     model = build_model(dataset, config["z_dim"], init=config["init"])
     protocol_config = ProtocolConfig(
         beta=config["beta"], lr=config["lr"], batch_size=config["batch_size"],
@@ -241,8 +302,17 @@ def run(config: dict, *, quiet: bool = False, log=print) -> dict:
     # One padded training-set size for all classes, so the program is compiled once.
     n_rows = max(load(c).train.shape[0] for c in classes) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
+    key = run_key(config, seeds)
     compiled, runs, test_scores = None, [], {}
-    for normal_class in classes:
+    for normal_class in tqdm(classes, desc=f"{dataset} classes", unit="class", disable=not show_bar):
+        done = load_partial(out_dir, normal_class, key) if resume else None
+        if done is not None:
+            runs.append(done[0])
+            test_scores[normal_class] = done[1]
+            what = "the run" if normal_class is None else f"class {normal_class}"
+            log(f"  {what}: finished earlier with the same configuration; reusing "
+                f"{_partial_paths(out_dir, normal_class)[0]} (pass --fresh to recompute)")
+            continue
         split = load(normal_class)
         data = _device_data(split, n_rows or split.train.shape[0])
         if compiled is None:
@@ -255,10 +325,11 @@ def run(config: dict, *, quiet: bool = False, log=print) -> dict:
         out = compiled(seeds, data, config["beta"])
         elapsed = time.perf_counter() - t
         timings["run_s"] += elapsed
+        timings["per_class_run_s"][str(normal_class)] = elapsed
         test_pct = 100.0 * out["test_metric"]
         paper, source = paper_value(dataset, normal_class, beta=config["beta"], norm=config["norm"])
         test_scores[normal_class] = (out["test_scores"], split.test_y)
-        runs.append({
+        runs.append(_strict({
             "normal_class": normal_class,
             "n_train": int(split.train.shape[0]),
             "seeds": seeds,
@@ -272,8 +343,8 @@ def run(config: dict, *, quiet: bool = False, log=print) -> dict:
             "paper": paper, "paper_source": source,
             "failed_seeds": [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0],
             "constant_score_seeds": [int(s) for s, c in zip(seeds, out["constant_test_scores"]) if c],
-            "run_s": elapsed,
-        })
+        }))
+        save_partial(out_dir, normal_class, key, runs[-1], test_scores[normal_class])
         if normal_class is not None:
             ref = f" (paper {paper:.1f})" if paper is not None else ""
             say(f"  class {normal_class}: {_fmt(runs[-1]['mean'])} ± {_fmt(runs[-1]['std'])} %{ref}"
@@ -378,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                            sample_shape(config["dataset"])))
             return 0
         out_dir = Path(args.out or Path("runs") / config["dataset"])
-        results = run(config, quiet=args.quiet)
+        results = run(config, quiet=args.quiet, out_dir=out_dir, resume=not args.fresh)
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -98,3 +98,20 @@ def test_diverged_run_is_reported_as_failed(tmp_path, capsys):
     assert res["summary"]["mean"] is None
     scores = np.load(out / "scores.npz")
     assert scores["scores_all"].shape == (2, 90) and scores["labels_all"].shape == (90,)
+
+
+def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--steps", "40", "--seeds", "2", "--out", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "finished earlier with the same configuration" in capsys.readouterr().out
+    second = json.loads((out / "results.json").read_text())
+    assert second["runs"] == first["runs"] and second["summary"] == first["summary"]
+    assert second["timings"]["compile_s"] == 0.0  # nothing was compiled or run
+    assert main([*argv, "--beta", "5"]) == 0  # another configuration is not reused
+    assert "finished earlier" not in capsys.readouterr().out
+    assert main([*argv, "--fresh"]) == 0
+    assert json.loads((out / "results.json").read_text())["runs"] == first["runs"]
