@@ -137,7 +137,11 @@ def sweep(config: dict, betas: list[float], *, quiet: bool = False):
         beta=betas[0], lr=config["lr"], batch_size=config["batch_size"], steps=config["steps"],
         eval_every=config["eval_every"], norm=config["norm"], metric=config["metric"])
     say(f"compiling the {config['seeds']}-seed protocol ...", flush=True)
-    compiled = compile_protocol(build_model(config["dataset"], config["z_dim"], init=config["init"]),
+    import jax.numpy as jnp
+
+    model = build_model(config["dataset"], config["z_dim"], init=config["init"],
+                        dtype=getattr(jnp, config["dtype"]))
+    compiled = compile_protocol(model,
                                 protocol_config, data, config["seeds"])
     timings["compile_s"] = compiled.compile_seconds
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-limit", type=int, default=None,
                    help="CPU budget: score a seeded stratified subset of N test samples "
                         "(not the paper's protocol)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="compute dtype of the model; parameters, optimizer state, loss and "
+                        "scores stay float32 (mixed precision; bfloat16 is for GPU/TPU)")
     p.add_argument("--init", default="torch", choices=("torch", "flax"),
                    help="parameter initialisation: PyTorch defaults as the authors (default) or flax's")
     p.add_argument("--data-dir", default=None,
@@ -112,11 +115,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
     if config["seeds"] < 1:
         raise TollError(f"--seeds must be at least 1, got {config['seeds']}")
     config.update(init=args.init, seed_offset=args.seed_offset, data_dir=args.data_dir,
-                  source=args.source, val_limit=args.val_limit, test_limit=args.test_limit)
+                  source=args.source, val_limit=args.val_limit, test_limit=args.test_limit,
+                  dtype=args.dtype)
     config["all_classes"], config["classes"] = _classes(args.dataset, args.classes)
     paper = {k: v for k, v in get_config(args.dataset).items()}
     config["paper_protocol"] = (all(config[k] == paper[k] for k in paper if k != "seeds")
-                                and args.val_limit is None and args.test_limit is None)
+                                and args.val_limit is None and args.test_limit is None
+                                and args.dtype == "float32")
     return config
 
 
@@ -218,7 +223,7 @@ def _device_data(split, n_rows: int) -> dict:
 
 
 RESULT_KEYS = ("dataset", "beta", "lr", "batch_size", "steps", "eval_every", "norm", "z_dim",
-               "init", "metric", "data_dir", "source", "val_limit", "test_limit")
+               "init", "metric", "data_dir", "source", "val_limit", "test_limit", "dtype")
 
 
 def run_key(config: dict, seeds: list[int]) -> str:
@@ -273,6 +278,7 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     re-run with the same configuration skips the classes found there (``resume``), so a
     killed sweep continues where it stopped and ends with the same results.
     """
+    import jax.numpy as jnp
     from tqdm import tqdm
 
     from tolljax.data import limit_split, load_dataset, validate_split
@@ -284,7 +290,8 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     say = (lambda *a, **k: None) if quiet else (tqdm.write if show_bar else log)
     dataset, classes = config["dataset"], config["classes"]
     timings = {"load_s": 0.0, "compile_s": 0.0, "run_s": 0.0, "per_class_run_s": {}}
-    model = build_model(dataset, config["z_dim"], init=config["init"])
+    model = build_model(dataset, config["z_dim"], init=config["init"],
+                        dtype=getattr(jnp, config["dtype"]))
     protocol_config = ProtocolConfig(
         beta=config["beta"], lr=config["lr"], batch_size=config["batch_size"],
         steps=config["steps"], eval_every=config["eval_every"], norm=config["norm"],
