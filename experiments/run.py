@@ -125,6 +125,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+OOM_ADVICE = ("lower --batch-size, run fewer seeds at once (--seeds N --seed-offset K, "
+              "finished classes are kept in --out), use --val-limit/--test-limit on CPU, or on "
+              "a shared GPU raise XLA_PYTHON_CLIENT_MEM_FRACTION")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or isinstance(exc, MemoryError)
+
+
 def _classes(dataset: str, spec: str | None) -> tuple[list, list]:
     """All normal classes of ``dataset`` and the ones selected by ``--classes``."""
     from tolljax.data import IMAGE_DATASETS, num_classes
@@ -460,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # XLA reports device OOM as a runtime error of its own type
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: out of device memory ({str(exc).splitlines()[0][:160]}); {OOM_ADVICE}",
+              file=sys.stderr)
+        return 3
     results["timings"]["total_s"] = time.perf_counter() - start
     save_test_scores(out_dir, results.pop("test_scores"))
     payload = {"config": config, "command": ["python", "-m", "experiments.run", *argv],

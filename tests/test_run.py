@@ -115,3 +115,16 @@ def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
     assert "finished earlier" not in capsys.readouterr().out
     assert main([*argv, "--fresh"]) == 0
     assert json.loads((out / "results.json").read_text())["runs"] == first["runs"]
+
+
+def test_out_of_memory_gives_advice(tmp_path, capsys, monkeypatch):
+    import experiments.run as cli
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB")
+
+    monkeypatch.setattr(cli, "run", exhausted)
+    assert cli.main(["--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of device memory") and "lower --batch-size" in err
+    assert len(err.splitlines()) == 1
