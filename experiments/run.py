@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="recompute every class even if --out holds finished results of the same "
                         "configuration (default: resume, skipping them)")
+    p.add_argument("--vmap-width", type=int, default=None,
+                   help="seeds vmapped together on one device (default: all seeds, or fewer so "
+                        "that every device has work)")
     p.add_argument("--describe", action="store_true",
                    help="print the model summary and parameter count, then exit")
     p.add_argument("--quiet", action="store_true", help="print only errors and the result line")
@@ -114,9 +117,11 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config["norm"] = "inf" if order == float("inf") else str(int(order))
     if config["seeds"] < 1:
         raise TollError(f"--seeds must be at least 1, got {config['seeds']}")
+    if args.vmap_width is not None and args.vmap_width < 1:
+        raise TollError(f"--vmap-width must be at least 1, got {args.vmap_width}")
     config.update(init=args.init, seed_offset=args.seed_offset, data_dir=args.data_dir,
                   source=args.source, val_limit=args.val_limit, test_limit=args.test_limit,
-                  dtype=args.dtype)
+                  dtype=args.dtype, vmap_width=args.vmap_width)
     config["all_classes"], config["classes"] = _classes(args.dataset, args.classes)
     paper = {k: v for k, v in get_config(args.dataset).items()}
     config["paper_protocol"] = (all(config[k] == paper[k] for k in paper if k != "seeds")
@@ -233,7 +238,8 @@ def _device_data(split, n_rows: int) -> dict:
 
 
 RESULT_KEYS = ("dataset", "beta", "lr", "batch_size", "steps", "eval_every", "norm", "z_dim",
-               "init", "metric", "data_dir", "source", "val_limit", "test_limit", "dtype")
+               "init", "metric", "data_dir", "source", "val_limit", "test_limit", "dtype",
+               "vmap_width")
 
 
 def run_key(config: dict, seeds: list[int]) -> str:
@@ -288,12 +294,13 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     re-run with the same configuration skips the classes found there (``resume``), so a
     killed sweep continues where it stopped and ends with the same results.
     """
+    import jax
     import jax.numpy as jnp
     from tqdm import tqdm
 
     from tolljax.data import limit_split, load_dataset, validate_split
     from tolljax.models import build_model, sample_shape
-    from tolljax.train import ProtocolConfig, compile_protocol
+    from tolljax.train import ProtocolConfig, compile_protocol, default_width
     from experiments.paper import paper_value
 
     show_bar = not quiet and sys.stderr.isatty() and len(config["classes"]) > 1
@@ -319,53 +326,54 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     # One padded training-set size for all classes, so the program is compiled once.
     n_rows = max(load(c).train.shape[0] for c in classes) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
+    width = config.get("vmap_width") or default_width(len(seeds), len(classes))
+    config["vmap_width"] = width
     key = run_key(config, seeds)
-    compiled, runs, test_scores = None, [], {}
-    for normal_class in tqdm(classes, desc=f"{dataset} classes", unit="class", disable=not show_bar):
+    groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]
+    finished = {}
+    for normal_class in classes:
         done = load_partial(out_dir, normal_class, key) if resume else None
         if done is not None:
-            runs.append(done[0])
-            test_scores[normal_class] = done[1]
+            finished[normal_class] = done
             what = "the run" if normal_class is None else f"class {normal_class}"
             log(f"  {what}: finished earlier with the same configuration; reusing "
                 f"{_partial_paths(out_dir, normal_class)[0]} (pass --fresh to recompute)")
-            continue
-        split = load(normal_class)
-        data = _device_data(split, n_rows or split.train.shape[0])
+    pending = [c for c in classes if c not in finished]
+    n_dev = max(1, min(len(jax.devices()), len(pending) * len(groups)))
+    per_round = max(1, n_dev // len(groups))  # classes whose chunks fill one round
+    compiled = None
+    bar = tqdm(total=len(pending), desc=f"{dataset}", unit="class", disable=not show_bar)
+    for first in range(0, len(pending), per_round):
+        batch = pending[first:first + per_round]
+        splits = {c: load(c) for c in batch}
+        data = {c: _device_data(splits[c], n_rows or splits[c].train.shape[0]) for c in batch}
         if compiled is None:
-            say(f"compiling the {len(seeds)}-seed protocol ({config['steps']} steps) ...", flush=True)
-            compiled = compile_protocol(model, protocol_config, data, len(seeds))
+            say(f"compiling the protocol: {width} seeds vmapped per device, {n_dev} device(s), "
+                f"{config['steps']} steps ...", flush=True)
+            compiled = compile_protocol(model, protocol_config, data[batch[0]],
+                                        devices=jax.devices()[:n_dev], width=width)
             timings["compile_s"] = compiled.compile_seconds
-            say(f"running on {compiled.mesh.devices.size} {compiled.mesh.devices.flat[0].platform} "
-                f"device(s) ...", flush=True)
+            say(f"running {len(pending)} x {len(seeds)} runs on {n_dev} "
+                f"{jax.devices()[0].platform} device(s) ...", flush=True)
         t = time.perf_counter()
-        out = compiled(seeds, data, config["beta"])
+        parts = compiled.run_chunks([(g, data[c]) for c in batch for g in groups], config["beta"])
         elapsed = time.perf_counter() - t
         timings["run_s"] += elapsed
-        timings["per_class_run_s"][str(normal_class)] = elapsed
-        test_pct = 100.0 * out["test_metric"]
-        paper, source = paper_value(dataset, normal_class, beta=config["beta"], norm=config["norm"])
-        test_scores[normal_class] = (out["test_scores"], split.test_y)
-        runs.append(_strict({
-            "normal_class": normal_class,
-            "n_train": int(split.train.shape[0]),
-            "seeds": seeds,
-            "test_metric": _nan_to_none(test_pct),
-            "best_step": out["best_step"].tolist(),
-            "best_val_metric": _nan_to_none(100.0 * out["best_val_metric"]),
-            "nonfinite_step": out["nonfinite_step"].tolist(),
-            "val_curve": (100.0 * out["val_curve"]).round(4).tolist(),
-            "loss_curve": out["loss_curve"].tolist(),
-            **summarize(test_pct),
-            "paper": paper, "paper_source": source,
-            "failed_seeds": [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0],
-            "constant_score_seeds": [int(s) for s, c in zip(seeds, out["constant_test_scores"]) if c],
-        }))
-        save_partial(out_dir, normal_class, key, runs[-1], test_scores[normal_class])
-        if normal_class is not None:
-            ref = f" (paper {paper:.1f})" if paper is not None else ""
-            say(f"  class {normal_class}: {_fmt(runs[-1]['mean'])} ± {_fmt(runs[-1]['std'])} %{ref}"
-                f"  [{elapsed:.1f} s]", flush=True)
+        for i, normal_class in enumerate(batch):
+            mine = parts[i * len(groups):(i + 1) * len(groups)]
+            out = {k: np.concatenate([p[k] for p in mine]) for k in mine[0]}
+            timings["per_class_run_s"][str(normal_class)] = elapsed / len(batch)
+            result = _class_result(out, splits[normal_class], normal_class, seeds, config, paper_value)
+            finished[normal_class] = (result, (out["test_scores"], splits[normal_class].test_y))
+            save_partial(out_dir, normal_class, key, *finished[normal_class])
+            if normal_class is not None:
+                ref = f" (paper {result['paper']:.1f})" if result["paper"] is not None else ""
+                say(f"  class {normal_class}: {_fmt(result['mean'])} ± {_fmt(result['std'])} %"
+                    f"{ref}  [{elapsed / len(batch):.1f} s]", flush=True)
+        bar.update(len(batch))
+    bar.close()
+    runs = [finished[c][0] for c in classes]
+    test_scores = {c: finished[c][1] for c in classes}
     class_means = np.array([np.nan if r["mean"] is None else r["mean"] for r in runs])
     paper, source = paper_value(dataset, None, beta=config["beta"], norm=config["norm"])
     if len(runs) > 1 and len(runs) != len(config["all_classes"]):
@@ -376,6 +384,28 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
                "paper": paper, "paper_source": source}
     return {"dataset": dataset, "metric": config["metric"], "metric_unit": "%",
             "runs": runs, "summary": summary, "timings": timings, "test_scores": test_scores}
+
+
+def _class_result(out: dict, split, normal_class, seeds: list[int], config: dict, paper_value) -> dict:
+    """One normal class's entry of ``results.json`` from the protocol's per-seed outputs."""
+    test_pct = 100.0 * out["test_metric"]
+    paper, source = paper_value(config["dataset"], normal_class, beta=config["beta"],
+                                norm=config["norm"])
+    return _strict({
+        "normal_class": normal_class,
+        "n_train": int(split.train.shape[0]),
+        "seeds": seeds,
+        "test_metric": _nan_to_none(test_pct),
+        "best_step": out["best_step"].tolist(),
+        "best_val_metric": _nan_to_none(100.0 * out["best_val_metric"]),
+        "nonfinite_step": out["nonfinite_step"].tolist(),
+        "val_curve": (100.0 * out["val_curve"]).round(4).tolist(),
+        "loss_curve": out["loss_curve"].tolist(),
+        **summarize(test_pct),
+        "paper": paper, "paper_source": source,
+        "failed_seeds": [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0],
+        "constant_score_seeds": [int(s) for s, c in zip(seeds, out["constant_test_scores"]) if c],
+    })
 
 
 def _fmt(value, digits: int = 2) -> str:

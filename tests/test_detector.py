@@ -1,0 +1,298 @@
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tolljax
+from tolljax import TollDetector, TollError
+from tolljax.detector import _best_f1_threshold
+from tolljax.metrics import auroc
+from tolljax.models import count_params
+
+STEPS = 60  # 3 checkpoints: enough to exercise selection, fast on 2 cores
+
+
+@pytest.fixture(scope="module")
+def labelled(arrhythmia):
+    """The paper's Arrhythmia setup (selection by validation F1), shortened."""
+    return TollDetector(steps=STEPS, contamination=0.15).fit(
+        arrhythmia.train, X_val=arrhythmia.val_x, y_val=arrhythmia.val_y)
+
+
+@pytest.fixture(scope="module")
+def label_free(arrhythmia):
+    """No labels: checkpoint selected on a held-out 20 % of X; small MLP, standardised input."""
+    return TollDetector(hidden=(32,), z_dim=4, steps=40, standardize=True,
+                        contamination=0.05, seed=1).fit(arrhythmia.train)
+
+
+def test_fit_score_predict_on_arrhythmia(labelled, arrhythmia):
+    det = labelled
+    assert det.model_name_ == "mlp" and det.input_shape_ == (274,) and det.n_features_in_ == 274
+    hp = det.hyperparameters_
+    assert (hp["beta"], hp["z_dim"], hp["lr"], hp["batch_size"], hp["hidden"]) == \
+        (10.0, 16, 1e-3, 100, [256, 128])
+    assert count_params(det.variables_["params"]) == 212_514  # the authors' Arrhythmia MLP
+    assert det.selection_ == "f1" and det.best_step_ in (20, 40, 60)
+    assert det.history_["step"] == [20, 40, 60] and len(det.history_["train_loss"]) == 3
+    assert det.history_["selection"][det.best_step_ // 20 - 1] == max(det.history_["selection"])
+    scores = det.score_samples(arrhythmia.test_x)
+    assert scores.shape == (90,) and scores.dtype == np.float32 and np.isfinite(scores).all()
+    assert float(auroc(scores, arrhythmia.test_y)) > 0.6
+    pred = det.predict(arrhythmia.test_x)
+    assert pred.dtype == np.int32 and set(np.unique(pred)) <= {0, 1}
+    dec = det.decision_function(arrhythmia.test_x)
+    np.testing.assert_array_equal(pred, (dec > 0).astype(int))
+    assert dec.dtype == np.float64
+    np.testing.assert_array_equal(dec, scores.astype(np.float64) - det.threshold_)
+    # integer input is accepted (cast to float32)
+    ints = np.round(arrhythmia.test_x[:5]).astype(np.int64)
+    np.testing.assert_array_equal(det.score_samples(ints), det.score_samples(ints.astype(np.float32)))
+
+
+def test_labelled_fit_is_the_library_protocol(labelled, arrhythmia):
+    """Same seed, same hyperparameters: the detector is tolljax.train.protocol (unvmapped)."""
+    from tolljax.models import build_model
+    from tolljax.train import ProtocolConfig, protocol
+
+    config = ProtocolConfig(beta=10.0, lr=1e-3, batch_size=100, steps=STEPS, metric="f1")
+    data = {k: jnp.asarray(getattr(arrhythmia, k))
+            for k in ("train", "val_x", "val_y", "test_x", "test_y")}
+    run = jax.jit(functools.partial(protocol, model=build_model("arrhythmia"), config=config))
+    out = run(jax.random.key(0), data, jnp.float32(10.0))
+    assert int(out["best_step"]) == labelled.best_step_
+    np.testing.assert_allclose(labelled.history_["selection"], np.asarray(out["val_curve"]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(labelled.score_samples(arrhythmia.test_x),
+                               np.asarray(out["test_scores"]), rtol=1e-5)
+
+
+def test_contamination_threshold_flags_that_fraction(labelled, label_free, arrhythmia):
+    X = arrhythmia.train  # both were fitted on all 232 rows of X (label_free trained on 80 %)
+    for det, c in ((labelled, 0.15), (label_free, 0.05)):
+        scores = det.score_samples(X)
+        assert det.threshold_ == pytest.approx(np.quantile(scores.astype(np.float64), 1 - c))
+        assert abs(det.predict(X).mean() - c) <= 1 / X.shape[0]
+
+
+def test_label_free_selection_uses_the_held_out_rows(label_free, arrhythmia):
+    det = label_free
+    assert det.selection_ == "loss" and det.hyperparameters_["batch_size"] == 100
+    n_hold = round(0.2 * 232)
+    hold = np.sort(np.random.default_rng(1).permutation(232)[:n_hold])
+    values = det.history_["selection"]  # mean held-out score per checkpoint
+    assert det.best_step_ == det.history_["step"][int(np.argmin(values))]
+    assert np.mean(det.score_samples(arrhythmia.train[hold])) == pytest.approx(min(values), rel=1e-5)
+    # standardisation statistics come from X; zero-variance features get scale 1
+    np.testing.assert_allclose(det.mean_, arrhythmia.train.mean(axis=0), rtol=1e-5, atol=1e-5)
+    assert det.scale_.shape == (274,) and (det.scale_ > 0).all()
+    assert (det.scale_[arrhythmia.train.std(axis=0) == 0] == 1).all()
+
+
+def test_save_load_gives_identical_scores(labelled, label_free, arrhythmia, tmp_path):
+    for det, name in ((labelled, "a"), (label_free, "b")):
+        path = det.save(tmp_path / name)
+        assert (path / "toll_detector.json").is_file() and (path / "variables").is_dir()
+        back = TollDetector.load(tmp_path / name)
+        for x in (arrhythmia.test_x, arrhythmia.train):
+            assert np.array_equal(back.score_samples(x), det.score_samples(x))  # bitwise
+            np.testing.assert_array_equal(back.predict(x), det.predict(x))
+        assert back.threshold_ == det.threshold_ and back.best_step_ == det.best_step_
+        assert back.history_ == det.history_ and back.get_params() == det.get_params()
+        assert back.hyperparameters_ == det.hyperparameters_ and repr(back) == repr(det)
+        if det.mean_ is not None:
+            assert np.array_equal(back.mean_, det.mean_) and np.array_equal(back.scale_, det.scale_)
+    with pytest.raises(TollError, match="already exists.*overwrite=True"):
+        labelled.save(tmp_path / "a")
+    labelled.save(tmp_path / "b", overwrite=True)  # replaces a saved detector
+    assert TollDetector.load(tmp_path / "b").selection_ == "f1"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(TollError, match="refusing to overwrite"):
+        labelled.save(tmp_path / "other", overwrite=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+
+
+def test_val_f1_threshold_maximises_validation_f1(arrhythmia):
+    # Same program as the `labelled` fixture (β and lr are traced): no recompilation.
+    det = TollDetector(steps=STEPS, threshold="val_f1").fit(
+        arrhythmia.train, X_val=arrhythmia.val_x, y_val=arrhythmia.val_y)
+    s, y = det.score_samples(arrhythmia.val_x), arrhythmia.val_y
+
+    def f1(pred):
+        tp = np.sum(pred & (y == 1))
+        return 2 * tp / (pred.sum() + y.sum())
+
+    best = max(f1(s > t) for t in np.r_[s, s.min() - 1])
+    assert f1(det.predict(arrhythmia.val_x).astype(bool)) == pytest.approx(best)
+
+
+def test_best_f1_threshold_with_ties():
+    s = np.array([0.1, 0.5, 0.5, 0.9, 0.2], np.float32)
+    y = np.array([0, 1, 0, 1, 0])
+    t, f1 = _best_f1_threshold(s, y)
+    # flag {0.9}: F1 = 2/3; flag {0.9, 0.5, 0.5}: F1 = 4/5 (ties are flagged together)
+    assert f1 == pytest.approx(0.8) and 0.2 < t < 0.5
+    t, f1 = _best_f1_threshold(np.array([1.0, 1.0]), np.array([1, 1]))
+    assert f1 == 1.0 and t < 1.0
+
+
+def test_fit_predict_and_params(arrhythmia):
+    det = TollDetector(steps=40, eval_every=20, hidden=(32,), z_dim=4, standardize=True,
+                       contamination=0.05, seed=1)
+    again = TollDetector(**det.get_params())
+    assert again.get_params() == det.get_params() and "hidden=(32,)" in repr(det)
+    assert det.set_params(contamination=0.2) is det and det.contamination == 0.2
+    with pytest.raises(TollError, match="unknown TollDetector parameter 'gamma'"):
+        det.set_params(gamma=1)
+
+
+def test_diverging_training_is_a_toll_error_and_keeps_the_fitted_state(labelled, arrhythmia):
+    # Same compiled program as `labelled` (β and lr are traced): no recompilation.
+    det = TollDetector(steps=STEPS, contamination=0.15)
+    det.fit(arrhythmia.train, X_val=arrhythmia.val_x, y_val=arrhythmia.val_y)
+    before = det.score_samples(arrhythmia.test_x)
+    np.testing.assert_array_equal(before, labelled.score_samples(arrhythmia.test_x))
+    det.set_params(beta=1e38, standardize=True)  # β·||z|| overflows at the first step
+    with pytest.raises(TollError, match="non-finite at step 1; lower lr or beta"):
+        det.fit(arrhythmia.train, X_val=arrhythmia.val_x, y_val=arrhythmia.val_y)
+    assert det.mean_ is None and det.hyperparameters_["beta"] == 10.0  # still the old model
+    np.testing.assert_array_equal(det.score_samples(arrhythmia.test_x), before)
+
+
+def test_image_inputs_get_the_papers_models_and_defaults():
+    det = TollDetector()
+    name, hp = det._resolve((28, 28, 1))
+    assert name == "mnist" and (hp["beta"], hp["z_dim"], hp["lr"], hp["batch_size"]) == \
+        (1000.0, 128, 1e-4, 1000) and "hidden" not in hp
+    name, hp = det._resolve((32, 32, 3))
+    assert name == "cifar10" and (hp["beta"], hp["z_dim"], hp["lr"], hp["batch_size"]) == \
+        (10.0, 64, 1e-2, 50)
+    name, hp = TollDetector(model="fmnist", z_dim=32)._resolve((28, 28, 1))
+    assert name == "fmnist" and hp["z_dim"] == 32 and hp["beta"] == 100.0
+
+
+@pytest.mark.slow
+def test_image_fit_score_save_load(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 32, 32, 3)).astype(np.float32)
+    det = TollDetector(steps=2, eval_every=1, batch_size=4, z_dim=8).fit(X)
+    assert det.model_name_ == "cifar10" and det.score_samples(X[:3]).shape == (3,)
+    det.save(tmp_path / "img")
+    back = TollDetector.load(tmp_path / "img")
+    assert np.array_equal(back.score_samples(X), det.score_samples(X))
+
+
+X_OK = np.zeros((4, 3), np.float32)
+
+
+@pytest.mark.parametrize("X, message", [
+    (np.zeros(5), r"shape \(5,\); expected a 2-D array .* X.reshape\(1, -1\)"),
+    (np.zeros((4, 28, 28)), r"add a channel axis for grayscale images: X\[\.\.\., None\]"),
+    (np.zeros((4, 16, 16, 3)), r"image shape \(4, 16, 16, 3\); supported NHWC"),
+    (np.zeros((4, 3, 32, 32)), r"convert NCHW with X.transpose\(0, 2, 3, 1\)"),
+    (np.zeros((4, 2, 2, 2, 2)), "expected a 2-D array"),
+    (np.array([[1.0, np.nan], [0.0, 1.0]]), r"1 NaN/inf values .* rows \[0\]"),
+    (np.array([[1.0, np.inf], [0.0, 1.0]]), "NaN/inf values"),
+    (np.array([[1e40, 0.0], [0.0, 1.0]]), "beyond the float32 range"),
+    (np.array([["a", "b"], ["c", "d"]]), "dtype <U1; pass a numeric"),
+    (np.ones((3, 2), bool), "dtype bool"),
+    (np.ones((3, 2), complex), "dtype complex128"),
+    (np.zeros((1, 3)), "1 samples; at least 2"),
+    (np.zeros((0, 3)), "0 samples; at least 2"),
+    (np.zeros((3, 0)), "no features per sample"),
+    ([[1.0, 2.0], [3.0]], "cannot be converted to an array|dtype object"),
+])
+def test_bad_training_data_messages(X, message):
+    with pytest.raises(TollError, match=message) as err:
+        TollDetector(steps=20).fit(X)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(y=np.zeros(4)), "takes no labels; pass labelled data .* X_val=..., y_val="),
+    (dict(y_val=np.zeros(4)), "y_val given without X_val"),
+    (dict(X_val=np.zeros((4, 5), np.float32)), r"X_val samples have shape \(5,\) but X samples \(3,\)"),
+    (dict(X_val=X_OK, y_val=np.zeros(3)), r"y_val has shape \(3,\); expected .* \(4,\)"),
+    (dict(X_val=X_OK, y_val=np.array([0, 1, 2, 0])), "0 \\(normal\\) and 1 \\(anomaly\\) only"),
+    (dict(X_val=X_OK, y_val=np.zeros(4), selection="f1"), "needs X_val and y_val with both"),
+    (dict(threshold="val_f1"), "threshold='val_f1' needs X_val and y_val"),
+    (dict(batch_size=4), r"batch_size=4 but only 3 training rows after holding out"),
+    (dict(model="mnist"), r"model='mnist' takes samples of shape \(28, 28, 1\), got \(3,\)"),
+])
+def test_bad_fit_arguments_messages(kwargs, message):
+    params = {k: kwargs.pop(k) for k in ("selection", "threshold", "batch_size", "model")
+              if k in kwargs}
+    with pytest.raises(TollError, match=message):
+        TollDetector(steps=20, **params).fit(X_OK, **kwargs)
+
+
+def test_mlp_on_images_message():
+    with pytest.raises(TollError, match="model='mlp' takes 2-D input"):
+        TollDetector(model="mlp").fit(np.zeros((2, 28, 28, 1)))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(contamination=0), r"contamination must be in \(0, 0.5\], got 0"),
+    (dict(contamination=0.6), r"contamination must be in \(0, 0.5\], got 0.6"),
+    (dict(contamination=-0.1), r"contamination must be in \(0, 0.5\]"),
+    (dict(contamination="10%"), r"contamination must be in \(0, 0.5\]"),
+    (dict(threshold="f1"), "unknown threshold 'f1'"),
+    (dict(threshold=float("nan")), "threshold must be a finite number"),
+    (dict(selection="best"), "unknown selection 'best'"),
+    (dict(model="resnet"), "unknown model 'resnet'"),
+    (dict(steps=30), "steps=30 is not a multiple of eval_every=20"),
+    (dict(steps=0), "steps must be a positive integer"),
+    (dict(batch_size=2.5), "batch_size must be a positive integer"),
+    (dict(z_dim=0), "z_dim must be a positive integer"),
+    (dict(lr=0.0), "lr must be a positive number"),
+    (dict(beta=-1.0), "beta must be a finite number >= 0"),
+    (dict(beta=float("inf")), "beta must be a finite number"),
+    (dict(hidden=()), "hidden must be a non-empty tuple"),
+    (dict(hidden=(64, 0)), "every hidden width must be a positive integer"),
+    (dict(norm=3), "unknown latent norm 3"),
+    (dict(init="xavier"), "unknown init 'xavier'"),
+    (dict(val_fraction=1.0), r"val_fraction must be in \(0, 1\)"),
+    (dict(standardize="yes"), "standardize must be True or False"),
+    (dict(seed=1.5), "seed must be an integer"),
+])
+def test_bad_parameters_messages(kwargs, message):
+    with pytest.raises(TollError, match=message) as err:
+        TollDetector(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_unfitted_detector_messages(tmp_path):
+    det = TollDetector()
+    for call in (lambda: det.score_samples(X_OK), lambda: det.predict(X_OK),
+                 lambda: det.decision_function(X_OK), lambda: det.save(tmp_path / "d")):
+        with pytest.raises(TollError, match=r"not fitted yet; call fit\(X\)"):
+            call()
+
+
+def test_scoring_data_with_other_features_names_both_shapes(labelled, arrhythmia):
+    with pytest.raises(TollError, match=r"X has shape \(5, 273\) but the detector was fitted on "
+                                        r"samples of shape \(274,\)"):
+        labelled.score_samples(arrhythmia.test_x[:5, :273])
+    with pytest.raises(TollError, match="NaN/inf"):
+        labelled.predict(np.full((2, 274), np.nan))
+
+
+def test_load_messages(tmp_path, labelled):
+    with pytest.raises(TollError, match="no saved TollDetector in .*pass the folder given to save"):
+        TollDetector.load(tmp_path / "nowhere")
+    path = labelled.save(tmp_path / "d")
+    payload = json.loads((path / "toll_detector.json").read_text())
+    (path / "toll_detector.json").write_text(json.dumps({**payload, "format_version": 99}))
+    with pytest.raises(TollError, match="newer tolljax"):
+        TollDetector.load(path)
+    (path / "toll_detector.json").write_text("{broken")
+    with pytest.raises(TollError, match="damaged or not a saved TollDetector"):
+        TollDetector.load(path)
+
+
+def test_exported_from_the_package():
+    assert tolljax.TollDetector is TollDetector and "TollDetector" in tolljax.__all__

@@ -1,0 +1,156 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from experiments import plots
+from experiments.plots import (class_tag, load_scores, main, make_plots, roc_curve,
+                               save_scores)
+from experiments.run import main as run_main
+from tolljax.errors import TollError
+from tolljax.metrics import auroc
+
+FIGURES = ("val_curve", "loss_curve", "paper_bars", "roc", "score_hist")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A real (short) Arrhythmia run of the CLI: results.json (+ scores.npz if the CLI writes it)."""
+    out = tmp_path_factory.mktemp("run")
+    assert run_main(["--steps", "40", "--seeds", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def _fake_results(path, classes=range(10), seeds=3, checkpoints=8, with_scores=True):
+    """A multi-class results.json in the CLI's schema (MNIST-like), seed 1 of class 2 failed."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for c in classes:
+        val = 90 + 5 * rng.random((seeds, checkpoints))
+        test = list(95 + 4 * rng.random(seeds))
+        loss = np.linspace(50, 5, checkpoints) * (1 + 0.1 * rng.random((seeds, 1)))
+        best = [int((np.argmax(v) + 1) * 20) for v in val]
+        val = val.round(4).tolist()
+        if c == 2:
+            val[1][3:] = [None] * (checkpoints - 3)
+            test[1] = None
+        runs.append({"normal_class": c, "seeds": list(range(seeds)), "test_metric": test,
+                     "best_step": best, "best_val_metric": [max(v for v in row if v is not None)
+                                                            for row in val],
+                     "val_curve": val, "loss_curve": loss.tolist(),
+                     "mean": float(np.mean([t for t in test if t is not None])), "std": 1.0,
+                     "paper": [99.8, 99.9, 96.2, 97.9, 97.8, 98.1, 99.5, 98.7, 97.3, 98.5][c],
+                     "paper_source": "Table 1"})
+        if with_scores:
+            labels = (rng.random(200) < 0.3).astype(np.int32)
+            labels[:2] = [0, 1]
+            scores = rng.normal(size=(seeds, 200)) + 2.0 * labels
+            save_scores(path, c, scores, labels)
+    results = {"config": {"dataset": "mnist", "beta": 1000.0, "z_dim": 128, "lr": 1e-4,
+                          "batch_size": 1000, "steps": 20 * checkpoints, "eval_every": 20,
+                          "paper_protocol": False},
+               "metric": "auroc", "runs": runs,
+               "summary": {"mean": 97.0, "std": 1.0, "paper": 98.4, "paper_source": "Table 1"}}
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "results.json").write_text(json.dumps(results))
+    return results
+
+
+def _assert_figures(out, names):
+    for name in names:
+        for fmt in ("png", "pdf"):
+            f = out / f"{name}.{fmt}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+    png = (out / f"{names[0]}.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / f"{names[0]}.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_cli_on_a_real_run_with_fake_scores(run_dir, tmp_path, capsys):
+    work = tmp_path / "res"
+    shutil.copytree(run_dir, work)
+    (work / "scores.npz").unlink(missing_ok=True)  # replace the CLI's file by a fake one
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(77, int), np.ones(13, int)]
+    save_scores(work, None, rng.normal(size=(2, 90)) + labels, labels)
+    assert main([str(work)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 10 files" in printed and "note:" not in printed
+    _assert_figures(work / "plots", FIGURES)
+
+
+def test_without_scores_the_roc_and_histograms_are_skipped_with_a_note(run_dir, tmp_path, capsys):
+    work = tmp_path / "res"
+    work.mkdir()
+    shutil.copy(run_dir / "results.json", work / "results.json")
+    assert main([str(work), "--out", str(tmp_path / "figs"), "--formats", "png,pdf"]) == 0
+    printed = capsys.readouterr().out
+    assert "note:" in printed and "scores.npz not found" in printed and "ROC" in printed
+    _assert_figures(tmp_path / "figs", FIGURES[:3])
+    assert not (tmp_path / "figs" / "roc.png").exists()
+
+
+def test_multiclass_results_with_a_failed_seed(tmp_path):
+    _fake_results(tmp_path / "res")
+    paths = make_plots(tmp_path / "res", log=lambda *a: None)
+    assert {p.stem for p in paths} == set(FIGURES) and len(paths) == 10
+
+
+def test_missing_class_in_scores_is_noted(tmp_path):
+    _fake_results(tmp_path / "res", classes=range(3), with_scores=False)
+    save_scores(tmp_path / "res", 1, np.array([[0.1, 0.9, 0.3]]), np.array([0, 1, 0]))
+    notes = []
+    paths = make_plots(tmp_path / "res", formats=["png"], log=notes.append)
+    assert any("class(es) 0, 2" in n for n in notes)
+    assert (tmp_path / "res" / "plots" / "roc.png").is_file() and len(paths) == 5
+
+
+def test_save_scores_merges_classes_and_roundtrips(tmp_path):
+    s0, y0 = np.array([[0.1, 0.5, 0.9], [0.2, 0.4, 0.8]]), np.array([0, 0, 1])
+    save_scores(tmp_path, 0, s0, y0)
+    save_scores(tmp_path, None, np.array([1.0, 2.0]), np.array([1, 0]))  # one seed, 1-D
+    save_scores(tmp_path, 0, s0 * 2, y0)  # replaces class 0
+    got = load_scores(tmp_path)
+    assert set(got) == {"0", "all"} and class_tag(None) == "all"
+    np.testing.assert_array_equal(got["0"][0], (s0 * 2).astype(np.float32))
+    np.testing.assert_array_equal(got["0"][1], y0)
+    assert got["all"][0].shape == (1, 2)
+    assert not list(tmp_path.glob("*.tmp.npz"))
+
+
+def test_roc_area_matches_the_library_auroc_with_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 300).astype(np.float32)  # many ties
+    labels = (rng.random(300) < 0.4).astype(np.int32)
+    fpr, tpr, area = roc_curve(scores, labels)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert area == pytest.approx(float(auroc(scores, labels)), abs=1e-6)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: None, "results.json not found"),
+    (lambda d: (d / "results.json").write_text("{not json"), "cannot read"),
+    (lambda d: (d / "results.json").write_text('{"config": {}}'), "lacks"),
+])
+def test_bad_results_folder_messages(tmp_path, capsys, setup, message):
+    setup(tmp_path)
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_inputs_raise_toll_errors(tmp_path):
+    with pytest.raises(TollError, match="results folder not found"):
+        make_plots(tmp_path / "nowhere")
+    _fake_results(tmp_path / "res", classes=[0], with_scores=False)
+    with pytest.raises(TollError, match="unknown figure format"):
+        make_plots(tmp_path / "res", formats=["gif"])
+    with pytest.raises(TollError, match=r"expected labels of shape \(3,\)"):
+        save_scores(tmp_path, 0, np.zeros((2, 3)), np.zeros(4))
+    with pytest.raises(TollError, match="0 \\(normal\\) or 1"):
+        save_scores(tmp_path, 0, np.zeros((2, 3)), np.array([0, 2, 1]))
+    (tmp_path / "res" / plots.SCORES_FILE).write_bytes(b"garbage")
+    with pytest.raises(TollError, match="cannot read"):
+        load_scores(tmp_path / "res")

@@ -1,0 +1,668 @@
+"""Toll as a scikit-learn-style anomaly detector: :class:`TollDetector`.
+
+    det = TollDetector(contamination=0.15).fit(X_normal)          # train on normal data
+    s = det.score_samples(X)      # the paper's score ||x̂ − x||₂ + β·||z||₂; higher = more anomalous
+    det.predict(X)                # 1 = anomaly, 0 = normal (PyOD convention)
+    det.save("toll_model"); det = TollDetector.load("toll_model")
+
+Input and model
+  * 2-D ``(n_samples, n_features)`` → the paper's Arrhythmia MLP sized from the feature count:
+    features→256→128→z→128→256→features with BatchNorm+ReLU (``hidden``, ``z_dim``).
+    Defaults are the paper's Arrhythmia setup: β=10, lr=1e-3, batch=min(100, n), z=16.
+  * 4-D NHWC images ``(n, 28, 28, 1)`` → the paper's MNIST conv autoencoder and MNIST
+    hyperparameters; ``(n, 32, 32, 3)`` → the CIFAR-10 model and hyperparameters
+    (``model="fmnist"`` / ``"cifar100"`` pick those datasets' defaults instead). Feed the
+    images preprocessed as in the paper (see ``tolljax.data``).
+  Any explicit ``beta``, ``z_dim``, ``lr``, ``batch_size`` overrides the default.
+  ``standardize=True`` standardises every feature (tabular) or channel (images) with the mean
+  and std of the training data; off by default, as in the paper (raw Arrhythmia features).
+
+Training (as the authors' protocol, on the device in one compiled program): ``steps`` Adam
+steps, each on ``batch_size`` distinct training rows drawn at random; every ``eval_every``
+steps a checkpoint is evaluated and kept if strictly better than the best so far.
+
+Checkpoint selection (``selection=``)
+  * with labels — ``fit(X, X_val=..., y_val=...)`` — as in the paper: the checkpoint with the
+    best validation F1 (tabular, the paper's rule: the expected fraction of anomalies, here
+    ``mean(y_val)``, highest scores flagged) or AUROC (images). All of ``X`` is trained on.
+  * without labels — ``fit(X)`` — a seeded ``val_fraction`` (20 %) of ``X`` is held out and
+    not trained on; the checkpoint with the lowest mean score (= the Toll loss in eval mode)
+    on the held-out rows is kept. ``fit(X, X_val=...)`` without ``y_val`` uses ``X_val``
+    (assumed normal) as that held-out set instead.
+
+Threshold for :meth:`predict` (``threshold=``)
+  * ``"contamination"`` (default): the ``1 − contamination`` quantile of the scores of the
+    training data ``X`` (all rows passed to ``fit``), as PyOD: about ``contamination`` of the
+    training data is flagged.
+  * ``"val_f1"``: the threshold maximising the anomaly-class F1 on ``(X_val, y_val)``.
+  * a number: that score.
+A sample is flagged when its score is strictly above ``threshold_``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import numbers
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tolljax.configs import PAPER_HYPERPARAMETERS
+from tolljax.errors import TollError
+from tolljax.losses import parse_norm
+from tolljax.metrics import auroc, f1_top_fraction
+from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
+                            model_names, sample_shape)
+from tolljax.train import create_train_state, sample_batch_indices, score, train_step
+
+# Image sample shapes (NHWC, no batch axis) → the registry model used by ``model="auto"``.
+IMAGE_MODELS = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
+MODELS = ("auto", "mlp", *model_names())
+SELECTIONS = ("auto", "f1", "auroc", "loss")
+THRESHOLDS = ("contamination", "val_f1")
+_FORMAT = "tolljax.TollDetector"
+_FORMAT_VERSION = 1
+_CONFIG_FILE = "toll_detector.json"
+_VARIABLES_DIR = "variables"
+# The paper's Arrhythmia setup is the default for tabular data.
+_TABULAR_DEFAULTS = PAPER_HYPERPARAMETERS["arrhythmia"]
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _as_samples(X, what: str, *, min_rows: int = 1) -> np.ndarray:
+    """``X`` as a float32 array of samples, or a :class:`TollError` naming the problem."""
+    if isinstance(X, jax.Array):
+        X = np.asarray(X)
+    try:
+        arr = np.asarray(X)
+    except Exception as exc:  # ragged lists and the like
+        raise TollError(f"{what} cannot be converted to an array ({type(exc).__name__}); pass a "
+                        "numeric array of shape (n_samples, n_features) or (n, H, W, C)") from None
+    if arr.dtype.kind not in "fiu":
+        raise TollError(f"{what} has dtype {arr.dtype}; pass a numeric (floating-point or "
+                        "integer) array")
+    if arr.ndim not in (2, 4):
+        hint = ("; add a channel axis for grayscale images: X[..., None]" if arr.ndim == 3 else
+                "; reshape a single sample with X.reshape(1, -1)" if arr.ndim == 1 else "")
+        raise TollError(f"{what} has shape {_shape_text(arr.shape)}; expected a 2-D array "
+                        "(n_samples, n_features) or 4-D NHWC images (n, 28, 28, 1) / "
+                        f"(n, 32, 32, 3){hint}")
+    if arr.ndim == 4 and tuple(arr.shape[1:]) not in IMAGE_MODELS:
+        nchw = arr.shape[1] in (1, 3) and tuple(np.array(arr.shape)[[2, 3, 1]]) in IMAGE_MODELS
+        raise TollError(f"{what} has image shape {_shape_text(arr.shape)}; supported NHWC image "
+                        "shapes are (n, 28, 28, 1) and (n, 32, 32, 3)"
+                        + ("; convert NCHW with X.transpose(0, 2, 3, 1)" if nchw else
+                           "; flatten other data to 2-D (n, features) for the MLP"))
+    if arr.shape[0] < min_rows:
+        raise TollError(f"{what} has {arr.shape[0]} samples; at least {min_rows} are needed")
+    if 0 in arr.shape[1:]:
+        raise TollError(f"{what} has shape {_shape_text(arr.shape)}, i.e. no features per sample")
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
+        out = arr.astype(np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.reshape(out.shape[0], -1).all(axis=1))
+        raise TollError(f"{what} contains {int(out.size - finite.sum())} NaN/inf values (or "
+                        f"values beyond the float32 range) in rows {rows[:5].tolist()}"
+                        f"{'...' if rows.size > 5 else ''}; clean or impute the data first")
+    return out
+
+
+def _as_labels(y, n: int, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(y)
+    except Exception:
+        arr = np.asarray([], dtype=object)
+    if arr.shape != (n,):
+        raise TollError(f"{what} has shape {_shape_text(arr.shape)}; expected one label per "
+                        f"sample, shape ({n},)")
+    if arr.dtype.kind not in "biuf" or not np.isin(arr, (0, 1)).all():
+        raise TollError(f"{what} must hold 0 (normal) and 1 (anomaly) only")
+    return arr.astype(np.int32)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise TollError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise TollError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Program:
+    """Static description of one training program (hashable: a ``jax.jit`` static argument)."""
+
+    model: nn.Module
+    batch_size: int
+    steps: int
+    eval_every: int
+    norm: Any
+    criterion: str            # "f1" | "auroc" | "loss"
+    normal_fraction: float    # F1 rule: this fraction of lowest scores predicted normal
+    chunk: int
+
+
+def _tree_where(cond, new, old):
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(cond, n, o), new, old)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _train(prog: _Program, key: jax.Array, train: jnp.ndarray, sel_x: jnp.ndarray,
+           sel_y: jnp.ndarray, beta: jnp.ndarray, lr: jnp.ndarray) -> dict:
+    """Train and select a checkpoint on the device: the steps are a ``lax.scan`` inside a
+    ``lax.scan`` over checkpoints, the best checkpoint is kept with ``jnp.where``.
+
+    Same key use, batch draws and failure handling as :func:`tolljax.train.protocol`, so a
+    labelled fit reproduces the protocol's run of the same seed (unvmapped). ``beta`` and ``lr``
+    are traced, so changing them does not recompile. The selection value is maximised:
+    the metric on ``(sel_x, sel_y)``, or minus the mean score of ``sel_x`` for ``"loss"``.
+    """
+    init_key, data_key = jax.random.split(key)
+    state = create_train_state(prog.model, init_key, train.shape[1:], optax.adam(lr))
+    n = train.shape[0]
+
+    def criterion(scores):
+        if prog.criterion == "loss":
+            return -jnp.mean(scores)
+        if prog.criterion == "f1":
+            return f1_top_fraction(scores, sel_y, prog.normal_fraction)
+        return auroc(scores, sel_y)
+
+    def step(carry, step_key):
+        state, bad_step = carry
+        idx = sample_batch_indices(step_key, n, n, prog.batch_size)
+        state, metrics = train_step(state, train[idx], beta, prog.norm)
+        bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
+        return (state, bad_step), metrics["loss"]
+
+    def checkpoint(carry, step_keys):
+        last_good, bad_step, best = carry
+        (state, bad_step), losses = jax.lax.scan(step, (last_good, bad_step), step_keys)
+        failed = bad_step >= 0
+        state = _tree_where(failed, last_good, state)  # frozen at the last good checkpoint
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        value = criterion(score(state.apply_fn, variables, sel_x, beta, prog.norm, prog.chunk))
+        value = jnp.where(failed, -jnp.inf, value)
+        better = value > best["value"]  # strict, as the authors; NaN is never better
+        best = _tree_where(better, {"variables": variables, "value": value, "step": state.step}, best)
+        return (state, bad_step, best), (value, jnp.mean(losses))
+
+    n_ckpt = prog.steps // prog.eval_every
+    keys = jax.random.split(data_key, prog.steps)
+    keys = keys.reshape(n_ckpt, prog.eval_every, *keys.shape[1:])
+    best0 = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
+             "value": jnp.array(-jnp.inf, jnp.float32), "step": jnp.array(0, jnp.int32)}
+    (_, bad_step, best), (values, losses) = jax.lax.scan(
+        checkpoint, (state, jnp.array(-1, jnp.int32), best0), keys)
+    return {"variables": best["variables"], "best_step": best["step"], "best_value": best["value"],
+            "values": values, "losses": losses, "nonfinite_step": bad_step}
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _score(model: nn.Module, norm, chunk: int, variables: dict, x: jnp.ndarray,
+           beta: jnp.ndarray) -> jnp.ndarray:
+    return score(model.apply, variables, x, beta, norm, chunk)
+
+
+def _best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold t (flag ``score > t``) maximising the anomaly-class F1, and that F1.
+
+    Candidate cuts lie between consecutive distinct scores (at the midpoint; below the lowest
+    score when everything is flagged); ties of F1 go to the higher threshold (fewer flagged).
+    """
+    order = np.argsort(-scores.astype(np.float64), kind="stable")
+    s = scores.astype(np.float64)[order]
+    tp = np.cumsum(labels[order] == 1)
+    flagged = np.arange(1, s.size + 1)
+    f1 = 2.0 * tp / (flagged + float(np.sum(labels == 1)))
+    cut = np.append(s[:-1] > s[1:], True)  # a cut after position i separates distinct scores
+    i = int(np.argmax(np.where(cut, f1, -1.0)))
+    lower = s[i + 1] if i + 1 < s.size else s[i] - max(1.0, abs(s[i]))
+    return float((s[i] + lower) / 2), float(f1[i])
+
+
+def _standardize(X: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
+    return X if mean is None else ((X - mean) / scale).astype(np.float32)
+
+
+def _plain(value):
+    """numpy scalars → Python numbers, tuples → lists (for JSON)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class TollDetector:
+    """Toll anomaly detector (scikit-learn style; see the module docstring for the details).
+
+    Args:
+      model: ``"auto"`` (MLP for 2-D input, the paper's conv model for 28×28×1 / 32×32×3
+        images), ``"mlp"``, or a registry name (``"mnist"``, ``"fmnist"``, ``"cifar10"``,
+        ``"cifar100"``) whose paper hyperparameters become the defaults.
+      beta, z_dim, lr, batch_size: ``None`` = the paper's value for the model (tabular:
+        β=10, z=16, lr=1e-3, batch=min(100, n)).
+      hidden: MLP widths between input and latent (tabular only; paper: (256, 128)).
+      steps, eval_every: training steps and steps between checkpoints (paper: 2000, 20).
+      norm: latent norm, 1, 2 or ``"inf"`` (paper Table 8; default 2).
+      init: ``"torch"`` (PyTorch's default init, as the authors) or ``"flax"``.
+      standardize: standardise features/channels with the training mean/std (default off).
+      contamination: expected fraction of anomalies, in (0, 0.5] (for ``threshold``).
+      threshold: ``"contamination"``, ``"val_f1"`` or a fixed score.
+      selection: checkpoint selection: ``"auto"`` (F1/AUROC with labels, else ``"loss"``),
+        ``"f1"``, ``"auroc"`` (need ``y_val``) or ``"loss"`` (lowest mean held-out score).
+      val_fraction: fraction of ``X`` held out for label-free selection (default 0.2).
+      seed: seeds the initialisation, the batches and the held-out split.
+      score_chunk: samples scored at once (bounds memory for large image sets).
+      verbose: print compile/training time and the selected checkpoint.
+
+    Fitted attributes: ``model_name_``, ``input_shape_`` (one sample), ``n_features_in_``,
+    ``hyperparameters_`` (resolved β, z, lr, batch, …), ``variables_`` (params, batch_stats),
+    ``mean_``/``scale_`` (standardisation or None), ``threshold_``, ``selection_``,
+    ``best_step_``, ``history_`` (step, selection value, mean training loss per checkpoint),
+    ``nonfinite_step_`` (first step with a non-finite loss, −1 if none).
+    """
+
+    def __init__(self, *, model: str = "auto", beta: float | None = None,
+                 z_dim: int | None = None, lr: float | None = None,
+                 batch_size: int | None = None, hidden: Sequence[int] = (256, 128),
+                 steps: int = 2000, eval_every: int = 20, norm: int | str = 2,
+                 init: str = "torch", standardize: bool = False, contamination: float = 0.1,
+                 threshold: str | float = "contamination", selection: str = "auto",
+                 val_fraction: float = 0.2, seed: int = 0, score_chunk: int = 1000,
+                 verbose: bool = False):
+        self.model = model
+        self.beta = beta
+        self.z_dim = z_dim
+        self.lr = lr
+        self.batch_size = batch_size
+        self.hidden = tuple(hidden) if isinstance(hidden, (list, tuple)) else hidden
+        self.steps = steps
+        self.eval_every = eval_every
+        self.norm = norm
+        self.init = init
+        self.standardize = standardize
+        self.contamination = contamination
+        self.threshold = threshold
+        self.selection = selection
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.score_chunk = score_chunk
+        self.verbose = verbose
+        self._check_params()
+
+    # ------------------------------------------------------------------ parameters
+    _PARAM_NAMES = ("model", "beta", "z_dim", "lr", "batch_size", "hidden", "steps",
+                    "eval_every", "norm", "init", "standardize", "contamination", "threshold",
+                    "selection", "val_fraction", "seed", "score_chunk", "verbose")
+
+    def get_params(self, deep: bool = True) -> dict:
+        """Constructor arguments (scikit-learn API)."""
+        return {name: getattr(self, name) for name in self._PARAM_NAMES}
+
+    def set_params(self, **params) -> "TollDetector":
+        """Set constructor arguments (scikit-learn API); takes effect at the next ``fit``."""
+        for name, value in params.items():
+            if name not in self._PARAM_NAMES:
+                raise TollError(f"unknown TollDetector parameter {name!r}; valid: "
+                                f"{', '.join(self._PARAM_NAMES)}")
+            setattr(self, name, tuple(value) if name == "hidden" and isinstance(value, list) else value)
+        self._check_params()
+        return self
+
+    def __repr__(self) -> str:
+        defaults = TollDetector.__init__.__kwdefaults__
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k]]
+        return f"TollDetector({', '.join(changed)})"
+
+    def _check_params(self) -> None:
+        if self.model not in MODELS:
+            raise TollError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.beta is not None and (_real("beta", self.beta) < 0):
+            raise TollError(f"beta must be a finite number >= 0, got {self.beta!r}")
+        if self.lr is not None and _real("lr", self.lr) <= 0:
+            raise TollError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("z_dim", "batch_size"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
+        for name in ("steps", "eval_every", "score_chunk"):
+            _positive_int(name, getattr(self, name))
+        if self.steps % self.eval_every:
+            raise TollError(f"steps={self.steps} is not a multiple of eval_every="
+                            f"{self.eval_every}; a checkpoint is taken every eval_every steps")
+        if not isinstance(self.hidden, tuple) or not self.hidden:
+            raise TollError(f"hidden must be a non-empty tuple of layer widths, got {self.hidden!r}")
+        for width in self.hidden:
+            _positive_int("every hidden width", width)
+        parse_norm(self.norm)
+        if self.init not in INIT_SCHEMES:
+            raise TollError(f"unknown init {self.init!r}; choose one of {INIT_SCHEMES}")
+        if not isinstance(self.standardize, (bool, np.bool_)):
+            raise TollError(f"standardize must be True or False, got {self.standardize!r}")
+        c = self.contamination
+        if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 < c <= 0.5:
+            raise TollError(f"contamination must be in (0, 0.5], got {c!r}; it is the expected "
+                            "fraction of anomalies in the training data")
+        if isinstance(self.threshold, str):
+            if self.threshold not in THRESHOLDS:
+                raise TollError(f"unknown threshold {self.threshold!r}; choose 'contamination', "
+                                "'val_f1' or a number (a fixed score)")
+        else:
+            _real("threshold", self.threshold)
+        if self.selection not in SELECTIONS:
+            raise TollError(f"unknown selection {self.selection!r}; choose one of "
+                            f"{', '.join(SELECTIONS)}")
+        v = self.val_fraction
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
+            raise TollError(f"val_fraction must be in (0, 1), got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise TollError(f"seed must be an integer, got {self.seed!r}")
+
+    def _resolve(self, shape: tuple[int, ...]) -> tuple[str, dict]:
+        """Model name and hyperparameters for samples of ``shape`` (no batch axis)."""
+        name = self.model
+        if name == "auto":
+            name = "mlp" if len(shape) == 1 else IMAGE_MODELS[shape]
+        if name == "mlp" or name == "arrhythmia":
+            if len(shape) != 1:
+                raise TollError(f"model={self.model!r} takes 2-D input (n_samples, n_features), got "
+                                f"samples of shape {_shape_text(shape)}; use model='auto' for images")
+            defaults = _TABULAR_DEFAULTS
+        else:
+            if tuple(shape) != sample_shape(name):
+                raise TollError(f"model={name!r} takes samples of shape "
+                                f"{_shape_text(sample_shape(name))}, got {_shape_text(shape)}")
+            defaults = PAPER_HYPERPARAMETERS[name]
+        pick = lambda key: defaults[key] if getattr(self, key) is None else getattr(self, key)
+        hyper = {"beta": float(pick("beta")), "z_dim": int(pick("z_dim")), "lr": float(pick("lr")),
+                 "batch_size": int(pick("batch_size")), "steps": int(self.steps),
+                 "eval_every": int(self.eval_every), "norm": str(self._norm_value(self.norm)),
+                 "init": self.init}
+        if name in ("mlp", "arrhythmia"):
+            hyper["hidden"] = [int(h) for h in self.hidden]
+        return ("mlp" if name == "arrhythmia" else name), hyper
+
+    @staticmethod
+    def _build(name: str, shape: tuple[int, ...], hyper: dict) -> nn.Module:
+        if name == "mlp":
+            return MLPAutoencoder(features=int(shape[0]), z_dim=hyper["z_dim"],
+                                  hidden=tuple(hyper["hidden"]), init_scheme=hyper["init"])
+        return build_model(name, hyper["z_dim"], init=hyper["init"])
+
+    @staticmethod
+    def _norm_value(norm):
+        order = parse_norm(norm)
+        return "inf" if math.isinf(order) else int(order)
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y=None, *, X_val=None, y_val=None) -> "TollDetector":
+        """Train on normal data ``X``; select the checkpoint on ``(X_val, y_val)`` if given.
+
+        ``y`` must be ``None`` (present for the scikit-learn signature): Toll trains on normal
+        data only; labelled data goes in ``X_val``/``y_val``.
+        """
+        self._check_params()
+        if y is not None:
+            raise TollError("fit(X) trains on normal data only and takes no labels; pass "
+                            "labelled data for checkpoint selection as X_val=..., y_val=...")
+        X = _as_samples(X, "X", min_rows=2)
+        shape = tuple(X.shape[1:])
+        name, hyper = self._resolve(shape)
+        if y_val is not None and X_val is None:
+            raise TollError("y_val given without X_val; pass both (labelled validation data)")
+        if X_val is not None:
+            X_val = _as_samples(X_val, "X_val")
+            if tuple(X_val.shape[1:]) != shape:
+                raise TollError(f"X_val samples have shape {_shape_text(X_val.shape[1:])} but X "
+                                f"samples {_shape_text(shape)}; they must match")
+        if y_val is not None:
+            y_val = _as_labels(y_val, X_val.shape[0], "y_val")
+
+        selection = self.selection
+        if selection == "auto":
+            selection = "loss" if y_val is None else ("f1" if name == "mlp" else "auroc")
+        if selection in ("f1", "auroc") and (y_val is None or y_val.min() == y_val.max()):
+            raise TollError(f"selection={selection!r} needs X_val and y_val with both normal (0) "
+                            "and anomalous (1) samples; pass them or use selection='loss'")
+        if self.threshold == "val_f1" and (y_val is None or y_val.min() == y_val.max()):
+            raise TollError("threshold='val_f1' needs X_val and y_val with both normal (0) and "
+                            "anomalous (1) samples; pass them or use threshold='contamination'")
+
+        # Rows to train on and rows to select the checkpoint on.
+        holdout = None
+        if selection == "loss" and X_val is None:
+            n_hold = max(1, int(round(self.val_fraction * X.shape[0])))
+            if X.shape[0] - n_hold < 1:
+                raise TollError(f"X has {X.shape[0]} samples: too few to hold out val_fraction="
+                                f"{self.val_fraction} for checkpoint selection; pass more data or X_val")
+            perm = np.random.default_rng(int(self.seed)).permutation(X.shape[0])
+            holdout = np.sort(perm[:n_hold])
+            train_rows, sel_x = X[np.sort(perm[n_hold:])], X[holdout]
+            sel_y = np.zeros(n_hold, np.int32)
+        elif selection == "loss":
+            train_rows = X
+            sel_x = X_val if y_val is None else X_val[y_val == 0]
+            if sel_x.shape[0] == 0:
+                raise TollError("selection='loss' uses the normal rows of X_val, but y_val has none")
+            sel_y = np.zeros(sel_x.shape[0], np.int32)
+        else:
+            train_rows, sel_x, sel_y = X, X_val, y_val
+
+        n_train = train_rows.shape[0]
+        if self.batch_size is None:
+            hyper["batch_size"] = min(hyper["batch_size"], n_train)
+        elif hyper["batch_size"] > n_train:
+            raise TollError(f"batch_size={hyper['batch_size']} but only {n_train} training rows"
+                            + (" after holding out val_fraction" if holdout is not None else "")
+                            + f"; each step draws batch_size distinct rows, so use batch_size <= {n_train}")
+
+        mean = scale = None
+        if self.standardize:
+            axes = tuple(range(X.ndim - 1))  # per feature (tabular) / per channel (images)
+            mean = X.mean(axis=axes, dtype=np.float64).astype(np.float32)
+            std = X.std(axis=axes, dtype=np.float64)
+            scale = np.where(std > 0, std, 1.0).astype(np.float32)
+
+        model = self._build(name, shape, hyper)
+        normal_fraction = 1.0 - float(np.mean(sel_y)) if selection == "f1" else 0.0
+        prog = _Program(model, hyper["batch_size"], hyper["steps"],
+                        hyper["eval_every"], self._norm_value(hyper["norm"]), selection,
+                        normal_fraction, int(self.score_chunk))
+        start = time.perf_counter()
+        out = _train(prog, jax.random.key(int(self.seed)),
+                     jnp.asarray(_standardize(train_rows, mean, scale)),
+                     jnp.asarray(_standardize(sel_x, mean, scale)), jnp.asarray(sel_y),
+                     jnp.float32(hyper["beta"]), jnp.float32(hyper["lr"]))
+        out = jax.device_get(out)
+        bad = int(out["nonfinite_step"])
+        best_step = int(out["best_step"])
+        if best_step == 0:
+            reason = (f"the loss became non-finite at step {bad}" if bad >= 0 else
+                      "no checkpoint had a finite selection value")
+            raise TollError(f"training failed before the first checkpoint: {reason}; lower lr "
+                            "or beta, or try standardize=True")
+        if bad >= 0:
+            warnings.warn(f"TollDetector: the loss became non-finite at step {bad}; kept the best "
+                          f"checkpoint before it (step {best_step}). Lower lr or beta, or try "
+                          "standardize=True", RuntimeWarning, stacklevel=2)
+
+        # Only now (training succeeded) does the detector change state.
+        self.model_name_, self.input_shape_ = name, shape
+        self.mean_, self.scale_ = mean, scale
+        self.n_features_in_ = int(np.prod(shape))
+        self.hyperparameters_ = hyper
+        self.variables_ = out["variables"]
+        self.selection_ = selection
+        self.best_step_ = best_step
+        self.nonfinite_step_ = bad
+        values = np.asarray(out["values"], np.float64)
+        steps = (np.arange(values.size) + 1) * hyper["eval_every"]
+        self.history_ = {
+            "step": steps.tolist(),
+            # the selection value per checkpoint: the metric, or the mean held-out score
+            "selection": [None if not np.isfinite(v) else float(-v if selection == "loss" else v)
+                          for v in values],
+            "train_loss": [float(v) if np.isfinite(v) else None for v in out["losses"]],
+        }
+        self._model = model
+        if self.verbose:
+            print(f"TollDetector: {name} on {n_train} rows, {hyper['steps']} steps in "
+                  f"{time.perf_counter() - start:.1f} s (incl. compilation); selected step "
+                  f"{best_step} by {selection}")
+
+        # Threshold for predict().
+        if self.threshold == "contamination":
+            self.threshold_ = float(np.quantile(self.score_samples(X).astype(np.float64),
+                                                1.0 - float(self.contamination)))
+        elif self.threshold == "val_f1":
+            self.threshold_, _ = _best_f1_threshold(self.score_samples(X_val), y_val)
+        else:
+            self.threshold_ = float(self.threshold)
+        return self
+
+    def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
+        """``fit(X, ...)`` then ``predict(X)``."""
+        return self.fit(X, y, **kwargs).predict(X)
+
+    # ------------------------------------------------------------------ scoring
+    def _check_fitted(self, method: str) -> None:
+        if not hasattr(self, "variables_"):
+            raise TollError(f"this TollDetector is not fitted yet; call fit(X) (or "
+                            f"TollDetector.load(path)) before {method}()")
+
+    def score_samples(self, X) -> np.ndarray:
+        """The paper's anomaly score ``||x̂ − x||₂ + β·||z||_p`` per sample (float32, shape
+        ``(n,)``); higher = more anomalous (note: the opposite sign of scikit-learn's
+        ``score_samples``)."""
+        self._check_fitted("score_samples")
+        X = _as_samples(X, "X")
+        if tuple(X.shape[1:]) != self.input_shape_:
+            raise TollError(f"X has shape {_shape_text(X.shape)} but the detector was fitted on "
+                            f"samples of shape {_shape_text(self.input_shape_)} "
+                            f"({self.n_features_in_} features); pass data with the same features")
+        x = jnp.asarray(_standardize(X, self.mean_, self.scale_))
+        return np.asarray(_score(self._model, self._norm_value(self.hyperparameters_["norm"]),
+                                 int(self.score_chunk), self.variables_, x,
+                                 jnp.float32(self.hyperparameters_["beta"])))
+
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) − threshold_`` (float64): positive = flagged as anomalous."""
+        return self.score_samples(X).astype(np.float64) - self.threshold_
+
+    def predict(self, X) -> np.ndarray:
+        """1 for anomalies (score above ``threshold_``), 0 for normal samples (int32).
+
+        For scikit-learn's convention (−1 outlier, +1 inlier) use ``1 - 2 * predict(X)``.
+        """
+        return (self.decision_function(X) > 0).astype(np.int32)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Save to the folder ``path``: ``variables/`` (orbax checkpoint of params and
+        BatchNorm statistics) and ``toll_detector.json`` (constructor arguments, resolved
+        hyperparameters, preprocessing statistics, threshold, selection history)."""
+        self._check_fitted("save")
+        path = Path(path).expanduser().resolve()
+        if path.exists():
+            if not path.is_dir():
+                raise TollError(f"cannot save to {path}: it is a file; pass a folder path")
+            if any(path.iterdir()):
+                if not overwrite:
+                    raise TollError(f"{path} already exists and is not empty; pass "
+                                    "overwrite=True to replace a saved detector or choose a new folder")
+                if not (path / _CONFIG_FILE).is_file():
+                    raise TollError(f"{path} is not empty and holds no saved TollDetector; "
+                                    "refusing to overwrite it, choose another folder")
+                shutil.rmtree(path)
+        import tolljax
+        import orbax.checkpoint as ocp
+
+        path.mkdir(parents=True, exist_ok=True)
+        params = {k: _plain(v) for k, v in self.get_params().items()}
+        payload = {
+            "format": _FORMAT, "format_version": _FORMAT_VERSION,
+            "tolljax": tolljax.__version__, "jax": jax.__version__,
+            "params": params,
+            "model_name": self.model_name_, "input_shape": list(self.input_shape_),
+            "hyperparameters": self.hyperparameters_,
+            "mean": None if self.mean_ is None else self.mean_.tolist(),
+            "scale": None if self.scale_ is None else self.scale_.tolist(),
+            "threshold": self.threshold_, "selection": self.selection_,
+            "best_step": self.best_step_, "nonfinite_step": self.nonfinite_step_,
+            "history": self.history_,
+        }
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(path / _VARIABLES_DIR, self.variables_)
+        # float32 values survive JSON exactly (float32 → float64 → repr → float64 → float32).
+        (path / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "TollDetector":
+        """A detector saved with :meth:`save`; it scores bitwise identically."""
+        import orbax.checkpoint as ocp
+
+        path = Path(path).expanduser().resolve()
+        config_file = path / _CONFIG_FILE
+        if not config_file.is_file() or not (path / _VARIABLES_DIR).is_dir():
+            raise TollError(f"no saved TollDetector in {path} (needs {_CONFIG_FILE} and "
+                            f"{_VARIABLES_DIR}/); pass the folder given to save()")
+        try:
+            payload = json.loads(config_file.read_text())
+            if payload.get("format") != _FORMAT:
+                raise ValueError("not a TollDetector file")
+            if payload.get("format_version", 0) > _FORMAT_VERSION:
+                raise TollError(f"{config_file} was written by a newer tolljax "
+                                f"({payload.get('tolljax')}); upgrade tolljax to load it")
+            det = cls(**payload["params"])
+            shape = tuple(int(s) for s in payload["input_shape"])
+            name, hyper = payload["model_name"], payload["hyperparameters"]
+        except TollError:
+            raise
+        except Exception as exc:
+            raise TollError(f"{config_file} is damaged or not a saved TollDetector "
+                            f"({type(exc).__name__}: {exc}); save the detector again") from None
+        model = cls._build(name, shape, hyper)
+        abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                variables = ckptr.restore(path / _VARIABLES_DIR, abstract)
+        except Exception as exc:
+            raise TollError(f"cannot restore {path / _VARIABLES_DIR} ({type(exc).__name__}); "
+                            "the checkpoint is damaged or does not match toll_detector.json") from None
+        det.model_name_, det.input_shape_ = name, shape
+        det.n_features_in_ = int(np.prod(shape))
+        det.hyperparameters_ = hyper
+        det.variables_ = variables
+        det.mean_ = None if payload["mean"] is None else np.asarray(payload["mean"], np.float32)
+        det.scale_ = None if payload["scale"] is None else np.asarray(payload["scale"], np.float32)
+        det.threshold_ = float(payload["threshold"])
+        det.selection_ = payload["selection"]
+        det.best_step_ = int(payload["best_step"])
+        det.nonfinite_step_ = int(payload["nonfinite_step"])
+        det.history_ = payload["history"]
+        det._model = model
+        return det
