@@ -197,9 +197,10 @@ def _subtitle(results: dict) -> str:
                        ("steps", "steps")):
         if key in cfg:
             parts.append(f"{label}={cfg[key]:g}")
+    text = " · ".join(parts)
     if cfg.get("paper_protocol") is False:
-        parts.append("NOT the paper's protocol")
-    return " · ".join(parts)
+        text += "\nNOT the paper's protocol"  # own line: long subtitles were cut at the edges
+    return text
 
 
 # ---------------------------------------------------------------------------- plots
