@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of JAX's persistent compilation cache, reused by later runs with "
                         "the same program ('off' disables it; default: %(default)s)")
     p.add_argument("--fresh", action="store_true",
-                   help="recompute every class even if --out holds finished results of the same "
+                   help="recompute everything even if --out holds finished chunks of the same "
                         "configuration (default: resume, skipping them)")
     p.add_argument("--vmap-width", type=int, default=None,
                    help="seeds vmapped together on one device (default: all seeds, or fewer so "
@@ -131,7 +131,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 OOM_ADVICE = ("lower --batch-size, run fewer seeds at once (--seeds N --seed-offset K, "
-              "finished classes are kept in --out), use --val-limit/--test-limit on CPU, or on "
+              "finished chunks are kept in --out), use --val-limit/--test-limit on CPU, or on "
               "a shared GPU raise XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
@@ -254,45 +254,44 @@ def run_key(config: dict, seeds: list[int]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _partial_paths(out_dir: Path, normal_class) -> tuple[Path, Path]:
+def _chunk_path(out_dir: Path, normal_class, seeds: list[int]) -> Path:
     tag = "all" if normal_class is None else f"class{normal_class}"
-    return out_dir / "partial" / f"{tag}.json", out_dir / "partial" / f"{tag}.npz"
+    return out_dir / "partial" / f"{tag}_seeds{seeds[0]}-{seeds[-1]}.npz"
 
 
-def load_partial(out_dir: Path | None, normal_class, key: str):
-    """A finished class's result from an earlier (possibly killed) run with the same key."""
+def load_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str) -> dict | None:
+    """A finished chunk (one class, a group of seeds) from an earlier, possibly killed, run
+    with the same key; None when absent, torn or from another configuration."""
     if out_dir is None:
         return None
-    meta_path, scores_path = _partial_paths(out_dir, normal_class)
     try:
-        meta = json.loads(meta_path.read_text())
-        scores = np.load(scores_path)
-        if meta.get("key") != key:
-            return None
-        return meta["result"], (scores["scores"], scores["labels"])
+        with np.load(_chunk_path(out_dir, normal_class, seeds)) as f:
+            if str(f["key"]) != key:
+                return None
+            return {k: f[k] for k in f.files if k != "key"}
     except (OSError, ValueError, KeyError):
-        return None  # absent or torn: recompute
+        return None
 
 
-def save_partial(out_dir: Path | None, normal_class, key: str, result: dict, scores) -> None:
-    """Write one class's result atomically (scores first, then the JSON that marks it done)."""
+def save_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str, out: dict) -> None:
+    """Write a finished chunk atomically (temp file + rename) as soon as it is known."""
     if out_dir is None:
         return
-    meta_path, scores_path = _partial_paths(out_dir, normal_class)
-    meta_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = scores_path.with_name(scores_path.stem + ".tmp.npz")
-    np.savez(tmp, scores=np.asarray(scores[0]), labels=np.asarray(scores[1]))
-    os.replace(tmp, scores_path)
-    write_json(meta_path, {"key": key, "result": result})
+    path = _chunk_path(out_dir, normal_class, seeds)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), **out)
+    os.replace(tmp, path)
 
 
 def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = None,
         resume: bool = True) -> dict:
     """Run the protocol for every normal class in ``config`` (see :func:`resolve_config`).
 
-    With ``out_dir``, each finished class is written to ``out_dir/partial/`` at once, and a
-    re-run with the same configuration skips the classes found there (``resume``), so a
-    killed sweep continues where it stopped and ends with the same results.
+    With ``out_dir``, each finished chunk (a class and a group of ``vmap_width`` seeds) is
+    written atomically to ``out_dir/partial/`` as soon as it is known, and a re-run with the
+    same configuration skips the chunks found there (``resume``): a killed sweep continues
+    where it stopped and ends with the same results.
     """
     import jax
     import jax.numpy as jnp
@@ -330,50 +329,52 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     config["vmap_width"] = width
     key = run_key(config, seeds)
     groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]
-    finished = {}
-    for normal_class in classes:
-        done = load_partial(out_dir, normal_class, key) if resume else None
+    chunks = [(c, g) for c in classes for g in groups]
+    outs = {}
+    for c, g in chunks:
+        done = load_chunk(out_dir, c, g, key) if resume else None
         if done is not None:
-            finished[normal_class] = done
-            what = "the run" if normal_class is None else f"class {normal_class}"
-            log(f"  {what}: finished earlier with the same configuration; reusing "
-                f"{_partial_paths(out_dir, normal_class)[0]} (pass --fresh to recompute)")
-    pending = [c for c in classes if c not in finished]
-    n_dev = max(1, min(len(jax.devices()), len(pending) * len(groups)))
-    per_round = max(1, n_dev // len(groups))  # classes whose chunks fill one round
-    compiled = None
-    bar = tqdm(total=len(pending), desc=f"{dataset}", unit="class", disable=not show_bar)
-    for first in range(0, len(pending), per_round):
-        batch = pending[first:first + per_round]
-        splits = {c: load(c) for c in batch}
-        data = {c: _device_data(splits[c], n_rows or splits[c].train.shape[0]) for c in batch}
+            outs[(c, g[0])] = done
+    if outs:
+        log(f"reusing {len(outs)} of {len(chunks)} finished (class, seeds) chunks from "
+            f"{out_dir / 'partial'} (same configuration; pass --fresh to recompute)")
+    pending = [(c, g) for c, g in chunks if (c, g[0]) not in outs]
+    n_dev = max(1, min(len(jax.devices()), len(pending)))
+    compiled, splits = None, {}
+    bar = tqdm(total=len(pending), desc=f"{dataset}", unit="chunk", disable=not show_bar)
+    for first in range(0, len(pending), n_dev):
+        batch = pending[first:first + n_dev]
+        splits = {c: splits.get(c) or load(c) for c in dict.fromkeys(c for c, _ in batch)}
+        data = {c: _device_data(split, n_rows or split.train.shape[0]) for c, split in splits.items()}
         if compiled is None:
-            say(f"compiling the protocol: {width} seeds vmapped per device, {n_dev} device(s), "
+            say(f"compiling the protocol: {width} seed(s) vmapped per device, {n_dev} device(s), "
                 f"{config['steps']} steps ...", flush=True)
-            compiled = compile_protocol(model, protocol_config, data[batch[0]],
+            compiled = compile_protocol(model, protocol_config, data[batch[0][0]],
                                         devices=jax.devices()[:n_dev], width=width)
             timings["compile_s"] = compiled.compile_seconds
-            say(f"running {len(pending)} x {len(seeds)} runs on {n_dev} "
+            say(f"running {len(pending)} chunk(s) of {width} seed(s) on {n_dev} "
                 f"{jax.devices()[0].platform} device(s) ...", flush=True)
         t = time.perf_counter()
-        parts = compiled.run_chunks([(g, data[c]) for c in batch for g in groups], config["beta"])
+        parts = compiled.run_chunks([(g, data[c]) for c, g in batch], config["beta"])
         elapsed = time.perf_counter() - t
         timings["run_s"] += elapsed
-        for i, normal_class in enumerate(batch):
-            mine = parts[i * len(groups):(i + 1) * len(groups)]
-            out = {k: np.concatenate([p[k] for p in mine]) for k in mine[0]}
-            timings["per_class_run_s"][str(normal_class)] = elapsed / len(batch)
-            result = _class_result(out, splits[normal_class], normal_class, seeds, config, paper_value)
-            finished[normal_class] = (result, (out["test_scores"], splits[normal_class].test_y))
-            save_partial(out_dir, normal_class, key, *finished[normal_class])
-            if normal_class is not None:
-                ref = f" (paper {result['paper']:.1f})" if result["paper"] is not None else ""
-                say(f"  class {normal_class}: {_fmt(result['mean'])} ± {_fmt(result['std'])} %"
-                    f"{ref}  [{elapsed / len(batch):.1f} s]", flush=True)
+        for (c, g), out in zip(batch, parts):
+            out = {**out, "test_labels": splits[c].test_y, "n_train": np.int64(splits[c].train.shape[0])}
+            save_chunk(out_dir, c, g, key, out)
+            outs[(c, g[0])] = out
+            timings["per_class_run_s"][str(c)] = timings["per_class_run_s"].get(str(c), 0.0) + elapsed / len(batch)
         bar.update(len(batch))
+        for c in dict.fromkeys(c for c, _ in batch):
+            if c is not None and all((c, g[0]) in outs for g in groups):
+                r = _class_result(_gather(outs, c, groups), c, seeds, config, paper_value)
+                ref = f" (paper {r['paper']:.1f})" if r["paper"] is not None else ""
+                say(f"  class {c}: {_fmt(r['mean'])} ± {_fmt(r['std'])} %{ref}", flush=True)
     bar.close()
-    runs = [finished[c][0] for c in classes]
-    test_scores = {c: finished[c][1] for c in classes}
+    runs, test_scores = [], {}
+    for c in classes:
+        out = _gather(outs, c, groups)
+        runs.append(_class_result(out, c, seeds, config, paper_value))
+        test_scores[c] = (out["test_scores"], out["test_labels"][0])
     class_means = np.array([np.nan if r["mean"] is None else r["mean"] for r in runs])
     paper, source = paper_value(dataset, None, beta=config["beta"], norm=config["norm"])
     if len(runs) > 1 and len(runs) != len(config["all_classes"]):
@@ -386,14 +387,22 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
             "runs": runs, "summary": summary, "timings": timings, "test_scores": test_scores}
 
 
-def _class_result(out: dict, split, normal_class, seeds: list[int], config: dict, paper_value) -> dict:
+def _gather(outs: dict, normal_class, groups: list[list[int]]) -> dict:
+    """One class's per-seed outputs, concatenated over its seed groups."""
+    parts = [outs[(normal_class, g[0])] for g in groups]
+    return {k: np.concatenate([np.atleast_1d(p[k]) if np.ndim(p[k]) == 0 else
+                               (p[k][None] if k == "test_labels" else p[k]) for p in parts])
+            for k in parts[0]}
+
+
+def _class_result(out: dict, normal_class, seeds: list[int], config: dict, paper_value) -> dict:
     """One normal class's entry of ``results.json`` from the protocol's per-seed outputs."""
     test_pct = 100.0 * out["test_metric"]
     paper, source = paper_value(config["dataset"], normal_class, beta=config["beta"],
                                 norm=config["norm"])
     return _strict({
         "normal_class": normal_class,
-        "n_train": int(split.train.shape[0]),
+        "n_train": int(out["n_train"][0]),
         "seeds": seeds,
         "test_metric": _nan_to_none(test_pct),
         "best_step": out["best_step"].tolist(),

@@ -107,12 +107,12 @@ def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
     first = json.loads((out / "results.json").read_text())
     capsys.readouterr()
     assert main(argv) == 0
-    assert "finished earlier with the same configuration" in capsys.readouterr().out
+    assert "reusing 2 of 2 finished (class, seeds) chunks" in capsys.readouterr().out
     second = json.loads((out / "results.json").read_text())
     assert second["runs"] == first["runs"] and second["summary"] == first["summary"]
     assert second["timings"]["compile_s"] == 0.0  # nothing was compiled or run
     assert main([*argv, "--beta", "5"]) == 0  # another configuration is not reused
-    assert "finished earlier" not in capsys.readouterr().out
+    assert "reusing" not in capsys.readouterr().out
     assert main([*argv, "--fresh"]) == 0
     assert json.loads((out / "results.json").read_text())["runs"] == first["runs"]
 
@@ -128,3 +128,34 @@ def test_out_of_memory_gives_advice(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of device memory") and "lower --batch-size" in err
     assert len(err.splitlines()) == 1
+
+
+def test_sweep_killed_mid_run_resumes_to_identical_results(tmp_path):
+    """Start a 6-chunk sweep in a subprocess, kill it once a chunk is on disk, re-run the same
+    command: it must reuse the finished chunks and end with the same results.json (runs and
+    summary) as an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    common = [sys.executable, "-m", "experiments.run", "--steps", "600", "--seeds", "6",
+              "--vmap-width", "1", "--quiet", "--compile-cache", "off"]
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    proc = subprocess.Popen([*common, "--out", str(killed)], cwd=REPO, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((killed / "partial").glob("*.npz")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = sorted(p.name for p in (killed / "partial").glob("all_seeds*.npz"))
+    assert 0 < len(done_before) < 6, done_before  # really killed mid-sweep
+    assert not (killed / "results.json").exists()
+    resumed = subprocess.run([*common, "--out", str(killed)], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"reusing {len(done_before)} of 6 finished" in resumed.stdout
+    assert subprocess.run([*common, "--out", str(whole)], cwd=REPO, timeout=300).returncode == 0
+    a = json.loads((killed / "results.json").read_text())
+    b = json.loads((whole / "results.json").read_text())
+    assert a["runs"] == b["runs"] and a["summary"] == b["summary"]
