@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tolljax.configs import PAPER_HYPERPARAMETERS, get_config
+from tolljax.configs import get_config
 from tolljax.errors import TollError
 from tolljax.losses import parse_norm
 

@@ -63,7 +63,7 @@ from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
                             model_names, sample_shape)
-from tolljax.train import create_train_state, sample_batch_indices, score, train_step
+from tolljax.train import create_train_state, score, train_and_select
 
 # Image sample shapes (NHWC, no batch axis) → the registry model used by ``model="auto"``.
 IMAGE_MODELS = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
@@ -160,10 +160,6 @@ class _Program:
     chunk: int
 
 
-def _tree_where(cond, new, old):
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(cond, n, o), new, old)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def _train(prog: _Program, key: jax.Array, train: jnp.ndarray, sel_x: jnp.ndarray,
            sel_y: jnp.ndarray, beta: jnp.ndarray, lr: jnp.ndarray) -> dict:
@@ -186,33 +182,13 @@ def _train(prog: _Program, key: jax.Array, train: jnp.ndarray, sel_x: jnp.ndarra
             return f1_top_fraction(scores, sel_y, prog.normal_fraction)
         return auroc(scores, sel_y)
 
-    def step(carry, step_key):
-        state, bad_step = carry
-        idx = sample_batch_indices(step_key, n, n, prog.batch_size)
-        state, metrics = train_step(state, train[idx], beta, prog.norm)
-        bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
-        return (state, bad_step), metrics["loss"]
+    def select(variables):
+        return criterion(score(state.apply_fn, variables, sel_x, beta, prog.norm, prog.chunk))
 
-    def checkpoint(carry, step_keys):
-        last_good, bad_step, best = carry
-        (state, bad_step), losses = jax.lax.scan(step, (last_good, bad_step), step_keys)
-        failed = bad_step >= 0
-        state = _tree_where(failed, last_good, state)  # frozen at the last good checkpoint
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        value = criterion(score(state.apply_fn, variables, sel_x, beta, prog.norm, prog.chunk))
-        value = jnp.where(failed, -jnp.inf, value)
-        better = value > best["value"]  # strict, as the authors; NaN is never better
-        best = _tree_where(better, {"variables": variables, "value": value, "step": state.step}, best)
-        return (state, bad_step, best), (value, jnp.mean(losses))
-
-    n_ckpt = prog.steps // prog.eval_every
-    keys = jax.random.split(data_key, prog.steps)
-    keys = keys.reshape(n_ckpt, prog.eval_every, *keys.shape[1:])
-    best0 = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
-             "value": jnp.array(-jnp.inf, jnp.float32), "step": jnp.array(0, jnp.int32)}
-    (_, bad_step, best), (values, losses) = jax.lax.scan(
-        checkpoint, (state, jnp.array(-1, jnp.int32), best0), keys)
-    return {"variables": best["variables"], "best_step": best["step"], "best_value": best["value"],
+    best, values, losses, bad_step = train_and_select(
+        state, data_key, train, n, select, batch_size=prog.batch_size, steps=prog.steps,
+        eval_every=prog.eval_every, beta=beta, norm=prog.norm)
+    return {"variables": best["variables"], "best_step": best["step"], "best_value": best["val"],
             "values": values, "losses": losses, "nonfinite_step": bad_step}
 
 

@@ -133,6 +133,52 @@ def _best_of(better, new, old):
     return jax.tree_util.tree_map(lambda n, o: jnp.where(better, n, o), new, old)
 
 
+def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
+                     n_train: int | jnp.ndarray, select: Callable[[dict], jnp.ndarray], *,
+                     batch_size: int, steps: int, eval_every: int,
+                     beta: float | jnp.ndarray, norm: Norm = 2):
+    """The paper's training loop with checkpoint selection, all on the device (§4.1).
+
+    ``steps`` Adam steps (``lax.scan``), each on ``batch_size`` distinct rows drawn from the
+    first ``n_train`` rows of ``train``; every ``eval_every`` steps ``select(variables)``
+    (higher = better) is evaluated and the checkpoint kept if strictly better than the best
+    so far (``jnp.where``, no host round-trip). Once a step's loss is not finite the run is
+    failed: the model is frozen at the last checkpoint before it and never selected again.
+
+    Returns ``(best, values, mean_losses, nonfinite_step)`` where ``best`` holds the kept
+    ``variables``, its selection value ``val`` and ``step``; ``values`` and ``mean_losses``
+    have one entry per checkpoint; ``nonfinite_step`` is −1 when every loss was finite.
+    """
+    n_rows = train.shape[0]
+
+    def step(carry, step_key):
+        state, bad_step = carry
+        idx = sample_batch_indices(step_key, n_train, n_rows, batch_size)
+        state, metrics = train_step(state, train[idx], beta, norm)
+        bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
+        return (state, bad_step), metrics["loss"]
+
+    def checkpoint(carry, step_keys):
+        last_good, bad_step, best = carry
+        (state, bad_step), losses = jax.lax.scan(step, (last_good, bad_step), step_keys)
+        failed = bad_step >= 0
+        # One select per checkpoint (not per step) keeps failure handling off the hot path.
+        state = _best_of(failed, last_good, state)
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        value = jnp.where(failed, -jnp.inf, select(variables))
+        better = value > best["val"]  # strict, as the authors; NaN is never better
+        best = _best_of(better, {"variables": variables, "val": value, "step": state.step}, best)
+        return (state, bad_step, best), (value, jnp.mean(losses))
+
+    step_keys = jax.random.split(key, steps)
+    step_keys = step_keys.reshape(steps // eval_every, eval_every, *step_keys.shape[1:])
+    best0 = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
+             "val": jnp.array(-jnp.inf, jnp.float32), "step": jnp.array(0, jnp.int32)}
+    (_, bad_step, best), (values, losses) = jax.lax.scan(
+        checkpoint, (state, jnp.array(-1, jnp.int32), best0), step_keys)
+    return best, values, losses, bad_step
+
+
 def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.ndarray, *,
              model: nn.Module, config: ProtocolConfig) -> dict[str, jnp.ndarray]:
     """One seed of the paper's protocol; pure, so it can be ``jit``-ed and ``vmap``-ped.
@@ -154,36 +200,15 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     norm = config.norm
     init_key, data_key = jax.random.split(key)
     state = create_train_state(model, init_key, data["train"].shape[1:], optax.adam(config.lr))
-    n_rows = data["train"].shape[0]
-    n_train = data.get("n_train", n_rows)
+    n_train = data.get("n_train", data["train"].shape[0])
 
-    def step(carry, step_key):
-        state, bad_step = carry
-        idx = sample_batch_indices(step_key, n_train, n_rows, config.batch_size)
-        state, metrics = train_step(state, data["train"][idx], beta, norm)
-        bad_step = jnp.where((bad_step < 0) & ~jnp.isfinite(metrics["loss"]), state.step, bad_step)
-        return (state, bad_step), metrics["loss"]
+    def validation_metric(variables):
+        scores = score(state.apply_fn, variables, data["val_x"], beta, norm, config.score_chunk)
+        return metric(scores, data["val_y"])
 
-    def checkpoint(carry, step_keys):
-        last_good, bad_step, best = carry
-        (state, bad_step), losses = jax.lax.scan(step, (last_good, bad_step), step_keys)
-        failed = bad_step >= 0
-        # One select per checkpoint (not per step) keeps failure handling off the hot path.
-        state = _best_of(failed, last_good, state)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
-        val = metric(score(state.apply_fn, variables, data["val_x"], beta, norm,
-                           config.score_chunk), data["val_y"])
-        val = jnp.where(failed, -jnp.inf, val)
-        better = val > best["val"]
-        best = _best_of(better, {"variables": variables, "val": val, "step": state.step}, best)
-        return (state, bad_step, best), (val, jnp.mean(losses))
-
-    step_keys = jax.random.split(data_key, config.steps).reshape(
-        config.num_checkpoints, config.eval_every, *jax.random.split(data_key, 1).shape[1:])
-    best0 = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
-             "val": jnp.array(-jnp.inf, jnp.float32), "step": jnp.array(0, jnp.int32)}
-    (state, bad_step, best), (val_curve, loss_curve) = jax.lax.scan(
-        checkpoint, (state, jnp.array(-1, jnp.int32), best0), step_keys)
+    best, val_curve, loss_curve, bad_step = train_and_select(
+        state, data_key, data["train"], n_train, validation_metric, batch_size=config.batch_size,
+        steps=config.steps, eval_every=config.eval_every, beta=beta, norm=norm)
     test_scores = score(state.apply_fn, best["variables"], data["test_x"], beta, norm,
                         config.score_chunk)
     spread = jnp.max(test_scores) - jnp.min(test_scores)
