@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tolljax.errors import TollError
+from tolljax.ops import ConvTranspose
 
 Dtype = Any
 INIT_SCHEMES = ("torch", "flax")
@@ -208,10 +209,14 @@ def conv_transpose(features: int, kernel: int, stride: int, use_bias: bool, init
     (flax's ``transpose_kernel=False``): a PyTorch weight ``w`` (in, out, k, k) corresponds to
     ``w.transpose(2, 3, 0, 1)[::-1, ::-1]``. That only matters when porting weights; the i.i.d.
     initialisation is symmetric under the flip.
+
+    The layer is :class:`tolljax.ops.ConvTranspose`: flax's ``nn.ConvTranspose`` parameters and
+    numbers, with a fast CPU implementation chosen by backend (``$TOLLJAX_CONV_TRANSPOSE``
+    overrides, see :mod:`tolljax.ops`).
     """
-    return nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding="VALID",
-                            use_bias=use_bias, dtype=dtype, name=name,
-                            **layer_inits(init_scheme, features * kernel * kernel))
+    return ConvTranspose(features, (kernel, kernel), strides=(stride, stride), padding="VALID",
+                         use_bias=use_bias, dtype=dtype, name=name,
+                         **layer_inits(init_scheme, features * kernel * kernel))
 
 
 class ConvBlock(nn.Module):

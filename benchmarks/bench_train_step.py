@@ -1,0 +1,291 @@
+"""Train-step speed: tolljax's jitted ``train_step`` vs the same model in PyTorch, one run.
+
+For each model (mnist, cifar10, arrhythmia) and batch size (the paper's — 1000 / 50 / 100 —
+and 64) this times one Adam step on the Toll loss, the same work on both sides:
+
+* tolljax: ``jax.jit(tolljax.train.train_step)`` on the Appendix-B model (state donated, as
+  inside the protocol's scan); compile time is measured apart (``lower().compile()``), the
+  warm-up steps are excluded and every timed step ends with ``block_until_ready``;
+* PyTorch: ``benchmarks/torch_models.py`` — the authors' architecture in NCHW with PyTorch
+  default init, ``torch.optim.Adam``, BatchNorm in train mode (eager, default threads).
+
+Both see the same random batch. The two are timed alternately (``--repeats`` rounds of
+``--steps`` steps each) so that both share whatever load the machine has; per step we report
+the minimum and the median over rounds (ms/step), samples/s and achieved GFLOP/s from the
+median, and the ratio tolljax / PyTorch of the medians (< 1: tolljax is faster). FLOPs come
+from XLA's cost analysis of the tolljax step compiled with XLA's plain layers (see
+:func:`step_flops`); every row's rate, PyTorch's included, uses that one count. A round runs
+at least ``--steps`` steps and at least ``--min-round-s`` seconds (small models need many
+steps for a stable time).
+
+``--conv-transpose plain,fast`` times tolljax once per transposed-convolution implementation
+(``tolljax.ops``; default ``auto``: the fast path on CPU); ``--conv plain,fast`` likewise for
+regular convolutions, where the model builds them with ``tolljax.ops.Conv`` (the row label
+says ``conv xla`` where the model uses flax's ``nn.Conv``). The plain transposed convolution
+is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
+``--steps``/``--repeats``.
+
+    python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
+        [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
+        [--conv-transpose auto|plain|fast|matmul[,...]] [--conv auto|plain|fast[,...]]
+        [--json OUT]
+
+MNIST at its paper batch (1000) takes seconds per step on a 2-core CPU: use a small ``--steps``
+or leave it out with ``--batches 64`` (``--batches 64 paper`` keeps the order you give).
+PyTorch (benchmark only): ``pip install torch==2.13.0``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn  # noqa: E402
+import optax  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks import torch_models  # noqa: E402
+from tolljax import ops  # noqa: E402
+from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
+from tolljax.models import build_model, count_params, sample_shape  # noqa: E402
+from tolljax.train import create_train_state, train_step  # noqa: E402
+
+MODELS = ("mnist", "cifar10", "arrhythmia")
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if x.ndim == 4 else x)
+
+
+def _timed_steps(run_step, steps: int, min_seconds: float) -> float:
+    """Seconds per step, mean over ≥ ``steps`` consecutive steps lasting ≥ ``min_seconds``."""
+    start = time.perf_counter()
+    done = 0
+    while done < steps or time.perf_counter() - start < min_seconds:
+        run_step()
+        done += 1
+    return (time.perf_counter() - start) / done
+
+
+def _layer_classes(model, shape) -> dict[str, str]:
+    """Which convolution classes ``model`` builds (read from an abstract init)."""
+    seen: dict[str, str] = {}
+
+    def record(next_fun, args, kwargs, context):
+        m = context.module
+        if isinstance(m, (nn.Conv, nn.ConvTranspose, ops.Conv, ops.ConvTranspose)):
+            kind = "conv_transpose" if isinstance(m, (nn.ConvTranspose, ops.ConvTranspose)) else "conv"
+            seen[kind] = f"{type(m).__module__.split('.')[0]}.{type(m).__name__}"
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
+    return seen
+
+
+def _set_impls(conv_transpose: str, conv: str) -> None:
+    """Select the implementations; read when a model is traced (``lower``)."""
+    os.environ[ops.ENV_VAR] = conv_transpose
+    os.environ[ops.CONV_ENV_VAR] = conv
+
+
+def _label(dataset: str, conv_transpose: str, conv: str) -> str:
+    """e.g. ``tolljax[convT fast, conv xla]``; layers the model does not have are left out."""
+    model = build_model(dataset)
+    classes = _layer_classes(model, sample_shape(dataset))
+    parts = []
+    if "conv_transpose" in classes:
+        parts.append(f"convT {ops.resolve_impl(conv_transpose)}")
+    if "conv" in classes:
+        parts.append(f"conv {ops.resolve_conv_impl(conv) if classes['conv'] == 'tolljax.Conv' else 'xla'}")
+    return f"tolljax[{', '.join(parts)}]" if parts else "tolljax"
+
+
+class JaxRunner:
+    """A compiled tolljax train step for one model, batch and choice of conv implementations."""
+
+    def __init__(self, dataset: str, batch: np.ndarray, conv_transpose: str = "auto",
+                 conv: str = "auto", seed: int = 0):
+        hp = PAPER_HYPERPARAMETERS[dataset]
+        _set_impls(conv_transpose, conv)
+        self.label = _label(dataset, conv_transpose, conv)
+        model = build_model(dataset)
+        self.state = create_train_state(model, jax.random.key(seed), sample_shape(dataset),
+                                        optax.adam(hp["lr"]))
+        self.n_params = count_params(self.state.params)
+        self.batch = jnp.asarray(batch)
+        self.beta = jnp.float32(hp["beta"])
+        start = time.perf_counter()
+        self.compiled = _step_fn().lower(self.state, self.batch, self.beta).compile()
+        self.compile_s = time.perf_counter() - start
+
+    def step(self):
+        self.state, metrics = self.compiled(self.state, self.batch, self.beta)
+        jax.block_until_ready((self.state, metrics))
+
+
+def _step_fn():
+    """A fresh jit of ``train_step`` (the implementations are chosen at trace time)."""
+    return jax.jit(lambda state, x, beta: train_step(state, x, beta), donate_argnums=0)
+
+
+def step_flops(dataset: str, batch_size: int) -> float:
+    """FLOPs of one train step: XLA's cost analysis of the step compiled with XLA's plain layers.
+
+    The plain program is used because the fast path's batch chunks are loops, whose bodies
+    XLA's cost analysis counts once; at batch 64 (no chunks) the two counts agree within 1 %.
+    """
+    _set_impls("plain", "plain")
+    model = build_model(dataset)
+    state = jax.eval_shape(lambda: create_train_state(
+        model, jax.random.key(0), sample_shape(dataset), optax.adam(1e-3)))
+    x = jax.ShapeDtypeStruct((batch_size, *sample_shape(dataset)), jnp.float32)
+    cost = _step_fn().lower(state, x, jnp.float32(1.0)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+class TorchRunner:
+    def __init__(self, dataset: str, batch: np.ndarray, seed: int = 0):
+        hp = PAPER_HYPERPARAMETERS[dataset]
+        torch.manual_seed(seed)
+        self.model = torch_models.build(dataset)
+        self.n_params = torch_models.count_params(self.model)
+        self.batch = torch.from_numpy(_nchw(batch))
+        self._step = torch_models.make_train_step(self.model, hp["beta"], hp["lr"])
+
+    def step(self):
+        self._step(self.batch)
+
+
+def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], steps: int,
+              repeats: int, warmup: int, min_round_s: float = 0.0) -> dict:
+    rng = np.random.default_rng(0)
+    batch = rng.standard_normal((batch_size, *sample_shape(dataset))).astype(np.float32)
+    flops = step_flops(dataset, batch_size)
+    jax_runners = [JaxRunner(dataset, batch, ct, cv) for ct, cv in variants]
+    torch_runner = TorchRunner(dataset, batch)
+    assert all(r.n_params == torch_runner.n_params for r in jax_runners), "parameter counts differ"
+    runners = [(r.label, r) for r in jax_runners] + [("torch", torch_runner)]
+    for _, r in runners:
+        for _ in range(warmup):
+            r.step()
+    times: dict[str, list[float]] = {name: [] for name, _ in runners}
+    for _ in range(repeats):  # alternate, so that all share the same load
+        for name, r in runners:
+            times[name].append(_timed_steps(r.step, steps, min_round_s))
+    rows = []
+    torch_med, torch_min = statistics.median(times["torch"]), min(times["torch"])
+    for name, r in runners:
+        t = times[name]
+        med = statistics.median(t)
+        rows.append({
+            "impl": name, "ms_min": 1e3 * min(t), "ms_median": 1e3 * med,
+            "samples_per_s": batch_size / med, "gflops_per_s": flops / med / 1e9,
+            "ratio_vs_torch": med / torch_med, "ratio_vs_torch_min": min(t) / torch_min,
+            "compile_s": getattr(r, "compile_s", None), "times_s": t,
+        })
+    return {"model": dataset, "batch": batch_size, "params": torch_runner.n_params,
+            "flops_per_step": flops, "rows": rows, "loadavg": os.getloadavg()}
+
+
+def _print_result(res: dict) -> None:
+    print(f"\n{res['model']}  batch {res['batch']}  ({res['params']:,} parameters, "
+          f"{res['flops_per_step'] / 1e9:.2f} GFLOP/step; load average after "
+          f"{res['loadavg'][0]:.2f})")
+    print(f"  {'implementation':<32} {'ms/step min':>11} {'median':>9} {'samples/s':>10} "
+          f"{'GFLOP/s':>8} {'ratio':>6} {'(min)':>6} {'compile s':>9}")
+    for r in res["rows"]:
+        comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        print(f"  {r['impl']:<32} {r['ms_min']:11.1f} {r['ms_median']:9.1f} "
+              f"{r['samples_per_s']:10.1f} {r['gflops_per_s']:8.1f} {r['ratio_vs_torch']:6.2f} "
+              f"{r['ratio_vs_torch_min']:6.2f} {comp:>9}", flush=True)
+
+
+def _variants(dataset: str, cts: list[str], cvs: list[str]) -> list[tuple[str, str]]:
+    """(conv-transpose, conv) pairs to time, without duplicates that select the same layers."""
+    out, labels = [], set()
+    for ct in cts:
+        for cv in cvs:
+            _set_impls(ct, cv)
+            label = _label(dataset, ct, cv)
+            if label not in labels:
+                labels.add(label)
+                out.append((ct, cv))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--batches", nargs="+", default=["paper", "64"],
+                   help="batch sizes; 'paper' = the paper's batch for each model")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds (alternating)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--min-round-s", type=float, default=1.0,
+                   help="a timed round lasts at least this long (more steps for small models)")
+    p.add_argument("--conv-transpose", default="auto",
+                   help="comma-separated transposed-conv implementations (tolljax.ops): "
+                        "auto, plain, fast, matmul")
+    p.add_argument("--conv", default="auto",
+                   help="comma-separated regular-conv implementations (tolljax.ops.Conv: auto, "
+                        "plain, fast); only has an effect where the model builds tolljax.ops.Conv")
+    p.add_argument("--json", type=Path, default=None, help="write all measurements here")
+    args = p.parse_args(argv)
+    cts = [v.strip() for v in args.conv_transpose.split(",") if v.strip()]
+    cvs = [v.strip() for v in args.conv.split(",") if v.strip()]
+    for v in cts:
+        if v not in ops.IMPLS:
+            p.error(f"--conv-transpose {v!r}: choose from {ops.IMPLS}")
+    for v in cvs:
+        if v not in ops.CONV_IMPLS:
+            p.error(f"--conv {v!r}: choose from {ops.CONV_IMPLS}")
+
+    env = {"python": platform.python_version(), "jax": jax.__version__,
+           "backend": jax.default_backend(), "devices": len(jax.devices()),
+           "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "cpu_count": os.cpu_count(), "machine": platform.machine(),
+           "loadavg_start": os.getloadavg()}
+    print(f"jax {env['jax']} ({env['backend']}, {env['devices']} device), torch {env['torch']} "
+          f"({env['torch_threads']} threads), {env['cpu_count']} CPUs, load average "
+          f"{' '.join(f'{x:.2f}' for x in env['loadavg_start'])}")
+    print(f"steps/round >= {args.steps} and >= {args.min_round_s:g} s, rounds {args.repeats}, "
+          f"warm-up {args.warmup}; ratio = tolljax / torch (median; '(min)': of the minima)",
+          flush=True)
+    results = []
+    for dataset in args.models:
+        seen = []
+        for b in args.batches:
+            size = PAPER_HYPERPARAMETERS[dataset]["batch_size"] if b == "paper" else int(b)
+            if size in seen:
+                continue
+            seen.append(size)
+            variants = _variants(dataset, cts, cvs)
+            res = bench_one(dataset, size, variants, args.steps, args.repeats, args.warmup,
+                            args.min_round_s)
+            _print_result(res)
+            results.append(res)
+    env["loadavg_end"] = os.getloadavg()
+    print(f"\nload average at the end: {' '.join(f'{x:.2f}' for x in env['loadavg_end'])}")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "args": vars(args) | {
+            "json": str(args.json)}, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""CANCE ablation runner: ``python -m experiments.cance`` (or ``experiments.run --method cance``).
+
+For each normal class and seed: train an autoencoder (CANCE's decoupled AE, or Toll's loss with
+``--ae-loss toll``), compute composite features ``[z, e, c]`` of train/validation/test, and
+score the test set with each variant of the paper's ablation (§4.1):
+
+* ``recon`` (paper: *Error*): the reconstruction error ``e`` itself;
+* ``latent`` (*LatNCE*): NCE density of ``z``;
+* ``cnce`` (*CNCE*): NCE density of ``[z, e, c]``;
+* ``cance`` (*CANCE*): CNCE trained with the augmented reconstruction features (eq. 8).
+
+All NCE variants share the autoencoder and, per seed, the PRNG key (paired comparison).
+Seeds are a ``vmap`` axis; every stage is one compiled program. Arrhythmia uses tolljax's
+split (Toll's, SPEC) and the F1 rule of ``tolljax.metrics.f1_top_fraction``; MNIST uses the
+paper's one-class-normal setting with AUROC. Budget flags (``--ae-steps``, ``--nce-steps``,
+``--val-limit``, ``--test-limit``, ``--ae-model small``) make CPU runs affordable; any run
+that uses them is labelled *not the paper's protocol* in ``results.md``.
+
+Writes ``<out>/results.json`` (config, per-variant per-seed metrics, paper numbers, library
+versions, timings) and ``<out>/results.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tolljax.errors import TollError
+
+# Per dataset defaults. Arrhythmia: the Toll MLP (z = 16) as CANCE's AE. MNIST: the CANCE
+# budget AE (`small`, z = 16) — the Appendix-B Toll model is `--ae-model paper`.
+DEFAULTS = {
+    "arrhythmia": dict(ae_model="paper", z_dim=16, ae_steps=1000, decoder_steps=500,
+                       ae_batch=100, ae_lr=1e-3, ae_eval_every=20, nce_steps=2000,
+                       nce_batch=128, nce_eval_every=50, standardize="train", metric="f1",
+                       seeds=5, ae_driver="scan"),
+    "mnist": dict(ae_model="small", z_dim=16, ae_steps=1000, decoder_steps=500, ae_batch=128,
+                  ae_lr=1e-3, ae_eval_every=100, nce_steps=2000, nce_batch=256,
+                  nce_eval_every=100, standardize="none", metric="auroc", seeds=5,
+                  ae_driver="host"),
+}
+VARIANT_ORDER = ("recon", "latent", "cnce", "cance")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.cance",
+        description="CANCE (composite AE features + NCE) and its ablation: Error, LatNCE, "
+                    "CNCE, CANCE. Flags left out take the per-dataset defaults.")
+    p.add_argument("--dataset", default="arrhythmia", choices=sorted(DEFAULTS))
+    p.add_argument("--classes", default=None, help="mnist: normal digits, e.g. 0,3,8 (default all)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..N-1")
+    p.add_argument("--seed-offset", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="dataset folder (arrhythmia: shipped copy)")
+    p.add_argument("--out", default=None, help="output folder (default runs/cance-<dataset>)")
+    p.add_argument("--variants", default=",".join(VARIANT_ORDER),
+                   help="comma-separated subset of recon,latent,cnce,cance")
+    # autoencoder
+    p.add_argument("--ae-model", choices=("paper", "small"), default=None,
+                   help="paper: tolljax's Appendix-B model; small: a small conv AE (mnist budget)")
+    p.add_argument("--z-dim", type=int, default=None)
+    p.add_argument("--ae-loss", choices=("cance", "toll"), default="cance",
+                   help="stage-1 loss: CANCE's MSE + λ·cov (default) or Toll's ||x̂−x|| + β||z||")
+    p.add_argument("--cov-weight", type=float, default=1.0, help="λ of the covariance loss")
+    p.add_argument("--beta", type=float, default=None, help="β for --ae-loss toll (Toll's value)")
+    p.add_argument("--ae-steps", type=int, default=None, help="stage-1 steps")
+    p.add_argument("--decoder-steps", type=int, default=None,
+                   help="stage-2 steps (encoder frozen; 0 = no decoupled stage)")
+    p.add_argument("--ae-batch", type=int, default=None)
+    p.add_argument("--ae-lr", type=float, default=None)
+    p.add_argument("--ae-eval-every", type=int, default=None)
+    p.add_argument("--ae-driver", choices=("scan", "host"), default=None,
+                   help="scan: one compiled program per stage (default for arrhythmia); host: "
+                        "jitted checkpoints driven from Python (default for mnist: XLA:CPU runs "
+                        "convolutions inside loops 10-50x slower)")
+    # NCE
+    p.add_argument("--nce-steps", type=int, default=None)
+    p.add_argument("--nce-batch", type=int, default=None)
+    p.add_argument("--nce-lr", type=float, default=1e-3)
+    p.add_argument("--noise-lr", type=float, default=1e-3)
+    p.add_argument("--noise-ratio", type=int, default=4, help="ν noise samples per data sample")
+    p.add_argument("--nce-hidden", default="128,128", help="widths of the estimation network")
+    p.add_argument("--nce-eval-every", type=int, default=None)
+    p.add_argument("--fixed-noise", action="store_true",
+                   help="do not optimise the noise distribution (A = initial scale)")
+    p.add_argument("--select", choices=("loss", "metric", "last"), default="loss",
+                   help="checkpoint selection for AE and NCE: loss = validation loss of the "
+                        "normal samples (CANCE paper, default); metric = validation "
+                        "F1/AUROC (tolljax's Toll protocol); last = final step")
+    # data / budget
+    p.add_argument("--standardize", choices=("none", "train"), default=None,
+                   help="z-score features with the normal training statistics "
+                        "(default: train for arrhythmia, none for mnist)")
+    p.add_argument("--val-limit", type=int, default=None,
+                   help="BUDGET: stratified seeded subset of the validation set")
+    p.add_argument("--test-limit", type=int, default=None,
+                   help="BUDGET: stratified seeded subset of the test set (not the paper protocol)")
+    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache folder")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    from tolljax import cance
+    from experiments.run import _classes
+
+    d = dict(DEFAULTS[args.dataset])
+    over = {"ae_model": args.ae_model, "z_dim": args.z_dim, "ae_steps": args.ae_steps,
+            "decoder_steps": args.decoder_steps, "ae_batch": args.ae_batch, "ae_lr": args.ae_lr,
+            "ae_eval_every": args.ae_eval_every, "nce_steps": args.nce_steps,
+            "nce_batch": args.nce_batch, "nce_eval_every": args.nce_eval_every,
+            "standardize": args.standardize, "seeds": args.seeds, "ae_driver": args.ae_driver}
+    budget_keys = [k for k, v in over.items() if v is not None and v != d.get(k)
+                   and k not in ("seeds", "standardize", "ae_driver")]
+    d.update({k: v for k, v in over.items() if v is not None})
+    if args.dataset == "arrhythmia" and d["ae_model"] == "small":
+        raise TollError("--ae-model small is an MNIST budget model; arrhythmia uses 'paper'")
+    if d["seeds"] < 1:
+        raise TollError(f"--seeds must be at least 1, got {d['seeds']}")
+    try:
+        hidden = tuple(int(h) for h in args.nce_hidden.split(",") if h.strip())
+    except ValueError:
+        raise TollError(f"--nce-hidden takes comma-separated widths, got {args.nce_hidden!r}") from None
+    from tolljax.configs import PAPER_HYPERPARAMETERS
+
+    beta = args.beta if args.beta is not None else PAPER_HYPERPARAMETERS[args.dataset]["beta"]
+    d.update(dataset=args.dataset, variants=cance.parse_variants(args.variants),
+             ae_loss=args.ae_loss, cov_weight=args.cov_weight, beta=beta,
+             nce_lr=args.nce_lr, noise_lr=args.noise_lr, noise_ratio=args.noise_ratio,
+             nce_hidden=list(hidden), learn_noise=not args.fixed_noise, select=args.select,
+             val_limit=args.val_limit, test_limit=args.test_limit,
+             subset_seed=args.subset_seed, seed_offset=args.seed_offset,
+             data_dir=args.data_dir)
+    d["all_classes"], d["classes"] = _classes(args.dataset, args.classes)
+    budget = []
+    if args.val_limit is not None:
+        budget.append(f"validation subset {args.val_limit}")
+    if args.test_limit is not None:
+        budget.append(f"test subset {args.test_limit}")
+    if d["ae_model"] == "small":
+        budget.append("small budget conv AE (not the paper's AE)")
+    budget += [f"{k}={d[k]}" for k in budget_keys]
+    d["budget"] = budget
+    # Validate the stage configs now, so flag errors are reported before any data is loaded.
+    ae_config(d), nce_config(d)
+    return d
+
+
+def ae_config(cfg: dict, n_val: int = 0):
+    from tolljax import cance
+
+    # The host driver scores the validation set in one piece (a chunked lax.map is a loop,
+    # slow for convolutions on CPU): fine for the budget subsets (≤ 2000 images).
+    chunk = n_val if cfg.get("ae_driver") == "host" and 0 < n_val <= 2000 else 1000
+    return cance.AEConfig(score_chunk=chunk, steps=cfg["ae_steps"], decoder_steps=cfg["decoder_steps"],
+                          batch_size=cfg["ae_batch"], lr=cfg["ae_lr"], loss=cfg["ae_loss"],
+                          cov_weight=cfg["cov_weight"], beta=cfg["beta"],
+                          eval_every=cfg["ae_eval_every"], select=cfg["select"],
+                          metric=cfg["metric"])
+
+
+def nce_config(cfg: dict):
+    from tolljax import cance
+
+    return cance.NCEConfig(hidden=tuple(cfg["nce_hidden"]), noise_ratio=cfg["noise_ratio"],
+                           steps=cfg["nce_steps"], batch_size=cfg["nce_batch"], lr=cfg["nce_lr"],
+                           noise_lr=cfg["noise_lr"], learn_noise=cfg["learn_noise"],
+                           eval_every=cfg["nce_eval_every"], select=cfg["select"],
+                           metric=cfg["metric"])
+
+
+# --------------------------------------------------------------------------------------------
+# Budget model for MNIST (labelled as such wherever it is used)
+# --------------------------------------------------------------------------------------------
+
+
+def small_mnist_autoencoder(z_dim: int = 16):
+    """A small conv AE for CPU budget runs (not the paper's): encoder Conv(32,3,s2)-BN-LReLU-
+    Conv(64,3,s2)-BN-LReLU-Flatten-Dense(z); decoder Dense(7·7·64)-BN-LReLU-Up2-Conv(32,3)-BN-
+    LReLU-Up2-Conv(1,3). Nearest-neighbour upsampling + conv avoids transposed convolutions.
+    ~0.25 M parameters at z = 16."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from tolljax.models import batch_norm
+
+    class Encoder(nn.Module):
+        z_dim: int
+
+        @nn.compact
+        def __call__(self, x, train):
+            for c in (32, 64):
+                x = nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x)
+                x = nn.leaky_relu(batch_norm(train, jnp.float32)(x), 0.2)
+            return nn.Dense(self.z_dim)(x.reshape(x.shape[0], -1))
+
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, z, train):
+            x = nn.Dense(7 * 7 * 64)(z)
+            x = nn.leaky_relu(batch_norm(train, jnp.float32)(x), 0.2).reshape(-1, 7, 7, 64)
+            x = jax.image.resize(x, (x.shape[0], 14, 14, 64), "nearest")
+            x = nn.Conv(32, (3, 3), padding="SAME")(x)
+            x = nn.leaky_relu(batch_norm(train, jnp.float32)(x), 0.2)
+            x = jax.image.resize(x, (x.shape[0], 28, 28, 32), "nearest")
+            return nn.Conv(1, (3, 3), padding="SAME")(x)
+
+    class SmallMnistAutoencoder(nn.Module):
+        z_dim: int = 16
+
+        def setup(self):
+            self.encoder = Encoder(self.z_dim)
+            self.decoder = Decoder()
+
+        def encode(self, x, train: bool = False):
+            return self.encoder(x, train)
+
+        def decode(self, z, train: bool = False):
+            return self.decoder(z, train)
+
+        def __call__(self, x, train: bool = False):
+            z = self.encode(x, train)
+            return self.decode(z, train), z
+
+    return SmallMnistAutoencoder(z_dim)
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def stratified_subset(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of ``limit`` rows keeping the label proportions
+    (at least one of each label); all rows when ``limit`` is None or not smaller."""
+    n = y.shape[0]
+    if limit is None or limit >= n:
+        return np.arange(n)
+    if limit < 2:
+        raise TollError(f"--val-limit/--test-limit must be at least 2, got {limit}")
+    rng = np.random.default_rng(seed)
+    anomalous = np.flatnonzero(y == 1)
+    normal = np.flatnonzero(y == 0)
+    n_anom = int(round(limit * anomalous.size / n))
+    n_anom = min(max(n_anom, 1), limit - 1)
+    pick = np.concatenate([rng.choice(anomalous, n_anom, replace=False),
+                           rng.choice(normal, limit - n_anom, replace=False)])
+    return np.sort(pick)
+
+
+def prepare(split, cfg: dict, n_rows: int) -> dict:
+    """Device arrays: standardised (optional), train zero-padded to ``n_rows``, subsets."""
+    import jax.numpy as jnp
+
+    train, val_x, test_x = split.train, split.val_x, split.test_x
+    if cfg["standardize"] == "train":
+        mu = train.mean(axis=0)
+        sd = train.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        train, val_x, test_x = ((a - mu) / sd for a in (train, val_x, test_x))
+    vi = stratified_subset(split.val_y, cfg["val_limit"], cfg["subset_seed"])
+    ti = stratified_subset(split.test_y, cfg["test_limit"], cfg["subset_seed"] + 1)
+    padded = np.zeros((n_rows, *train.shape[1:]), np.float32)
+    padded[: train.shape[0]] = train
+    return {"train": jnp.asarray(padded), "n_train": jnp.int32(train.shape[0]),
+            "val_x": jnp.asarray(val_x[vi], jnp.float32), "val_y": jnp.asarray(split.val_y[vi]),
+            "test_x": jnp.asarray(test_x[ti], jnp.float32),
+            "test_y": jnp.asarray(split.test_y[ti])}
+
+
+# --------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------
+
+
+def _compile(fn, *args):
+    t = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - t
+
+
+def run(cfg: dict, *, log=print) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from tolljax import cance
+    from tolljax.data import load_dataset, validate_split
+    from tolljax.metrics import METRICS
+    from tolljax.models import build_model
+    from experiments.paper_cance import paper_value
+
+    dataset, metric = cfg["dataset"], METRICS[cfg["metric"]]
+    model = (small_mnist_autoencoder(cfg["z_dim"]) if cfg["ae_model"] == "small"
+             else build_model(dataset, cfg["z_dim"]))
+    # compile_s: the NCE programs; ae_s and features_s include their own compilation.
+    timings = {"load_s": 0.0, "compile_s": 0.0, "ae_s": 0.0, "features_s": 0.0,
+               **{f"{v}_s": 0.0 for v in cfg["variants"] if v != "recon"}}
+
+    def load(c):
+        t = time.perf_counter()
+        split = load_dataset(dataset, data_dir=cfg["data_dir"], normal_class=c)
+        validate_split(split, batch_size=max(cfg["ae_batch"], cfg["nce_batch"]))
+        timings["load_s"] += time.perf_counter() - t
+        return split
+
+    classes = cfg["classes"]
+    n_rows = max(load(c).train.shape[0] for c in classes)
+    seeds = list(range(cfg["seed_offset"], cfg["seed_offset"] + cfg["seeds"]))
+    base = jnp.stack([jax.random.key(s) for s in seeds])
+    ae_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base)
+    nce_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(base)
+    def ae_fn(keys, data):
+        config = ae_config(cfg, int(data["val_y"].shape[0]))
+        if cfg["ae_driver"] == "host":
+            return cance.fit_autoencoder_host(keys, data, model=model, config=config)
+        fn = jax.jit(jax.vmap(functools.partial(cance.fit_autoencoder, model=model,
+                                                config=config), in_axes=(0, None)))
+        return fn(keys, data)
+
+    feat_jit = jax.jit(lambda v, x: cance.composite_features(model.apply, v, x, 10**9))
+
+    def feat_fn(variables, x, chunk=1000):
+        """Features per seed, in host-side chunks of one compiled shape (a lax.map loop and
+        seed-vmapped convolutions are both slow on CPU, see fit_autoencoder_host)."""
+        n = x.shape[0]
+        pad = (-n) % chunk if n > chunk else 0
+        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
+        out = []
+        for s in range(len(seeds)):
+            v = jax.tree_util.tree_map(lambda a: a[s], variables)
+            out.append(jnp.concatenate([feat_jit(v, xp[i:i + chunk])
+                                        for i in range(0, xp.shape[0], chunk)])[:n])
+        return jnp.stack(out)
+
+    nce_fns = {v: jax.jit(jax.vmap(functools.partial(
+        cance.fit_nce, config=cance.variant_nce_config(v, nce_config(cfg))),
+        in_axes=(0, 0, None, 0, None, 0, None))) for v in cfg["variants"] if v != "recon"}
+    compiled: dict = {}
+
+    def call(name, fn, *args):
+        if name not in compiled:
+            compiled[name], secs = _compile(fn, *args)
+            timings["compile_s"] += secs
+        t = time.perf_counter()
+        out = jax.block_until_ready(compiled[name](*args))
+        return out, time.perf_counter() - t
+
+    runs = []
+    for c in classes:
+        split = load(c)
+        data = prepare(split, cfg, n_rows)
+        log(f"[{dataset}{'' if c is None else f' class {c}'}] training {len(seeds)} autoencoders "
+            f"({cfg['ae_model']} model, {cfg['ae_loss']} loss, {cfg['ae_steps']}+"
+            f"{cfg['decoder_steps']} steps) ...", flush=True)
+        t = time.perf_counter()
+        ae = jax.block_until_ready(ae_fn(ae_keys, data))
+        timings["ae_s"] += time.perf_counter() - t  # includes compilation (host driver)
+        feats = {}
+        t = time.perf_counter()
+        for part, x in (("train", data["train"]), ("val", data["val_x"]), ("test", data["test_x"])):
+            feats[part] = jax.block_until_ready(feat_fn(ae["variables"], x))
+        timings["features_s"] += time.perf_counter() - t
+        entry = {"normal_class": c, "n_train": int(split.train.shape[0]),
+                 "n_val": int(data["val_y"].shape[0]), "n_test": int(data["test_y"].shape[0]),
+                 "seeds": seeds,
+                 "ae": {"best_step": np.asarray(ae["best_step"]).tolist(),
+                        "best_decoder_step": np.asarray(ae["best_decoder_step"]).tolist(),
+                        "best_val": np.asarray(ae["best_val"]).tolist(),
+                        "nonfinite": np.asarray(ae["nonfinite"]).tolist(),
+                        "loss_curve": np.asarray(ae["loss_curve"]).round(6).tolist()},
+                 "variants": {}}
+        for v in cfg["variants"]:
+            if v == "recon":
+                scores = jax.vmap(cance.error_score)(feats["test"])
+                vals = np.asarray(jax.vmap(metric, in_axes=(0, None))(scores, data["test_y"]))
+                extra = {}
+                test_scores = scores
+            else:
+                out, secs = call(v, nce_fns[v], nce_keys, feats["train"], data["n_train"],
+                                 feats["val"], data["val_y"], feats["test"], data["test_y"])
+                timings[f"{v}_s"] += secs
+                vals = np.asarray(out["test_metric"])
+                test_scores = out["test_scores"]
+                extra = {"best_step": np.asarray(out["best_step"]).tolist(),
+                         "best_val": np.asarray(out["best_val"]).tolist(),
+                         "noise_scale_mean": np.asarray(out["noise_scale"]).mean(-1).tolist(),
+                         "nonfinite": np.asarray(out["nonfinite"]).tolist(),
+                         "loss_curve": np.asarray(out["loss_curve"]).round(5).tolist()}
+            pct = 100.0 * vals
+            if cfg["metric"] != "auroc":  # a finer-grained second read-out of the same scores
+                auc = 100.0 * np.asarray(jax.vmap(METRICS["auroc"], in_axes=(0, None))(
+                    test_scores, data["test_y"]))
+                extra["test_auroc"] = auc.tolist()
+                extra["test_auroc_mean"], extra["test_auroc_std"] = float(auc.mean()), float(auc.std())
+            paper, source = paper_value(dataset, v, c)
+            entry["variants"][v] = {"label": cance.VARIANTS[v][0], "test_metric": pct.tolist(),
+                                    "mean": float(pct.mean()), "std": float(pct.std()),
+                                    "paper": paper, "paper_source": source, **extra}
+        log("   " + "  ".join(f"{entry['variants'][v]['label']} {entry['variants'][v]['mean']:.2f}"
+                              f"±{entry['variants'][v]['std']:.2f}" for v in cfg["variants"]),
+            flush=True)
+        runs.append(entry)
+    summary = {}
+    for v in cfg["variants"]:
+        means = np.array([r["variants"][v]["mean"] for r in runs])
+        paper, source = paper_value(dataset, v, None)
+        summary[v] = {"label": cance.VARIANTS[v][0], "mean": float(means.mean()),
+                      "std": runs[0]["variants"][v]["std"] if len(runs) == 1 else float(means.std()),
+                      "std_is": "over seeds" if len(runs) == 1 else "over per-class means",
+                      "paper": paper, "paper_source": source}
+    return {"dataset": dataset, "metric": cfg["metric"], "metric_unit": "%", "runs": runs,
+            "summary": summary, "timings": timings}
+
+
+def markdown_table(cfg: dict, results: dict) -> str:
+    from experiments.paper import paper_value as toll_paper
+    from experiments.paper_cance import NUMBERS_MISSING, SOURCE
+
+    metric = {"f1": "F1", "auroc": "AUROC"}[results["metric"]]
+    variants = cfg["variants"]
+    labels = [results["summary"][v]["label"] for v in variants]
+    lines = [f"# CANCE ablation · {cfg['dataset']} · test {metric} (%)", ""]
+    if cfg["budget"]:
+        lines += ["**Not the paper's protocol** (CPU budget or changed defaults): "
+                  + "; ".join(cfg["budget"]), ""]
+    n_seeds = len(results["runs"][0]["seeds"])
+    if len(results["runs"]) == 1:
+        r = results["runs"][0]
+        auc = "test_auroc_mean" in r["variants"][variants[0]]
+        lines += [f"| variant | ours (mean ± std) | per seed | paper |"
+                  + (" AUROC (same scores) |" if auc else ""),
+                  "|---|---|---|---|" + ("---|" if auc else "")]
+        for v in variants:
+            e = r["variants"][v]
+            paper = f"{e['paper']:.2f}" if e["paper"] is not None else "n/a¹"
+            seeds = " ".join(f"{x:.1f}" for x in e["test_metric"])
+            extra = f" {e['test_auroc_mean']:.2f} ± {e['test_auroc_std']:.2f} |" if auc else ""
+            lines.append(f"| {e['label']} | {e['mean']:.2f} ± {e['std']:.2f} | {seeds} | {paper} |"
+                         + extra)
+    else:
+        lines += ["| normal class | " + " | ".join(labels) + " |",
+                  "|---" * (len(variants) + 1) + "|"]
+        for r in results["runs"]:
+            lines.append(f"| {r['normal_class']} | " + " | ".join(
+                f"{r['variants'][v]['mean']:.2f} ± {r['variants'][v]['std']:.2f}" for v in variants)
+                + " |")
+        s = results["summary"]
+        lines.append("| **mean** | " + " | ".join(f"**{s[v]['mean']:.2f}**" for v in variants) + " |")
+        lines.append("| paper | " + " | ".join(
+            f"{s[v]['paper']:.2f}" if s[v]["paper"] is not None else "n/a¹" for v in variants) + " |")
+    lines += ["", f"{n_seeds} seeds (std over seeds"
+              + ("" if len(results["runs"]) == 1 else " per class; the mean row averages classes")
+              + f"); selection: {cfg['select']}; AE: {cfg['ae_model']} model, z={cfg['z_dim']}, "
+              f"{cfg['ae_loss']} loss (λ={cfg['cov_weight']:g}), {cfg['ae_steps']}+"
+              f"{cfg['decoder_steps']} steps; NCE: {cfg['nce_steps']} steps, ν="
+              f"{cfg['noise_ratio']}, batch {cfg['nce_batch']}, "
+              f"{'learned' if cfg['learn_noise'] else 'fixed'} noise.",
+              "", f"¹ {SOURCE}: {NUMBERS_MISSING}."]
+    if cfg["dataset"] == "arrhythmia":
+        toll, where = toll_paper("arrhythmia")
+        lines.append(f"For reference, Toll on this split: {toll:.2f} (Toll paper {where}); the "
+                     "CANCE paper's Arrhythmia protocol (Zong et al.) is a different split.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.run import environment, use_compile_cache, write_json
+
+    start = time.perf_counter()
+    args = build_parser().parse_args(argv)
+    if args.compile_cache:
+        use_compile_cache(args.compile_cache)
+    log = (lambda *a, **k: None) if args.quiet else print
+    try:
+        cfg = resolve_config(args)
+        out_dir = Path(args.out or Path("runs") / f"cance-{cfg['dataset']}")
+        results = run(cfg, log=log)
+    except TollError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    results["timings"]["total_s"] = time.perf_counter() - start
+    from experiments import paper_cance
+
+    payload = {"config": cfg, "command": ["python", "-m", "experiments.cance",
+                                          *(sys.argv[1:] if argv is None else argv)],
+               **results,
+               "paper": {"source": paper_cance.SOURCE, "note": paper_cance.NUMBERS_MISSING,
+                         "claims": paper_cance.CLAIMS},
+               "environment": environment()}
+    write_json(out_dir / "results.json", payload)
+    table = markdown_table(cfg, results)
+    (out_dir / "results.md").write_text(table)
+    print(table.rstrip())
+    t = results["timings"]
+    print("wall time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
+    print(f"results: {out_dir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,398 @@
+"""CANCE (tolljax.cance): composite features, covariance loss, noise distribution,
+augmentation, NCE loss/objectives, density recovery, decoupled AE training, the runner."""
+import functools
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from tolljax import cance
+from tolljax.errors import TollError
+from tolljax.models import MLPAutoencoder, init_variables
+from tolljax.train import create_train_state
+
+# ------------------------------------------------------------------ composite features
+
+
+def test_reconstruction_features_by_hand():
+    x = jnp.array([[1.0, 0.0, 0.0, 0.0], [1.0, 2.0, 0.0, 0.0]])
+    x_hat = jnp.array([[0.0, 1.0, 0.0, 0.0], [2.0, 4.0, 0.0, 0.0]])
+    np.testing.assert_allclose(cance.squared_error(x, x_hat), [2 / 4, 5 / 4])
+    np.testing.assert_allclose(cance.cosine_dissimilarity(x, x_hat), [1.0, 0.0], atol=1e-6)
+    # a zero reconstruction has no direction: dissimilarity 1
+    assert float(cance.cosine_dissimilarity(x[:1], jnp.zeros((1, 4)))[0]) == 1.0
+    # images are flattened: (2, 2, 2, 1) gives the same as (2, 4)
+    np.testing.assert_allclose(cance.reconstruction_features(x.reshape(2, 2, 2, 1),
+                                                             x_hat.reshape(2, 2, 2, 1)),
+                               cance.reconstruction_features(x, x_hat))
+
+
+class _ToyAE(nn.Module):
+    """x -> z = x[:, :2] * w, x_hat = 0.5 x (one parameter, so apply_fn works)."""
+
+    def setup(self):
+        self.w = self.param("w", lambda k: jnp.array(2.0))
+
+    def encode(self, x, train=False):
+        return x[:, :2] * self.w
+
+    def decode(self, z, train=False):
+        return z
+
+    def __call__(self, x, train=False):
+        return 0.5 * x, self.encode(x)
+
+
+def test_composite_features_of_a_model_and_chunking():
+    model = _ToyAE()
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    variables = model.init(jax.random.key(1), x)
+    f = cance.composite_features(model.apply, variables, x)
+    xn = np.asarray(x)
+    want = np.concatenate([2 * xn[:, :2], np.mean((0.5 * xn) ** 2, 1, keepdims=True),
+                           np.zeros((5, 1))], axis=1)
+    np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cance.composite_features(model.apply, variables, x, chunk=2), f,
+                               rtol=1e-6)
+    np.testing.assert_array_equal(cance.select_features(f, "latent"), f[:, :2])
+    np.testing.assert_array_equal(cance.select_features(f, "recon"), f[:, 2:])
+    np.testing.assert_array_equal(cance.error_score(f), f[:, 2])
+    with pytest.raises(TollError, match="unknown feature set"):
+        cance.select_features(f, "pixels")
+
+
+# ------------------------------------------------------------------ covariance loss
+
+
+def test_covariance_loss_by_hand():
+    same = jnp.array([[1.0, 1.0], [-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]])
+    assert float(cance.covariance_loss(same)) == pytest.approx(1.0 / (1 + 1e-5) ** 2, rel=1e-6)
+    orth = jnp.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])
+    assert float(cance.covariance_loss(orth)) == pytest.approx(0.0, abs=1e-7)
+    # scale-free (it is the correlation), and k(k-1) off-diagonal entries averaged
+    z = np.asarray(jax.random.normal(jax.random.key(0), (64, 3))) @ np.array(
+        [[1, 0.5, 0], [0, 1, 0.3], [0, 0, 1.0]])
+    c = np.corrcoef(z, rowvar=False)
+    want = (np.sum(c ** 2) - 3) / 6
+    assert float(cance.covariance_loss(jnp.asarray(z))) == pytest.approx(want, rel=1e-3)
+    assert float(cance.covariance_loss(jnp.asarray(100 * z))) == pytest.approx(want, rel=1e-3)
+    assert float(cance.covariance_loss(jnp.ones((4, 1)))) == 0.0
+
+
+# ------------------------------------------------------------------ noise distribution
+
+
+def test_lognormal_mode_matches_scipy():
+    s, mu = 0.7, 0.3
+    dist = scipy.stats.lognorm(s=s, scale=math.exp(mu))
+    mean, var = dist.stats("mv")
+    assert float(cance.lognormal_mode(mean, var)) == pytest.approx(math.exp(mu - s * s), rel=1e-5)
+
+
+def _stats_data(n=400, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) @ np.array([[1.0, 0.4, 0.0], [0.0, 0.8, 0.2], [0.0, 0.0, 0.5]])
+    x[:, -1] = np.abs(x[:, -1]) + 0.1  # a positive "reconstruction" feature
+    return x.astype(np.float32)
+
+
+def test_fit_noise_stats_masks_padding_and_matches_numpy():
+    x = _stats_data()
+    padded = np.concatenate([x, 100 * np.ones((50, 3), np.float32)])
+    stats = cance.fit_noise_stats(jnp.asarray(padded), 400, n_recon=1, ridge=0.0)
+    np.testing.assert_allclose(stats.mean, x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.chol @ stats.chol.T, np.cov(x, rowvar=False), rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(stats.chol_inv @ stats.chol, np.eye(3), atol=1e-5)
+    m, v = x[:, -1].mean(), x[:, -1].var(ddof=1)
+    assert float(stats.recon_mode[0]) == pytest.approx(m ** 4 / (m ** 2 + v) ** 1.5, rel=1e-4)
+
+
+def test_noise_density_matches_scipy_and_samples_have_its_covariance():
+    stats = cance.fit_noise_stats(jnp.asarray(_stats_data()))
+    theta = jnp.array([-1.0, 0.5, 2.0])
+    a = np.asarray(cance.noise_scale(theta))
+    assert np.all(a >= 1.0)
+    m = np.asarray(stats.chol) * a[None, :]
+    u = np.asarray(jax.random.normal(jax.random.key(3), (7, 3)))
+    want = scipy.stats.multivariate_normal(np.asarray(stats.mean), m @ m.T).logpdf(u)
+    np.testing.assert_allclose(cance.noise_log_prob(stats, theta, jnp.asarray(u)), want,
+                               rtol=1e-4)
+    y = np.asarray(cance.sample_noise(jax.random.key(4), stats, theta, 200_000))
+    np.testing.assert_allclose(np.cov(y, rowvar=False), m @ m.T, atol=0.03 * np.abs(m @ m.T).max())
+    np.testing.assert_allclose(cance.noise_marginal_std(stats, theta), np.sqrt(np.diag(m @ m.T)),
+                               rtol=1e-5)
+    np.testing.assert_allclose(cance.noise_scale(cance.init_noise_theta(3, 1.1)), 1.1, rtol=1e-5)
+    with pytest.raises(TollError, match="must be > 1"):
+        cance.init_noise_theta(3, 1.0)
+
+
+# ------------------------------------------------------------------ augmentation (eq. 8)
+
+
+def test_augmentation_keeps_latent_bounds_recon_and_satisfies_proposition_1():
+    x = jnp.asarray(_stats_data(n=2000))
+    stats = cance.fit_noise_stats(x, n_recon=1)
+    theta = cance.init_noise_theta(3)
+    aug, replaced = cance.augment_recon(jax.random.key(0), x, stats, theta, n_recon=1)
+    aug, replaced, xn = np.asarray(aug), np.asarray(replaced), np.asarray(x)
+    np.testing.assert_array_equal(aug[:, :2], xn[:, :2])  # latent part untouched
+    np.testing.assert_array_equal(aug[~replaced], xn[~replaced])  # kept rows untouched
+    assert abs(replaced.mean() - 0.5) < 0.04
+    mode = float(stats.recon_mode[0])
+    fake = aug[replaced, 2]
+    assert fake.min() >= 0.0 and fake.max() <= mode
+    mu = float(stats.mean[2])
+    sigma = float(cance.noise_marginal_std(stats, theta)[2])
+    tn = scipy.stats.truncnorm((0 - mu) / sigma, (mode - mu) / sigma, loc=mu, scale=sigma)
+    assert fake.mean() == pytest.approx(tn.mean(), abs=4 * tn.std() / math.sqrt(fake.size))
+    # Proposition 1: on [0, m̂] the augmented marginal ≥ ½·TN > noise marginal
+    r = np.linspace(0.0, mode, 50)
+    assert mode < mu
+    assert np.all(0.5 * tn.pdf(r) > scipy.stats.norm(mu, sigma).pdf(r))
+    # no reconstruction features: nothing changes
+    same, mask = cance.augment_recon(jax.random.key(0), x, stats, theta, n_recon=0)
+    assert same is x and not bool(mask.any())
+
+
+# ------------------------------------------------------------------ NCE losses
+
+
+def test_nce_loss_by_hand():
+    assert float(cance.nce_loss(jnp.zeros(1), jnp.zeros(2), 2)) == pytest.approx(3 * math.log(2))
+    g_x, g_y = jnp.array([1.0, -2.0]), jnp.array([0.5, 0.0, -1.0, 3.0])
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    want = -np.mean(np.log(sig(np.array([1.0, -2.0])))) - 2 * np.mean(
+        np.log(1 - sig(np.array([0.5, 0.0, -1.0, 3.0]))))
+    assert float(cance.nce_loss(g_x, g_y, 2)) == pytest.approx(want, rel=1e-6)
+
+
+def test_noise_objective_value_and_stop_gradient_semantics():
+    x = jnp.asarray(_stats_data(n=64))
+    stats = cance.fit_noise_stats(x, n_recon=1)
+    net = cance.EstimationNet((8,))
+    params = net.init(jax.random.key(0), x[:1])["params"]
+    theta0 = jnp.array([-1.0, 0.2, 0.5])
+    key = jax.random.key(5)
+    obj = functools.partial(cance.noise_objective, net=net, params=params, stats=stats, x=x,
+                            eps_key=key, noise_ratio=2)
+    # value: the plain NCE loss of G on the data and on the reparameterised noise samples
+    y = cance.sample_noise(key, stats, theta0, 128)
+    g = lambda u: cance.log_odds(net, params, stats, u)  # noqa: E731
+    assert float(jax.jit(obj)(theta0)) == pytest.approx(float(cance.nce_loss(g(x), g(y), 2)),
+                                                        rel=1e-5)
+
+    # gradient: that of h(θ) = NCE loss with log-odds G + log q_θ0 − log q_θ (θ0 held fixed)
+    def h(theta):
+        def gt(u):
+            return (g(u) + cance.noise_log_prob(stats, theta0, u)
+                    - cance.noise_log_prob(stats, theta, u))
+        return cance.nce_loss(gt(x), gt(cance.sample_noise(key, stats, theta, 128)), 2)
+
+    grad = np.asarray(jax.jit(jax.grad(obj))(theta0))
+    np.testing.assert_allclose(grad, np.asarray(jax.jit(jax.grad(h))(theta0)), rtol=1e-4,
+                               atol=1e-6)
+    eps = 1e-2
+    shifted = jnp.concatenate([theta0 + eps * jnp.eye(3), theta0 - eps * jnp.eye(3)])
+    values = np.asarray(jax.jit(jax.vmap(h))(shifted))
+    fd = (values[:3] - values[3:]) / (2 * eps)
+    np.testing.assert_allclose(grad, fd, rtol=0.05, atol=1e-3)
+    # the data term depends on θ (unlike the naive objective, where only the noise term does)
+    data_only = jax.grad(lambda th: -jnp.mean(jax.nn.log_sigmoid(
+        g(x) + cance.noise_log_prob(stats, jax.lax.stop_gradient(th), x)
+        - cance.noise_log_prob(stats, th, x))))(theta0)
+    assert float(jnp.abs(data_only).sum()) > 1e-3
+
+
+def _gmm(key, n):
+    """2-D two-component mixture, with its exact log density."""
+    k1, k2 = jax.random.split(key)
+    comp = jax.random.bernoulli(k1, 0.5, (n,))
+    centres = jnp.where(comp[:, None], jnp.array([1.5, 0.0]), jnp.array([-1.5, 0.0]))
+    return centres + jax.random.normal(k2, (n, 2)) * jnp.array([0.5, 0.8])
+
+
+def _gmm_logpdf(u):
+    comps = [scipy.stats.multivariate_normal([c, 0.0], np.diag([0.25, 0.64])).logpdf(u)
+             for c in (1.5, -1.5)]
+    return np.logaddexp(*comps) + np.log(0.5)
+
+
+def test_nce_recovers_a_density_and_flags_far_points():
+    train = _gmm(jax.random.key(0), 2000)
+    test = _gmm(jax.random.key(1), 300)
+    far = jnp.array([[0.0, 3.5], [5.0, 0.0], [-4.0, -3.0]])
+    val_x = jnp.concatenate([test[:100], far])
+    val_y = jnp.concatenate([jnp.zeros(100, jnp.int32), jnp.ones(3, jnp.int32)])
+    cfg = cance.NCEConfig(features="composite", hidden=(32, 32), steps=600, batch_size=200,
+                          eval_every=200, lr=3e-3, select="last", metric="auroc")
+    out = jax.jit(functools.partial(cance.fit_nce, config=cfg))(
+        jax.random.key(2), train, 2000, val_x, val_y, val_x, val_y)
+    assert int(out["best_step"]) == 600 and out["val_curve"].shape == (3,)
+    assert not bool(out["nonfinite"])
+    assert float(out["test_metric"]) == 1.0  # the far points score highest
+    est = -np.asarray(out["test_scores"][:100])  # log p estimates of held-out data
+    true = _gmm_logpdf(np.asarray(test[:100]))
+    assert scipy.stats.spearmanr(est, true)[0] > 0.9
+    assert np.median(np.abs(est - true)) < 0.35  # NCE is (approximately) self-normalised
+
+
+def test_fit_nce_selection_vmap_and_variants():
+    train = _gmm(jax.random.key(0), 300)
+    feats = jnp.concatenate([train, jnp.abs(train[:, :1]) + 0.1], axis=1)  # 1 "recon" column
+    feats = jnp.concatenate([feats, jnp.abs(train[:, 1:]) + 0.1], axis=1)  # 2 recon columns
+    y = (jnp.arange(300) % 10 == 0).astype(jnp.int32)
+    cfg = cance.variant_nce_config("cance", cance.NCEConfig(hidden=(16,), steps=100,
+                                                            batch_size=64, eval_every=50,
+                                                            select="metric", metric="auroc"))
+    assert cfg.augment and cfg.features == "composite" and cfg.n_recon == 2
+    fit = jax.jit(jax.vmap(functools.partial(cance.fit_nce, config=cfg),
+                           in_axes=(0, None, None, None, None, None, None)))
+    keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+    out = fit(keys, feats, 300, feats, y, feats, y)
+    assert out["test_scores"].shape == (2, 300)
+    assert set(np.asarray(out["best_step"]).tolist()) <= {50, 100}
+    assert np.all(np.asarray(out["noise_scale"]) >= 1.0)
+    lat = cance.variant_nce_config("latent", cfg)
+    assert lat.features == "latent" and not lat.augment and lat.n_recon == 0
+    assert cance.variant_nce_config("recon", cfg) is None
+    assert cance.parse_variants("cance, recon") == ["cance", "recon"]
+    with pytest.raises(TollError, match="unknown variant"):
+        cance.parse_variants("cance,dagmm")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"features": "latent", "augment": True}, "augmentation replaces"),
+    ({"features": "recon"}, "NCE features must be"),
+    ({"steps": 30, "eval_every": 20}, "not a multiple"),
+    ({"select": "best"}, "unknown selection"),
+    ({"noise_ratio": 0}, "noise-ratio must be a positive"),
+])
+def test_nce_config_errors(kwargs, message):
+    with pytest.raises(TollError, match=message):
+        cance.NCEConfig(**kwargs)
+
+
+# ------------------------------------------------------------------ decoupled AE training
+
+
+def _tiny_ae():
+    return MLPAutoencoder(features=6, z_dim=2, hidden=(8,))
+
+
+def test_decoder_step_freezes_encoder_parameters_and_statistics():
+    model = _tiny_ae()
+    x = jax.random.normal(jax.random.key(0), (16, 6))
+    v = init_variables(model, jax.random.key(1), (6,))
+    state = create_train_state(model, jax.random.key(1), (6,), cance.decoder_optimizer(
+        v["params"], 1e-2))
+    step = jax.jit(cance.decoder_step)
+    for _ in range(3):
+        new, m = step(state, x)
+        assert np.isfinite(float(m["loss"]))
+        state = new
+    v0 = init_variables(model, jax.random.key(1), (6,))
+    same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)),
+                                  state.params["encoder"], v0["params"]["encoder"])
+    assert all(jax.tree_util.tree_leaves(same))
+    stats_same = jax.tree_util.tree_map(lambda a, b: bool(jnp.all(a == b)),
+                                        state.batch_stats["encoder"], v0["batch_stats"]["encoder"])
+    assert all(jax.tree_util.tree_leaves(stats_same))
+    changed = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(a != b)),
+                                     state.params["decoder"], v0["params"]["decoder"])
+    assert all(jax.tree_util.tree_leaves(changed))
+    with pytest.raises(TollError, match="'encoder' and 'decoder'"):
+        cance.decoder_optimizer({"dense": {}}, 1e-3)
+
+
+@pytest.mark.parametrize("loss", ["cance", "toll"])
+def test_fit_autoencoder_two_stages(loss):
+    model = _tiny_ae()
+    rng = np.random.default_rng(0)
+    train = jnp.asarray(rng.normal(size=(40, 6)), jnp.float32)
+    val_x = jnp.asarray(np.concatenate([rng.normal(size=(20, 6)), 4 + rng.normal(size=(5, 6))]),
+                        jnp.float32)
+    val_y = jnp.asarray([0] * 20 + [1] * 5)
+    cfg = cance.AEConfig(steps=20, decoder_steps=10, batch_size=16, eval_every=10, loss=loss,
+                         select="loss", beta=1.0)
+    out = jax.jit(functools.partial(cance.fit_autoencoder, model=model, config=cfg))(
+        jax.random.key(0), {"train": train, "val_x": val_x, "val_y": val_y})
+    assert out["val_curve"].shape == (3,) and out["loss_curve"].shape == (3,)
+    assert int(out["best_step"]) in (10, 20) and int(out["best_decoder_step"]) in (0, 10)
+    assert not bool(out["nonfinite"])
+    # the criterion is minus the normal validation MSE of the selected model
+    f = cance.composite_features(model.apply, out["variables"], val_x)
+    assert float(out["best_val"]) == pytest.approx(-float(jnp.mean(f[:20, -2])), rel=1e-4)
+
+
+def test_host_driver_matches_the_scanned_program():
+    model = _tiny_ae()
+    rng = np.random.default_rng(1)
+    data = {"train": jnp.asarray(rng.normal(size=(40, 6)), jnp.float32),
+            "val_x": jnp.asarray(rng.normal(size=(12, 6)), jnp.float32),
+            "val_y": jnp.asarray([0] * 9 + [1] * 3)}
+    cfg = cance.AEConfig(steps=10, decoder_steps=5, batch_size=16, eval_every=5, select="loss")
+    keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+    # Same keys and steps; the programs differ only in XLA fusion (loop vs unrolled). Raw
+    # parameters are not compared: the bias of a layer followed by BatchNorm has an exactly
+    # zero gradient, and Adam turns its rounding noise into full-size steps of either sign.
+    scanned = jax.jit(jax.vmap(functools.partial(cance.fit_autoencoder, model=model, config=cfg),
+                               in_axes=(0, None)))(keys, data)
+    host = cance.fit_autoencoder_host(keys, data, model=model, config=cfg)
+    for k in ("best_step", "best_decoder_step", "nonfinite"):
+        np.testing.assert_array_equal(host[k], scanned[k])
+    assert host["val_curve"].shape == (2, 3)
+    np.testing.assert_allclose(host["val_curve"], scanned["val_curve"], rtol=1e-2)
+    feats = jax.vmap(lambda v: cance.composite_features(model.apply, v, data["val_x"]))
+    np.testing.assert_allclose(feats(host["variables"]), feats(scanned["variables"]), rtol=2e-2,
+                               atol=1e-2)
+
+
+def test_ae_config_errors():
+    with pytest.raises(TollError, match="unknown autoencoder loss"):
+        cance.AEConfig(loss="mse")
+    with pytest.raises(TollError, match="decoder-steps"):
+        cance.AEConfig(decoder_steps=15, eval_every=10, steps=10)
+
+
+# ------------------------------------------------------------------ the experiment runner
+
+
+def test_stratified_subset():
+    from experiments.cance import stratified_subset
+
+    y = np.array([0] * 90 + [1] * 10)
+    idx = stratified_subset(y, 20, seed=0)
+    assert idx.size == 20 and np.all(np.diff(idx) > 0) and y[idx].sum() == 2
+    np.testing.assert_array_equal(idx, stratified_subset(y, 20, seed=0))
+    np.testing.assert_array_equal(stratified_subset(y, None, 0), np.arange(100))
+
+
+def test_runner_end_to_end_on_arrhythmia(tmp_path, capsys):
+    from experiments.cance import main
+
+    out = tmp_path / "cance"
+    # Two of the four variants keep the test fast; all four share the code path of "cance".
+    argv = ["--seeds", "2", "--ae-steps", "20", "--decoder-steps", "20", "--ae-eval-every", "20",
+            "--nce-steps", "40", "--nce-eval-every", "20", "--nce-hidden", "16",
+            "--variants", "recon,cance", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["dataset"] == "arrhythmia" and res["metric"] == "f1"
+    run = res["runs"][0]
+    assert run["n_train"] == 232 and run["n_test"] == 90 and run["seeds"] == [0, 1]
+    assert list(run["variants"]) == ["recon", "cance"]
+    for v in run["variants"].values():
+        assert len(v["test_metric"]) == 2 and all(0 <= t <= 100 for t in v["test_metric"])
+        assert v["mean"] == pytest.approx(np.mean(v["test_metric"]))
+        assert v["paper"] is None  # the paper text lost its table cells
+    assert {"ae_s", "compile_s", "cance_s", "total_s"} <= set(res["timings"])
+    md = (out / "results.md").read_text()
+    assert "Not the paper's protocol" in md and "| CANCE |" in md and "| Error |" in md
+    assert main(["--variants", "cance,dagmm", "--out", str(out)]) == 2
+    assert "unknown variant" in capsys.readouterr().err

@@ -1,0 +1,306 @@
+"""tolljax.ops: the fast convolutions equal XLA's plain layers (values and gradients).
+
+Every transposed convolution of the Appendix-B decoders (and every regular convolution of the
+encoders) is checked, forward and gradients with respect to the input, the kernel and the
+bias, against flax's own layer with the same parameters: relative norm error ≤ 1e-5 in
+float32. Channel counts are reduced (the formulation does not depend on them, except the
+forward branch, which is covered both ways); spatial sizes, kernels and strides are the
+models'. Then whole MNIST and CIFAR autoencoders, plain vs fast, and the backend selection.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tolljax import ops
+from tolljax.errors import TollError
+from tolljax.losses import toll_loss
+from tolljax.models import build_model, conv_transpose, init_variables, layer_inits, sample_shape
+
+TOL = 1e-5
+KEY = jax.random.key(0)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _random(shape, seed):
+    # numpy, not jax.random: threefry programs are slow to compile on CPU (~0.5 s each)
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _value_and_grads(layer, variables, x, dy):
+    """y, and the gradients of <y, dy> w.r.t. the input and every parameter."""
+
+    def f(params, x):
+        y = layer.apply({"params": params}, x)
+        return jnp.vdot(y, dy), y
+
+    (_, y), (gp, gx) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(variables["params"], x)
+    return y, gx, gp
+
+
+def _assert_layers_agree(cases):
+    """``cases``: (label, flax reference layer, our layer, input). One compilation for all."""
+
+    @jax.jit
+    def init(xs):
+        return [(reference.init(KEY, x), candidate.init(KEY, x))
+                for (_, reference, candidate, _), x in zip(cases, xs)]
+
+    @jax.jit
+    def grads(variables, xs, dys):
+        return [(_value_and_grads(reference, v, x, dy), _value_and_grads(candidate, v, x, dy))
+                for (_, reference, candidate, _), v, x, dy in zip(cases, variables, xs, dys)]
+
+    xs = [c[3] for c in cases]
+    params = init(xs)
+    variables = [p[0] for p in params]
+    dys = [_random(jax.eval_shape(ref.apply, v, x).shape, 3)
+           for (_, ref, _, x), v in zip(cases, variables)]
+    results = [(v, ours, *r) for (v, ours), r in zip(params, grads(variables, xs, dys))]
+
+    for (label, *_), (variables, ours, ref, got) in zip(cases, results):
+        # parameters interchange: same names, shapes and, for the same key, the same values
+        assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(variables)
+        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(variables)):
+            np.testing.assert_array_equal(a, b, err_msg=label)
+        (y0, gx0, gp0), (y1, gx1, gp1) = ref, got
+        assert y1.shape == y0.shape, label
+        assert rel_err(y1, y0) <= TOL, f"{label}: output"
+        assert rel_err(gx1, gx0) <= TOL, f"{label}: input gradient"
+        assert set(gp1) == set(gp0), label
+        for name in gp0:
+            assert rel_err(gp1[name], gp0[name]) <= TOL, f"{label}: {name} gradient"
+
+
+# (input size, in channels, out channels, kernel, stride): every decoder layer's geometry
+# (MNIST 4→7→10→22→25→28, CIFAR 1→4→10→13→28→32), channels reduced but both forward
+# branches (GEMM + overlap-add, XLA's convolution) exercised; then k < s edge cases.
+TRANSPOSED = [
+    (4, 16, 32, 4, 1), (7, 32, 16, 4, 1), (10, 16, 8, 4, 2), (22, 8, 8, 4, 1), (25, 8, 1, 4, 1),
+    (1, 8, 16, 4, 1), (4, 16, 8, 4, 2), (10, 8, 8, 4, 1), (13, 8, 8, 4, 2), (28, 8, 8, 5, 1),
+    (5, 3, 4, 1, 2), (4, 2, 3, 3, 3), (3, 4, 9, 2, 3),
+]
+# Every encoder layer's geometry: MNIST 28→25→22→10→7→4, CIFAR 32→28→13→10→4→1 and 1×1.
+REGULAR = [
+    (28, 1, 16, 4, 1), (25, 8, 16, 4, 1), (22, 16, 8, 4, 2), (10, 16, 8, 4, 1), (7, 8, 8, 4, 1),
+    (32, 3, 8, 5, 1), (28, 8, 8, 4, 2), (13, 8, 16, 4, 1), (10, 8, 16, 4, 2), (4, 16, 8, 4, 1),
+    (1, 16, 8, 1, 1), (32, 8, 3, 1, 1), (9, 4, 5, 3, 2),
+]
+
+
+def _cases(geometries, make, fan_in):
+    cases = []
+    for n, cin, cout, k, s in geometries:
+        kw = dict(strides=(s, s), padding="VALID", **layer_inits("torch", fan_in(cin, cout, k)))
+        cases.append((f"{n}x{n}x{cin}->{cout} k{k} s{s}", *make(cout, k, kw),
+                      _random((2, n, n, cin), n + cin)))
+    return cases
+
+
+def test_conv_transpose_fast_matches_flax_on_every_decoder_geometry():
+    _assert_layers_agree(_cases(TRANSPOSED, lambda c, k, kw: (
+        nn.ConvTranspose(c, (k, k), **kw), ops.ConvTranspose(c, (k, k), impl="fast", **kw)),
+        lambda cin, cout, k: cout * k * k))
+
+
+def test_both_forward_branches_are_covered():
+    branches = {ops._ct_forward_uses_gemm((2, n, n, cin), (k, k, cin, cout), (s, s))
+                for n, cin, cout, k, s in TRANSPOSED}
+    assert branches == {True, False}
+
+
+def test_conv_transpose_matmul_alternative_and_defaults_match_flax():
+    cases = _cases([(7, 32, 16, 4, 1), (10, 16, 8, 4, 2), (4, 2, 3, 3, 3)],
+                   lambda c, k, kw: (nn.ConvTranspose(c, (k, k), **kw),
+                                     ops.ConvTranspose(c, (k, k), impl="matmul", **kw)),
+                   lambda cin, cout, k: cout * k * k)
+    x = _random((3, 7, 7, 12), 1)
+    for use_bias in (True, False):  # flax's default initialisers, with and without bias
+        cases.append((f"default init, bias {use_bias}",
+                      nn.ConvTranspose(10, (4, 4), padding="VALID", use_bias=use_bias),
+                      ops.ConvTranspose(10, 4, padding="VALID", use_bias=use_bias, impl="fast"), x))
+    _assert_layers_agree(cases)
+
+
+def test_conv_fast_matches_flax_on_every_encoder_geometry():
+    _assert_layers_agree(_cases(REGULAR, lambda c, k, kw: (
+        nn.Conv(c, (k, k), **kw), ops.Conv(c, (k, k), impl="fast", **kw)),
+        lambda cin, cout, k: cin * k * k))
+
+
+@pytest.mark.parametrize("which", ["transpose", "regular"])
+def test_batch_chunking_gives_the_same_numbers(which, monkeypatch):
+    x = _random((7, 10, 10, 6), 5)
+    if which == "transpose":  # < 8 output channels: the forward is a GEMM too
+        ref, fast, kernel = ops.conv_transpose_plain, ops.conv_transpose_fast, _random((4, 4, 6, 5), 6)
+        per_sample = 10 * 10 * 16 * 5 * 4  # bytes of x·W and of dy's patches per sample
+    else:
+        ref, fast, kernel = ops.conv_plain, ops.conv_fast, _random((4, 4, 6, 9), 6)
+        per_sample = 4 * 4 * 16 * 6 * 4  # bytes of x's patches per sample
+    y0, vjp0 = jax.vjp(lambda x, k: ref(x, k, 2), x, kernel)
+    dy = _random(y0.shape, 7)
+    monkeypatch.setattr(ops, "CHUNK_BYTES", 2 * per_sample)  # chunks of 2, the last padded
+    assert ops._batch_chunks(7, per_sample) == (4, 2)
+    y1, vjp1 = jax.vjp(lambda x, k: fast(x, k, 2), x, kernel)
+    assert rel_err(y1, y0) <= TOL
+    for g1, g0 in zip(vjp1(dy), vjp0(dy)):
+        assert rel_err(g1, g0) <= TOL
+
+
+def test_fast_path_under_vmap_over_parameters():
+    """The protocol vmaps seeds: batched kernels must give each seed's own gradients."""
+    x = _random((2, 7, 7, 8), 1)
+    kernels = _random((3, 4, 4, 8, 16), 2)
+
+    def loss(kernel, impl):
+        return jnp.sum(jnp.sin(ops.conv_transpose(x, kernel, 1, impl=impl)))
+
+    g_fast = jax.vmap(jax.grad(lambda k: loss(k, "fast")))(kernels)
+    for i in range(3):
+        assert rel_err(g_fast[i], jax.grad(lambda k: loss(k, "plain"))(kernels[i])) <= TOL
+
+
+# ---------------------------------------------------------------------------- whole models
+
+
+def _numpy_variables(model, shape, seed=0):
+    """Variables of ``model`` drawn with numpy at PyTorch-like scales (BatchNorm: 1 and 0).
+
+    Cheaper than ``init_variables``, whose XLA:CPU random-number program takes seconds to
+    compile for the MNIST model; the comparison does not depend on the exact initial values.
+    """
+    rng = np.random.default_rng(seed)
+    abstract = jax.eval_shape(lambda: init_variables(model, KEY, shape))
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']") or name.endswith("['var']"):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        if "['bn']" in name or name.endswith("['mean']"):
+            return jnp.zeros(leaf.shape, leaf.dtype)
+        bound = 1.0 / np.sqrt(max(1, int(np.prod(leaf.shape[:-1]))))
+        return jnp.asarray(rng.uniform(-bound, bound, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_autoencoders_same_outputs_and_gradients(dataset, monkeypatch):
+    model, shape = build_model(dataset), sample_shape(dataset)
+    variables = _numpy_variables(model, shape)
+    x = _random((2, *shape), 11)
+
+    def run(params):
+        def loss(p):
+            (x_hat, z), upd = model.apply({"params": p, "batch_stats": variables["batch_stats"]},
+                                          x, train=True, mutable=["batch_stats"])
+            return toll_loss(x, x_hat, z, 10.0), (x_hat, z, upd["batch_stats"])
+
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    results = {}
+    for impl in ("plain", "fast"):
+        monkeypatch.setenv(ops.ENV_VAR, impl)
+        results[impl] = jax.jit(lambda p: run(p))(variables["params"])  # fresh trace per impl
+    (l0, (xh0, z0, bs0)), g0 = results["plain"]
+    (l1, (xh1, z1, bs1)), g1 = results["fast"]
+    assert rel_err(l1, l0) <= TOL and rel_err(xh1, xh0) <= TOL and rel_err(z1, z0) <= TOL
+    for a, b in zip(jax.tree_util.tree_leaves(bs1), jax.tree_util.tree_leaves(bs0)):
+        assert rel_err(a, b) <= TOL
+    leaves0, leaves1 = jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)
+    assert rel_err(np.concatenate([np.ravel(g) for g in leaves1]),
+                   np.concatenate([np.ravel(g) for g in leaves0])) <= TOL
+    scale = np.sqrt(sum(float(jnp.sum(jnp.square(g))) for g in leaves0))
+    for path, g in jax.tree_util.tree_flatten_with_path(g1)[0]:
+        ref = dict(jax.tree_util.tree_flatten_with_path(g0)[0])[path]
+        # A conv bias followed by train-mode BatchNorm has an exactly zero gradient: both
+        # sides are round-off there (~1e-7 of the whole gradient), so compare to the total.
+        floor = 1e-5 * scale
+        err = float(jnp.linalg.norm(g - ref))
+        assert err <= TOL * float(jnp.linalg.norm(ref)) or float(jnp.linalg.norm(ref)) < floor \
+            and err < floor, jax.tree_util.keystr(path)
+
+
+def test_models_build_transposed_convs_with_ops_layer():
+    layer = conv_transpose(8, 4, 2, True, "torch", jnp.float32, name="conv_t")
+    assert isinstance(layer, ops.ConvTranspose) and layer.impl == "auto"
+    assert layer.padding == "VALID" and tuple(layer.strides) == (2, 2)
+
+
+# ------------------------------------------------------------------------- backend selection
+
+
+def test_selection_by_backend(monkeypatch):
+    monkeypatch.delenv(ops.ENV_VAR, raising=False)
+    monkeypatch.delenv(ops.CONV_ENV_VAR, raising=False)
+    assert ops.resolve_impl("auto", backend="cpu") == "fast"
+    assert ops.resolve_impl("auto", backend="gpu") == "plain"
+    assert ops.resolve_impl("auto", backend="tpu") == "plain"
+    assert ops.resolve_conv_impl("auto", backend="cpu") == "fast"
+    assert ops.resolve_conv_impl("auto", backend="cuda") == "plain"
+    assert ops.resolve_impl() == ("fast" if jax.default_backend() == "cpu" else "plain")
+    for impl in ("plain", "fast", "matmul"):  # explicit choices ignore the backend
+        assert ops.resolve_impl(impl, backend="gpu") == impl
+
+
+def test_environment_override(monkeypatch):
+    monkeypatch.setenv(ops.ENV_VAR, "plain")
+    assert ops.resolve_impl("auto", backend="cpu") == "plain"
+    assert ops.resolve_impl("fast", backend="cpu") == "fast"  # the module field wins
+    monkeypatch.setenv(ops.ENV_VAR, " FAST ")
+    assert ops.resolve_impl("auto", backend="gpu") == "fast"
+    monkeypatch.setenv(ops.ENV_VAR, "auto")
+    assert ops.resolve_impl("auto", backend="gpu") == "plain"
+    monkeypatch.setenv(ops.CONV_ENV_VAR, "plain")
+    assert ops.resolve_conv_impl("auto", backend="cpu") == "plain"
+    monkeypatch.setenv(ops.ENV_VAR, "cudnn")
+    with pytest.raises(TollError, match="TOLLJAX_CONV_TRANSPOSE"):
+        ops.resolve_impl("auto")
+    monkeypatch.setenv(ops.CONV_ENV_VAR, "matmul")  # no matmul variant for regular convs
+    with pytest.raises(TollError, match="TOLLJAX_CONV"):
+        ops.resolve_conv_impl("auto")
+    with pytest.raises(TollError, match="unknown convolution implementation"):
+        ops.resolve_impl("fastest")
+
+
+def test_module_uses_the_selected_implementation(monkeypatch):
+    calls = []
+    for name in ("plain", "fast", "matmul"):
+        fn = ops.IMPL_FUNCTIONS[name]
+        monkeypatch.setitem(ops.IMPL_FUNCTIONS, name,
+                            lambda *a, _n=name, _f=fn: calls.append(_n) or _f(*a))
+    x = jnp.ones((1, 4, 4, 3))
+    layer = ops.ConvTranspose(5, 4)
+    variables = layer.init(KEY, x)
+    calls.clear()
+    monkeypatch.setenv(ops.ENV_VAR, "matmul")
+    layer.apply(variables, x)
+    ops.ConvTranspose(5, 4, impl="fast").apply(variables, x)
+    monkeypatch.delenv(ops.ENV_VAR)
+    layer.apply(variables, x)
+    assert calls == ["matmul", "fast", "fast" if jax.default_backend() == "cpu" else "plain"]
+
+
+def test_non_valid_padding_uses_the_plain_layer():
+    x = _random((2, 5, 5, 3), 1)
+    cases = []
+    for padding in ("SAME", [(1, 2), (0, 1)]):
+        cases.append((f"transpose {padding}", nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding=padding),
+                      ops.ConvTranspose(4, 3, 2, padding=padding, impl="fast"), x))
+        cases.append((f"conv {padding}", nn.Conv(4, (3, 3), strides=(2, 2), padding=padding),
+                      ops.Conv(4, 3, 2, padding=padding, impl="fast"), x))
+    _assert_layers_agree(cases)
+    with pytest.raises(TollError, match="CIRCULAR"):
+        ops.ConvTranspose(4, 3, padding="CIRCULAR", impl="fast").init(KEY, x)
+
+
+def test_bad_shapes_are_reported():
+    with pytest.raises(TollError, match="NHWC"):
+        ops.conv_transpose_fast(jnp.ones((4, 4, 3)), jnp.ones((2, 2, 3, 5)))
+    with pytest.raises(TollError, match="kernel"):
+        ops.conv_fast(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 4, 5)))

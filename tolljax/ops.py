@@ -1,0 +1,438 @@
+"""Convolutions for the Appendix-B autoencoders: XLA's plain layers and a CPU fast path.
+
+Why: on CPU, XLA differentiates convolutions slowly. The kernel gradient of a transposed
+convolution is the worst case — 12 s for the MNIST decoder's 512→256 layer (7×7 → 10×10,
+batch 64) where its forward pass takes 65 ms — and XLA:CPU's regular convolutions (forward
+and gradients) run at a fraction of its matrix-multiply (GEMM) speed. The fast path expresses
+every convolution as GEMMs over im2col patches ("lowering to matrix multiplication", as
+PyTorch does on CPU), with the same numbers (float32 round-off, ≤ 1e-6 relative).
+
+Conventions (flax, NHWC activations, kernel ``(kh, kw, in, out)``, VALID padding):
+
+* regular convolution, stride s: ``y[i, j] = Σ_{a,b} x[i·s + a, j·s + b] · K[a, b]``;
+* transposed convolution (flax ``nn.ConvTranspose``, ``transpose_kernel=False``)::
+
+      y[i·s + a, j·s + b] += x[i, j] · K[k − 1 − a, k − 1 − b]     output (n − 1)·s + k
+
+  (plus ``max(s − k, 0)`` trailing zeros when k < s, as flax's layer).
+
+Fast path (``jax.custom_vjp`` each; residuals are just the input and the kernel):
+
+* transposed conv, forward: XLA's convolution of the stride-dilated, (k − 1)-padded input,
+  except where that mostly multiplies padding zeros (stride 1 with H·W < 0.7·Ho·Wo: the 4→7,
+  7→10, 1→4 and 10→13 layers) or has < 8 output channels, where one GEMM ``x · W`` for all k²
+  taps plus an overlap-add (col2im) is faster;
+* transposed conv, backward: one im2col matrix ``P`` of the output gradient (k² strided
+  slices, no dilation) gives both ``dx = P · flip(K)ᵀ`` and ``dK = flip(xᵀ · P)``;
+* regular conv: forward ``patches(x) · K``; input gradient = the transposed convolution of dy
+  (above); kernel gradient ``patches(x)ᵀ · dy``.
+
+GEMM operands larger than :data:`CHUNK_BYTES` are processed in batch chunks (``lax.map`` /
+``lax.scan``), so the paper's batch 1000 never materialises GBs of patches. Measurements
+behind these choices are in ``benchmarks/README.md``; :func:`conv_transpose_matmul` (pure
+matmul + overlap-add, differentiated by autodiff) is kept as a measured alternative.
+
+Selection: :class:`ConvTranspose` and :class:`Conv` are drop-in replacements for flax's
+``nn.ConvTranspose`` / ``nn.Conv`` (same parameter names, shapes, creation order and
+initialisers, so parameters interchange) that pick the implementation by backend — the fast
+path on CPU, XLA's plain layer on GPU/TPU, whose convolution kernels handle these layers and
+their gradients natively (a design default, not measured here). Override per module with
+``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` / ``$TOLLJAX_CONV``
+(``plain|fast|auto``; the transposed convolution also accepts ``matmul``); read at trace time.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from tolljax.errors import TollError
+
+IMPLS = ("auto", "plain", "fast", "matmul")
+ENV_VAR = "TOLLJAX_CONV_TRANSPOSE"
+CONV_IMPLS = ("auto", "plain", "fast")
+CONV_ENV_VAR = "TOLLJAX_CONV"
+_DN = ("NHWC", "HWIO", "NHWC")
+
+# Largest im2col / tap matrix materialised at once by the GEMM formulations; a batch that
+# needs more is processed in chunks. 128 MiB keeps every layer at batch 64 in one chunk and
+# the GEMMs large enough to run at full speed.
+CHUNK_BYTES = 128 << 20
+
+
+def _resolve(impl: str, choices: tuple[str, ...], env_var: str, backend: str | None) -> str:
+    if impl not in choices:
+        raise TollError(f"unknown convolution implementation {impl!r}; choose one of {choices}")
+    if impl == "auto":
+        env = os.environ.get(env_var, "").strip().lower() or "auto"
+        if env not in choices:
+            raise TollError(f"${env_var}={env!r} is not one of {choices}")
+        impl = env
+    if impl == "auto":
+        backend = jax.default_backend() if backend is None else backend
+        impl = "fast" if backend == "cpu" else "plain"
+    return impl
+
+
+def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
+    """The transposed-convolution implementation ``impl`` stands for: plain, fast or matmul.
+
+    ``"auto"`` reads ``$TOLLJAX_CONV_TRANSPOSE`` and, if unset or ``auto``, chooses by
+    ``backend`` (default ``jax.default_backend()``): ``"fast"`` on CPU, ``"plain"`` elsewhere.
+    """
+    return _resolve(impl, IMPLS, ENV_VAR, backend)
+
+
+def resolve_conv_impl(impl: str = "auto", backend: str | None = None) -> str:
+    """As :func:`resolve_impl`, for regular convolutions (``$TOLLJAX_CONV``; plain or fast)."""
+    return _resolve(impl, CONV_IMPLS, CONV_ENV_VAR, backend)
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _check(x: jnp.ndarray, kernel: jnp.ndarray) -> None:
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != x.shape[-1]:
+        raise TollError(f"expected an NHWC input and a (kh, kw, in, out) kernel, got shapes "
+                        f"{x.shape} and {kernel.shape}")
+
+
+def _pair(v) -> tuple[int, int]:
+    v = (v, v) if isinstance(v, int) else tuple(int(u) for u in v)
+    if len(v) != 2:
+        raise TollError(f"expected an int or a pair for a 2-D convolution, got {v}")
+    return v
+
+
+def _trailing_pad(y: jnp.ndarray, kernel_hw, strides) -> jnp.ndarray:
+    """flax/lax transposed-conv output has ``max(s − k, 0)`` extra zeros per axis when k < s."""
+    extra = [max(s - k, 0) for k, s in zip(kernel_hw, strides)]
+    if any(extra):
+        y = jnp.pad(y, [(0, 0), (0, extra[0]), (0, extra[1]), (0, 0)])
+    return y
+
+
+def _batch_chunks(n: int, per_sample_bytes: int) -> tuple[int, int]:
+    """(number of chunks, chunk size) covering ``n`` samples with ≤ CHUNK_BYTES each."""
+    max_size = max(1, CHUNK_BYTES // max(1, per_sample_bytes))
+    count = -(-n // max_size)
+    return count, -(-n // count)
+
+
+def _split(a: jnp.ndarray, count: int, size: int) -> jnp.ndarray:
+    """(n, ...) -> (count, size, ...), zero-padding the batch to count·size."""
+    pad = count * size - a.shape[0]
+    if pad:
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(count, size, *a.shape[1:])
+
+
+def _over_batch(fn: Callable, arrays: Sequence[jnp.ndarray], per_sample_bytes: int):
+    """``fn(*arrays) -> (per-sample output | None, batch sum | None)``, in batch chunks.
+
+    Zero-padded samples must contribute zero to the sum (true for every use here: they are
+    products with a zero input).
+    """
+    n = arrays[0].shape[0]
+    count, size = _batch_chunks(n, per_sample_bytes)
+    if count == 1:
+        return fn(*arrays)
+    chunks = [_split(a, count, size) for a in arrays]
+    _, summed_shape = jax.eval_shape(fn, *[c[0] for c in chunks])
+
+    def body(acc, chunk):
+        mapped, summed = fn(*chunk)
+        return (None if summed is None else acc + summed), mapped
+
+    init = None if summed_shape is None else jnp.zeros(summed_shape.shape, summed_shape.dtype)
+    total, mapped = lax.scan(body, init, chunks)
+    if mapped is not None:
+        mapped = mapped.reshape(count * size, *mapped.shape[2:])[:n]
+    return mapped, total
+
+
+def _patches(u: jnp.ndarray, kernel_hw, strides, out_hw) -> jnp.ndarray:
+    """im2col: ``p[n·Ho·Wo + i·Wo + j, (a, b, c)] = u[n, i·s + a, j·s + b, c]``."""
+    n, _, _, c = u.shape
+    (kh, kw), (sh, sw), (ho, wo) = kernel_hw, strides, out_hw
+    taps = [lax.slice(u, (0, a, b, 0), (n, a + (ho - 1) * sh + 1, b + (wo - 1) * sw + 1, c),
+                      (1, sh, sw, 1)) for a in range(kh) for b in range(kw)]
+    return jnp.stack(taps, axis=3).reshape(n * ho * wo, kh * kw * c)
+
+
+def _overlap_add(z: jnp.ndarray, strides) -> jnp.ndarray:
+    """col2im: z (N, H, W, kh, kw, C) -> y with ``y[i·s + a, j·s + b] += z[i, j, a, b]``."""
+    _, _, _, kh, kw, _ = z.shape
+    sh, sw = strides
+    zero = jnp.zeros((), z.dtype)
+    y = None
+    for a in range(kh):
+        for b in range(kw):
+            t = lax.pad(z[:, :, :, a, b, :], zero,
+                        [(0, 0, 0), (a, kh - 1 - a, sh - 1), (b, kw - 1 - b, sw - 1), (0, 0, 0)])
+            y = t if y is None else y + t
+    return y
+
+
+def _f32_matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """Kernel-gradient GEMMs accumulate in float32 whatever the compute dtype."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32)
+
+
+# --------------------------------------------------------------------- transposed convolution
+
+
+def conv_transpose_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
+    """``lax.conv_transpose(..., "VALID")`` exactly as flax's ``nn.ConvTranspose`` calls it."""
+    _check(x, kernel)
+    return lax.conv_transpose(x, kernel, _pair(stride), "VALID", dimension_numbers=_DN)
+
+
+def _ct_forward_uses_gemm(x_shape, k_shape, strides) -> bool:
+    """GEMM + overlap-add forward where XLA's padded convolution mostly multiplies zeros.
+
+    XLA convolves the (k − 1)-padded input: of the Ho·Wo·k² taps per output channel only
+    H·W·k² touch the input. At stride 1 with H·W < 0.7·Ho·Wo (MNIST decoder 4→7 and 7→10,
+    CIFAR 1→4 and 10→13) and with < 8 output channels (MNIST's last layer, where XLA's
+    convolution is slow) one GEMM is faster; strided and large layers (10→22, 22→25, 4→10,
+    13→28, 28→32) stay with XLA, whose forward is fast there (benchmarks/README.md).
+    """
+    _, h, w, _ = x_shape
+    kh, kw, _, cout = k_shape
+    ho, wo = (h - 1) * strides[0] + kh, (w - 1) * strides[1] + kw
+    return cout < 8 or (tuple(strides) == (1, 1) and h * w < 0.7 * ho * wo)
+
+
+def _ct_forward_xla(x, kernel, strides):
+    kh, kw = kernel.shape[:2]
+    return lax.conv_general_dilated(x, kernel, (1, 1), [(kh - 1, kh - 1), (kw - 1, kw - 1)],
+                                    lhs_dilation=strides, dimension_numbers=_DN)
+
+
+def _ct_forward_gemm(x, kernel, strides):
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    wmat = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(cin, kh * kw * cout)
+
+    def run(xc):
+        m = xc.shape[0]
+        z = jnp.matmul(xc.reshape(m * h * w, cin), wmat).reshape(m, h, w, kh, kw, cout)
+        return _overlap_add(z, strides), None
+
+    return _over_batch(run, [x], h * w * kh * kw * cout * x.dtype.itemsize)[0]
+
+
+def _ct_forward(x, kernel, strides):
+    """Transposed conv without the k < s trailing zeros: (n − 1)·s + k per axis."""
+    if _ct_forward_uses_gemm(x.shape, kernel.shape, strides):
+        return _ct_forward_gemm(x, kernel, strides)
+    return _ct_forward_xla(x, kernel, strides)
+
+
+def _ct_backward(x, kernel, strides, dy):
+    """dx and dK of the transposed conv from one im2col matrix P of dy, in batch chunks.
+
+    ``P[(n, i, j), (a, b, o)] = dy[n, i·s + a, j·s + b, o]``; ``dx = P · flip(K)ᵀ`` (the
+    stride-s convolution of dy) and ``dK = flip(xᵀ · P)``: two GEMMs with exactly the
+    transposed convolution's FLOPs — no zeros multiplied, no dilation.
+    """
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    kmat = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)).reshape(kh * kw * cout, cin)
+
+    def run(xc, dyc):
+        m = xc.shape[0]
+        p = _patches(dyc, (kh, kw), strides, (h, w))
+        dxc = jnp.matmul(p, kmat).reshape(m, h, w, cin)
+        return dxc, _f32_matmul(xc.reshape(m * h * w, cin).T, p)
+
+    dx, dk = _over_batch(run, [x, dy], h * w * kh * kw * cout * dy.dtype.itemsize)
+    dk = jnp.transpose(dk.reshape(cin, kh, kw, cout), (1, 2, 0, 3))[::-1, ::-1]
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_ct_fast = jax.custom_vjp(_ct_forward, nondiff_argnums=(2,))
+_ct_fast.defvjp(lambda x, kernel, strides: (_ct_forward(x, kernel, strides), (x, kernel)),
+                lambda strides, res, dy: _ct_backward(*res, strides, dy))
+
+
+def conv_transpose_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
+    """Same values and gradients as :func:`conv_transpose_plain`, fast on CPU (module doc)."""
+    _check(x, kernel)
+    strides = _pair(stride)
+    return _trailing_pad(_ct_fast(x, kernel, strides), kernel.shape[:2], strides)
+
+
+def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
+    """Measured alternative: GEMM + overlap-add for all k² taps, differentiated by autodiff.
+
+    Not chunked: materialises (N, H, W, k², out) in the forward and its gradient.
+    """
+    _check(x, kernel)
+    strides = _pair(stride)
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    wmat = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(cin, kh * kw * cout)
+    z = jnp.matmul(x.reshape(n * h * w, cin), wmat).reshape(n, h, w, kh, kw, cout)
+    return _trailing_pad(_overlap_add(z, strides), (kh, kw), strides)
+
+
+IMPL_FUNCTIONS: dict[str, Callable] = {"plain": conv_transpose_plain, "fast": conv_transpose_fast,
+                                       "matmul": conv_transpose_matmul}
+
+
+def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto") -> jnp.ndarray:
+    """VALID transposed convolution (flax convention) by ``impl`` (see :func:`resolve_impl`)."""
+    return IMPL_FUNCTIONS[resolve_impl(impl)](x, kernel, stride)
+
+
+# ------------------------------------------------------------------------ regular convolution
+
+
+def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
+    """``lax.conv_general_dilated(..., "VALID")`` exactly as flax's ``nn.Conv`` calls it."""
+    _check(x, kernel)
+    return lax.conv_general_dilated(x, kernel, _pair(stride), "VALID", dimension_numbers=_DN)
+
+
+def _conv_out_hw(x_shape, kernel_hw, strides) -> tuple[int, int]:
+    return tuple((x_shape[1 + d] - kernel_hw[d]) // strides[d] + 1 for d in range(2))
+
+
+def _conv_forward(x, kernel, strides):
+    n, _, _, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    ho, wo = _conv_out_hw(x.shape, (kh, kw), strides)
+    kmat = kernel.reshape(kh * kw * cin, cout)
+
+    def run(xc):
+        m = xc.shape[0]
+        return jnp.matmul(_patches(xc, (kh, kw), strides, (ho, wo)), kmat).reshape(m, ho, wo, cout), None
+
+    return _over_batch(run, [x], ho * wo * kh * kw * cin * x.dtype.itemsize)[0]
+
+
+def _conv_backward(x, kernel, strides, dy):
+    """dx = the transposed convolution of dy (same kernel); dK = patches(x)ᵀ · dy."""
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    ho, wo = dy.shape[1:3]
+    # y[i·s + a] += dy[i] · K[a]ᵀ is a flax-convention transposed conv with kernel flip(K)ᵀ.
+    dx = _ct_forward(dy, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)), strides)
+    dx = jnp.pad(dx, [(0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0)])
+
+    def run(xc, dyc):
+        m = xc.shape[0]
+        p = _patches(xc, (kh, kw), strides, (ho, wo))
+        return None, _f32_matmul(p.T, dyc.reshape(m * ho * wo, cout))
+
+    _, dk = _over_batch(run, [x, dy], ho * wo * kh * kw * cin * x.dtype.itemsize)
+    return dx.astype(x.dtype), dk.reshape(kh, kw, cin, cout).astype(kernel.dtype)
+
+
+_conv_fast = jax.custom_vjp(_conv_forward, nondiff_argnums=(2,))
+_conv_fast.defvjp(lambda x, kernel, strides: (_conv_forward(x, kernel, strides), (x, kernel)),
+                  lambda strides, res, dy: _conv_backward(*res, strides, dy))
+
+
+def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
+    """Same values and gradients as :func:`conv_plain`, as GEMMs (module doc)."""
+    _check(x, kernel)
+    return _conv_fast(x, kernel, _pair(stride))
+
+
+CONV_FUNCTIONS: dict[str, Callable] = {"plain": conv_plain, "fast": conv_fast}
+
+
+def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto") -> jnp.ndarray:
+    """VALID convolution (flax convention) by ``impl`` (see :func:`resolve_conv_impl`)."""
+    return CONV_FUNCTIONS[resolve_conv_impl(impl)](x, kernel, stride)
+
+
+# ------------------------------------------------------------------------------ flax modules
+
+
+class _ConvBase(nn.Module):
+    """Shared fields of :class:`ConvTranspose` and :class:`Conv` (flax's names and defaults)."""
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: Any = "VALID"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+    impl: str = "auto"
+
+    def _params(self, inputs):
+        if inputs.ndim != 4:
+            raise TollError(f"{type(self).__name__} takes NHWC inputs, got shape {inputs.shape}")
+        kernel = self.param("kernel", self.kernel_init,
+                            (*_pair(self.kernel_size), inputs.shape[-1], self.features),
+                            self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        return nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+
+    def _use_plain(self, impl: str) -> bool:
+        valid = isinstance(self.padding, str) and self.padding.upper() == "VALID"
+        return impl == "plain" or not valid or self.precision is not None
+
+    def _padding(self):
+        if isinstance(self.padding, str):
+            if self.padding.upper() not in ("VALID", "SAME"):
+                raise TollError(f"{type(self).__name__}: padding {self.padding!r} is not "
+                                f"supported (VALID, SAME or explicit pairs)")
+            return self.padding.upper()
+        return nn.linear.canonicalize_padding(self.padding, 2)
+
+
+class ConvTranspose(_ConvBase):
+    """2-D ``flax.linen.ConvTranspose`` (``transpose_kernel=False``) with a CPU fast path.
+
+    Parameters ``kernel`` ``(kh, kw, in, features)`` and ``bias`` ``(features,)`` as flax's
+    layer (created in the same order, same default initialisers: a given key gives identical
+    values); the same output for every padding. ``impl``: ``"auto"`` (``fast`` on CPU, ``plain``
+    on GPU/TPU; ``$TOLLJAX_CONV_TRANSPOSE`` overrides), ``"plain"``, ``"fast"``, ``"matmul"``.
+    Non-VALID padding or an explicit ``precision`` always take the plain layer.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        inputs, kernel, bias = self._params(inputs)
+        strides = _pair(self.strides)
+        impl = resolve_impl(self.impl)
+        if self._use_plain(impl):
+            y = lax.conv_transpose(inputs, kernel, strides, self._padding(),
+                                   dimension_numbers=_DN, precision=self.precision)
+        else:
+            y = IMPL_FUNCTIONS[impl](inputs, kernel, strides)
+        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+
+
+class Conv(_ConvBase):
+    """2-D ``flax.linen.Conv`` (no dilation, one feature group) with a CPU fast path.
+
+    Same parameters, creation order and initialisers as flax's layer. ``impl``: ``"auto"``
+    (``fast`` on CPU, ``plain`` on GPU/TPU; ``$TOLLJAX_CONV`` overrides), ``"plain"``,
+    ``"fast"``. Non-VALID padding or an explicit ``precision`` always take the plain layer.
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        inputs, kernel, bias = self._params(inputs)
+        strides = _pair(self.strides)
+        impl = resolve_conv_impl(self.impl)
+        if self._use_plain(impl):
+            y = lax.conv_general_dilated(inputs, kernel, strides, self._padding(),
+                                         dimension_numbers=_DN, precision=self.precision)
+        else:
+            y = CONV_FUNCTIONS[impl](inputs, kernel, strides)
+        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
