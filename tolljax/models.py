@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tolljax.errors import TollError
-from tolljax.ops import ConvTranspose
+from tolljax.ops import Conv, ConvTranspose
 
 Dtype = Any
 INIT_SCHEMES = ("torch", "flax")
@@ -233,8 +233,8 @@ class ConvBlock(nn.Module):
         if transpose:
             x = conv_transpose(c, k, s, bias, self.init_scheme, self.dtype, name="conv_t")(x)
         else:  # nn.Conv2d: fan_in = in_channels·k·k
-            x = nn.Conv(c, (k, k), strides=(s, s), padding="VALID", use_bias=bias, dtype=self.dtype,
-                        name="conv", **layer_inits(self.init_scheme, x.shape[-1] * k * k))(x)
+            x = Conv(c, (k, k), strides=(s, s), padding="VALID", use_bias=bias, dtype=self.dtype,
+                     name="conv", **layer_inits(self.init_scheme, x.shape[-1] * k * k))(x)
         if self.slope is not None:
             x = nn.leaky_relu(batch_norm(train, self.dtype, name="bn")(x), self.slope)
         return x
