@@ -433,7 +433,7 @@ def markdown_table(cfg: dict, results: dict) -> str:
     if len(results["runs"]) == 1:
         r = results["runs"][0]
         auc = "test_auroc_mean" in r["variants"][variants[0]]
-        lines += [f"| variant | ours (mean ± std) | per seed | paper |"
+        lines += ["| variant | ours (mean ± std) | per seed | paper |"
                   + (" AUROC (same scores) |" if auc else ""),
                   "|---|---|---|---|" + ("---|" if auc else "")]
         for v in variants:

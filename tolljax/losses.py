@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Union
 
+import jax
 import jax.numpy as jnp
 
 from tolljax.errors import TollError
@@ -75,8 +76,6 @@ def toll_loss(x: jnp.ndarray, x_hat: jnp.ndarray, z: jnp.ndarray, beta: float,
 # --------------------------------------------------------------------------------------------
 # Targeted collapse as a reusable loss term (paper §4.4, Tables 5/6: FITYMI + Toll)
 # --------------------------------------------------------------------------------------------
-
-import jax  # noqa: E402
 
 
 def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batch_mean",
