@@ -213,6 +213,16 @@ def lemma1_rhs(W: ArrayLike, S: ArrayLike) -> np.ndarray:
     return np.asarray(_lemma1_vf(0.0, jnp.asarray(W), jnp.asarray(S)))
 
 
+def _theorem2_inputs(S, W1, W2, beta, rec_weight, name1: str, name2: str):
+    """Validated ``(S, W1, W2, beta, rec_weight)`` of a Theorem-2 call (errors name the argument)."""
+    S = _covariance_matrix(S)
+    W1 = _matrix(name1, W1)
+    W2 = _matrix(name2, W2)
+    _check_encoder(name1, W1.shape, S.shape[0])
+    _check_decoder(name2, W2.shape, W1.shape)
+    return S, W1, W2, _scalar("beta", beta), _scalar("rec_weight", rec_weight)
+
+
 @_x64
 def theorem2_rhs(W1: ArrayLike, W2: ArrayLike, S: ArrayLike, beta: float,
                  rec_weight: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
@@ -222,13 +232,7 @@ def theorem2_rhs(W1: ArrayLike, W2: ArrayLike, S: ArrayLike, beta: float,
     ``r = rec_weight`` (the paper's eq. 10 is ``r = 1``; Figure 2's ``(1 − β)·rec + β·norm``
     is ``r = 1 − β``). Shapes: ``W1`` (d × m), ``W2`` (m × d), ``S`` (m × m).
     """
-    S = _covariance_matrix(S)
-    W1 = _matrix("W1", W1)
-    W2 = _matrix("W2", W2)
-    _check_encoder("W1", W1.shape, S.shape[0])
-    _check_decoder("W2", W2.shape, W1.shape)
-    beta = _scalar("beta", beta)
-    rec_weight = _scalar("rec_weight", rec_weight)
+    S, W1, W2, beta, rec_weight = _theorem2_inputs(S, W1, W2, beta, rec_weight, "W1", "W2")
     dW1, dW2 = _theorem2_vf(0.0, (jnp.asarray(W1), jnp.asarray(W2)),
                             (jnp.asarray(S), jnp.float64(beta), jnp.float64(rec_weight)))
     return np.asarray(dW1), np.asarray(dW2)
@@ -416,13 +420,8 @@ def solve_theorem2(W1_0: ArrayLike, W2_0: ArrayLike, S: ArrayLike, beta: float, 
     Returns ``(W1(ts), W2(ts))``, each stacked over the first axis (len(ts) × d × m and
     len(ts) × m × d); a scalar ``ts`` returns single matrices.
     """
-    S = _covariance_matrix(S)
-    W1_0 = _matrix("W1_0", W1_0)
-    W2_0 = _matrix("W2_0", W2_0)
-    _check_encoder("W1_0", W1_0.shape, S.shape[0])
-    _check_decoder("W2_0", W2_0.shape, W1_0.shape)
-    beta = _scalar("beta", beta)
-    rec_weight = _scalar("rec_weight", rec_weight)
+    S, W1_0, W2_0, beta, rec_weight = _theorem2_inputs(S, W1_0, W2_0, beta, rec_weight,
+                                                       "W1_0", "W2_0")
     _times(ts, "ts")
     args = (jnp.asarray(S), jnp.float64(beta), jnp.float64(rec_weight))
     W1s, W2s = integrate(_theorem2_vf, (jnp.asarray(W1_0), jnp.asarray(W2_0)), args, ts)

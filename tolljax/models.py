@@ -81,7 +81,30 @@ class MLP(nn.Module):
         return x
 
 
-class MLPAutoencoder(nn.Module):
+class Autoencoder(nn.Module):
+    """The interface every tolljax autoencoder has: ``x -> (x_hat, z)``, ``encode``, ``decode``.
+
+    Subclasses build ``self.encoder`` and ``self.decoder`` (called as ``f(x, train)``) in
+    ``setup`` and may validate inputs in :meth:`check_input`. Outputs are cast to float32
+    whatever the compute dtype, so losses and scores are always float32.
+    """
+
+    def check_input(self, x: jnp.ndarray) -> None:
+        """Raise :class:`TollError` for inputs of the wrong shape (default: accept)."""
+
+    def encode(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        self.check_input(x)
+        return self.encoder(x, train)
+
+    def decode(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        return self.decoder(z, train)
+
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
+        z = self.encode(x, train)
+        return self.decode(z, train).astype(jnp.float32), z.astype(jnp.float32)
+
+
+class MLPAutoencoder(Autoencoder):
     """Arrhythmia autoencoder (Appendix B.3).
 
     Encoder: Linear(256)-BN-ReLU-Linear(128)-BN-ReLU-Linear(z).
@@ -98,16 +121,6 @@ class MLPAutoencoder(nn.Module):
     def setup(self):
         self.encoder = MLP(self.features, (*self.hidden, self.z_dim), self.init_scheme, self.dtype)
         self.decoder = MLP(self.z_dim, (*self.hidden[::-1], self.features), self.init_scheme, self.dtype)
-
-    def encode(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        return self.encoder(x, train)
-
-    def decode(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        return self.decoder(z, train)
-
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
-        z = self.encode(x, train)
-        return self.decode(z, train).astype(jnp.float32), z.astype(jnp.float32)
 
 
 # name -> (factory(z_dim, init, dtype) -> module, sample shape, default z_dim)
@@ -306,7 +319,7 @@ class ConvDecoder(nn.Module):
         return x
 
 
-class ConvAutoencoder(nn.Module):
+class ConvAutoencoder(Autoencoder):
     """Shared interface of the image autoencoders: ``x -> (x_hat, z)``, ``encode``, ``decode``.
 
     Subclasses set ``input_shape`` and build ``self.encoder``/``self.decoder`` in ``setup``.
@@ -319,18 +332,10 @@ class ConvAutoencoder(nn.Module):
 
     input_shape: ClassVar[tuple[int, int, int]] = (0, 0, 0)
 
-    def encode(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    def check_input(self, x: jnp.ndarray) -> None:
         if tuple(x.shape[1:]) != self.input_shape:
             raise TollError(f"{type(self).__name__} expects inputs of shape (batch, "
                             f"{', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}")
-        return self.encoder(x, train)
-
-    def decode(self, z: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        return self.decoder(z, train)
-
-    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
-        z = self.encode(x, train)
-        return self.decode(z, train).astype(jnp.float32), z.astype(jnp.float32)
 
 
 _T = dict(transpose=True)
