@@ -9,6 +9,9 @@ the ratios tolljax / PyTorch. ``--repeat N`` alternates the two N times and repo
 
     python benchmarks/bench_arrhythmia.py [--seeds 10] [--steps 2000] [--repeat 1] [--json OUT]
 
+``--seed-counts 1 2 5 10`` instead measures how cost grows with work: both implementations
+once per number of seeds, printing protocol wall time, compile time and time per seed.
+
 PyTorch (benchmark only): ``pip install torch==2.13.0``.
 """
 from __future__ import annotations
@@ -39,8 +42,9 @@ def _timed(cmd: list[str], env: dict | None = None) -> float:
 def run_tolljax(seeds: int, steps: int, workdir: Path) -> dict:
     out = workdir / "tolljax"
     env = {**os.environ, "JAX_ENABLE_COMPILATION_CACHE": "false"}  # cold compile every time
-    process_s = _timed([sys.executable, "-m", "experiments.run", "--quiet", "--fresh", "--seeds", str(seeds),
-                        "--steps", str(steps), "--out", str(out)], env)
+    process_s = _timed([sys.executable, "-m", "experiments.run", "--quiet", "--fresh",
+                        "--compile-cache", "off", "--seeds", str(seeds), "--steps", str(steps),
+                        "--out", str(out)], env)
     res = json.loads((out / "results.json").read_text())
     t = res["timings"]
     return {"process_s": process_s, "protocol_s": t["compile_s"] + t["run_s"],
@@ -61,13 +65,34 @@ def run_torch(seeds: int, steps: int, workdir: Path) -> dict:
             "torch": res["torch_version"]}
 
 
+def seed_scaling(counts: list[int], steps: int, json_out: Path | None) -> int:
+    """Protocol wall time vs number of seeds (vmapped in tolljax, a loop in PyTorch)."""
+    rows = []
+    print(f"{'seeds':>5} {'tolljax protocol s':>19} {'compile s':>10} {'run s/seed':>11} "
+          f"{'PyTorch s':>10} {'s/seed':>7} {'ratio':>6}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            j, t = run_tolljax(n, steps, Path(tmp)), run_torch(n, steps, Path(tmp))
+            rows.append({"seeds": n, "tolljax": j, "torch": t})
+            print(f"{n:>5} {j['protocol_s']:>19.1f} {j['compile_s']:>10.1f} {j['run_s'] / n:>11.2f} "
+                  f"{t['protocol_s']:>10.1f} {t['protocol_s'] / n:>7.2f} "
+                  f"{j['protocol_s'] / t['protocol_s']:>6.3f}", flush=True)
+    if json_out:
+        json_out.write_text(json.dumps({"steps": steps, "rows": rows}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
+    p.add_argument("--seed-counts", type=int, nargs="+", default=None,
+                   help="scaling mode: protocol wall time for each number of seeds")
     args = p.parse_args(argv)
+    if args.seed_counts:
+        return seed_scaling(args.seed_counts, args.steps, args.json)
 
     runs = {"tolljax": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -457,7 +457,9 @@ def markdown_table(cfg: dict, results: dict) -> str:
     lines += ["", f"{n_seeds} seeds (std over seeds"
               + ("" if len(results["runs"]) == 1 else " per class; the mean row averages classes")
               + f"); selection: {cfg['select']}; AE: {cfg['ae_model']} model, z={cfg['z_dim']}, "
-              f"{cfg['ae_loss']} loss (λ={cfg['cov_weight']:g}), {cfg['ae_steps']}+"
+              + (f"cance loss (covariance λ={cfg['cov_weight']:g})" if cfg["ae_loss"] == "cance"
+                 else f"toll loss (β={cfg['beta']:g})")
+              + f", {cfg['ae_steps']}+"
               f"{cfg['decoder_steps']} steps; NCE: {cfg['nce_steps']} steps, ν="
               f"{cfg['noise_ratio']}, batch {cfg['nce_batch']}, "
               f"{'learned' if cfg['learn_noise'] else 'fixed'} noise.",

@@ -107,6 +107,10 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
       given (gradient reaches it only if the caller computed it from the features).
 
     The norm of an exactly zero difference has gradient 0 (see :func:`latent_norm`).
+
+    Weight: the paper does not state the weight λ of this term next to the classification
+    loss. In ``experiments/collapse_demo.py`` (MNIST, BCE + λ·term) λ = 0.1 improved the
+    classifier's AUROC on 35 of 50 (digit, seed) pairs and λ = 1 hurt it (README); tune λ.
     """
     f = _flat(jnp.asarray(features))
     n = f.shape[0]
