@@ -28,9 +28,11 @@ Fast path (``jax.custom_vjp`` each; residuals are just the input and the kernel)
   (above); kernel gradient ``patches(x)ᵀ · dy``.
 
 GEMM operands larger than :data:`CHUNK_BYTES` are processed in batch chunks (``lax.map`` /
-``lax.scan``), so the paper's batch 1000 never materialises GBs of patches. Measurements
-behind these choices are in ``benchmarks/README.md``; :func:`conv_transpose_matmul` (pure
-matmul + overlap-add, differentiated by autodiff) is kept as a measured alternative.
+``lax.scan``), so the paper's batch 1000 never materialises GBs of patches. Whole-step
+measurements are in the README's Performance section; ``benchmarks/bench_train_step.py
+--conv-transpose plain,fast,matmul --conv plain,fast`` compares the implementations.
+:func:`conv_transpose_matmul` (pure matmul + overlap-add, differentiated by autodiff) is kept
+as an alternative.
 
 Selection: :class:`ConvTranspose` and :class:`Conv` are drop-in replacements for flax's
 ``nn.ConvTranspose`` / ``nn.Conv`` (same parameter names, shapes, creation order and
@@ -199,7 +201,8 @@ def _ct_forward_uses_gemm(x_shape, k_shape, strides) -> bool:
     H·W·k² touch the input. At stride 1 with H·W < 0.7·Ho·Wo (MNIST decoder 4→7 and 7→10,
     CIFAR 1→4 and 10→13) and with < 8 output channels (MNIST's last layer, where XLA's
     convolution is slow) one GEMM is faster; strided and large layers (10→22, 22→25, 4→10,
-    13→28, 28→32) stay with XLA, whose forward is fast there (benchmarks/README.md).
+    13→28, 28→32) stay with XLA, whose forward is fast there (per-layer timings taken during
+    development; the whole-step effect is measured by ``benchmarks/bench_train_step.py``).
     """
     _, h, w, _ = x_shape
     kh, kw, _, cout = k_shape
