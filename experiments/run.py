@@ -38,16 +38,26 @@ def use_compile_cache(folder: str) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+# XLA:CPU copy insertion with region analysis: the protocol's nested scans carry the whole
+# training state, and without it XLA copies loop-carried buffers it could update in place.
+# Measured (Arrhythmia default run, 2 cores): run 14.7–15.2 s → 13.4–13.5 s, results
+# bit-identical. Only read by the CPU backend.
+CPU_XLA_FLAGS = ("--xla_cpu_copy_insertion_use_region_analysis=true",)
+
+
 def use_all_cores(host_devices: int | None = None) -> None:
-    """Expose one XLA host device per CPU core (unless the user set XLA_FLAGS for it).
+    """Expose one XLA host device per CPU core and set :data:`CPU_XLA_FLAGS`, each unless the
+    user's ``XLA_FLAGS`` already sets it.
 
     Must run before JAX creates its CPU backend (first computation); seeds are then sharded
     over the cores. Has no effect on GPU/TPU backends.
     """
     flags = os.environ.get("XLA_FLAGS", "")
+    extra = []
     if "xla_force_host_platform_device_count" not in flags:
-        n = host_devices or os.cpu_count() or 1
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+        extra.append(f"--xla_force_host_platform_device_count={host_devices or os.cpu_count() or 1}")
+    extra += [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
