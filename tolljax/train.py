@@ -143,7 +143,7 @@ def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
     first ``n_train`` rows of ``train``; every ``eval_every`` steps ``select(variables)``
     (higher = better) is evaluated and the checkpoint kept if strictly better than the best
     so far (``jnp.where``, no host round-trip). Once a step's loss is not finite the run is
-    failed: the model is frozen at the last checkpoint before it and never selected again.
+    failed: no checkpoint from then on is selected, so ``best`` is the best one before it.
 
     Returns ``(best, values, mean_losses, nonfinite_step)`` where ``best`` holds the kept
     ``variables``, its selection value ``val`` and ``step``; ``values`` and ``mean_losses``
@@ -159,11 +159,13 @@ def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
         return (state, bad_step), metrics["loss"]
 
     def checkpoint(carry, step_keys):
-        last_good, bad_step, best = carry
-        (state, bad_step), losses = jax.lax.scan(step, (last_good, bad_step), step_keys)
+        state, bad_step, best = carry
+        (state, bad_step), losses = jax.lax.scan(step, (state, bad_step), step_keys)
         failed = bad_step >= 0
-        # One select per checkpoint (not per step) keeps failure handling off the hot path.
-        state = _best_of(failed, last_good, state)
+        # A failed run keeps training on non-finite parameters, but no later checkpoint can be
+        # selected (value −inf) and the caller reports no metric for it. Restoring the last
+        # good state instead would keep a second copy of the training state alive through
+        # every inner scan (measured: ~0.3 s of 14 s on Arrhythmia) for no change in results.
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         value = jnp.where(failed, -jnp.inf, select(variables))
         better = value > best["val"]  # strict, as the authors; NaN is never better
@@ -190,9 +192,9 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     checkpoint, the first step whose loss was not finite (−1 if none) and whether the test
     scores are (near-)constant.
 
-    Failure handling: once a step's loss is not finite the run is failed. The model is
-    frozen at the last checkpoint before the failure, later checkpoints are never selected,
-    and the test metric is NaN, so a diverged model never reports a metric. Constant test
+    Failure handling: once a step's loss is not finite the run is failed: later checkpoints
+    are never selected and the test metric is NaN, so a diverged model never reports a
+    metric. Constant test
     scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless 0.5; they are flagged
     rather than silently reported.
     """
