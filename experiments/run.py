@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -46,13 +47,16 @@ CPU_XLA_FLAGS = ("--xla_cpu_copy_insertion_use_region_analysis=true",)
 
 
 def use_all_cores(host_devices: int | None = None) -> None:
-    """Expose one XLA host device per CPU core and set :data:`CPU_XLA_FLAGS`, each unless the
-    user's ``XLA_FLAGS`` already sets it.
+    """Expose one XLA host device per CPU core (``host_devices`` if given, which overrides a
+    device count in the user's ``XLA_FLAGS``) and set :data:`CPU_XLA_FLAGS` unless
+    ``XLA_FLAGS`` already sets them.
 
     Must run before JAX creates its CPU backend (first computation); seeds are then sharded
     over the cores. Has no effect on GPU/TPU backends.
     """
     flags = os.environ.get("XLA_FLAGS", "")
+    if host_devices is not None:
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", flags)
     extra = []
     if "xla_force_host_platform_device_count" not in flags:
         extra.append(f"--xla_force_host_platform_device_count={host_devices or os.cpu_count() or 1}")

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -159,3 +160,37 @@ def test_sweep_killed_mid_run_resumes_to_identical_results(tmp_path):
     a = json.loads((killed / "results.json").read_text())
     b = json.loads((whole / "results.json").read_text())
     assert a["runs"] == b["runs"] and a["summary"] == b["summary"]
+
+
+def test_host_devices_flag_overrides_the_device_count_in_xla_flags(monkeypatch):
+    from experiments.run import CPU_XLA_FLAGS, use_all_cores
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2 --xla_foo=1")
+    use_all_cores(4)
+    flags = os.environ["XLA_FLAGS"].split()
+    assert "--xla_force_host_platform_device_count=4" in flags and "--xla_foo=1" in flags
+    assert not any(f.endswith("count=2") for f in flags)
+    assert all(f in flags for f in CPU_XLA_FLAGS)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    use_all_cores()  # no explicit count: the user's XLA_FLAGS wins
+    assert "--xla_force_host_platform_device_count=3" in os.environ["XLA_FLAGS"].split()
+
+
+def test_cli_results_are_bit_identical_on_one_and_four_host_devices(tmp_path):
+    """The same command at a fixed --vmap-width on 1 and on 4 XLA host devices (3 chunks run in
+    three rounds vs one round) writes the same runs, summary and per-sample test scores."""
+    common = [sys.executable, "-m", "experiments.run", "--steps", "60", "--eval-every", "20",
+              "--seeds", "5", "--vmap-width", "2", "--quiet", "--compile-cache", "off"]
+    outs = {}
+    for n in (1, 4):
+        out = tmp_path / f"dev{n}"
+        proc = subprocess.run([*common, "--host-devices", str(n), "--out", str(out)], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outs[n] = (json.loads((out / "results.json").read_text()), np.load(out / "scores.npz"))
+    (a, sa), (b, sb) = outs[1], outs[4]
+    assert (a["environment"]["device_count"], b["environment"]["device_count"]) == (1, 4)
+    assert a["runs"] == b["runs"] and a["summary"] == b["summary"]
+    assert sorted(sa.files) == sorted(sb.files) and sa.files
+    for k in sa.files:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
