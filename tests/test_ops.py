@@ -102,6 +102,18 @@ def _cases(geometries, make, fan_in):
     return cases
 
 
+@pytest.mark.parametrize("shape,kernel_hw,strides", [((2, 5, 6, 3), (2, 3), (1, 1)),
+                                                     ((3, 9, 8, 2), (4, 4), (2, 3))])
+def test_patches_match_a_loop_over_output_pixels(shape, kernel_hw, strides):
+    u = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    (kh, kw), (sh, sw) = kernel_hw, strides
+    ho, wo = (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1
+    want = np.stack([u[n, i * sh:i * sh + kh, j * sw:j * sw + kw, :].reshape(-1)
+                     for n in range(shape[0]) for i in range(ho) for j in range(wo)])
+    got = np.asarray(ops._patches(jnp.asarray(u), kernel_hw, strides, (ho, wo)))
+    np.testing.assert_array_equal(got, want)
+
+
 def test_conv_transpose_fast_matches_flax_on_every_decoder_geometry():
     _assert_layers_agree(_cases(TRANSPOSED, lambda c, k, kw: (
         nn.ConvTranspose(c, (k, k), **kw), ops.ConvTranspose(c, (k, k), impl="fast", **kw)),
