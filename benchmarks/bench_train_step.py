@@ -6,6 +6,11 @@ and 64) this times one Adam step on the Toll loss, the same work on both sides:
 * tolljax: ``jax.jit(tolljax.train.train_step)`` on the Appendix-B model (state donated, as
   inside the protocol's scan); compile time is measured apart (``lower().compile()``), the
   warm-up steps are excluded and every timed step ends with ``block_until_ready``;
+* tolljax, ``scan×K`` rows (``--scan K``, default 5): the same step, K of them in one
+  ``lax.scan`` per call, as the protocol runs its 2000 steps. XLA:CPU allocates a program's
+  temporaries when it is called, so per-call steps pay fresh (page-faulted) memory for every
+  step: ~940 MB/step for MNIST at batch 64 (measured with ``getrusage``); a scan pays it
+  once per call;
 * PyTorch: ``benchmarks/torch_models.py`` — the authors' architecture in NCHW with PyTorch
   default init, ``torch.optim.Adam``, BatchNorm in train mode (eager, default threads).
 
@@ -28,7 +33,7 @@ is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
         [--conv-transpose auto|plain|fast|matmul[,...]] [--conv auto|plain|fast[,...]]
-        [--json OUT]
+        [--scan 5] [--json OUT]
 
 MNIST at its paper batch (1000) takes seconds per step on a 2-core CPU: use a small ``--steps``
 or leave it out with ``--batches 64`` (``--batches 64 paper`` keeps the order you give).
@@ -118,10 +123,11 @@ class JaxRunner:
     """A compiled tolljax train step for one model, batch and choice of conv implementations."""
 
     def __init__(self, dataset: str, batch: np.ndarray, conv_transpose: str = "auto",
-                 conv: str = "auto", seed: int = 0):
+                 conv: str = "auto", seed: int = 0, scan: int = 1):
         hp = PAPER_HYPERPARAMETERS[dataset]
         _set_impls(conv_transpose, conv)
-        self.label = _label(dataset, conv_transpose, conv)
+        self.steps_per_call = scan
+        self.label = _label(dataset, conv_transpose, conv) + (f" scan×{scan}" if scan > 1 else "")
         model = build_model(dataset)
         self.state = create_train_state(model, jax.random.key(seed), sample_shape(dataset),
                                         optax.adam(hp["lr"]))
@@ -129,7 +135,7 @@ class JaxRunner:
         self.batch = jnp.asarray(batch)
         self.beta = jnp.float32(hp["beta"])
         start = time.perf_counter()
-        self.compiled = _step_fn().lower(self.state, self.batch, self.beta).compile()
+        self.compiled = _step_fn(scan).lower(self.state, self.batch, self.beta).compile()
         self.compile_s = time.perf_counter() - start
 
     def step(self):
@@ -137,9 +143,19 @@ class JaxRunner:
         jax.block_until_ready((self.state, metrics))
 
 
-def _step_fn():
-    """A fresh jit of ``train_step`` (the implementations are chosen at trace time)."""
-    return jax.jit(lambda state, x, beta: train_step(state, x, beta), donate_argnums=0)
+def _step_fn(scan: int = 1):
+    """A fresh jit of ``train_step`` (the implementations are chosen at trace time); with
+    ``scan > 1``, that many steps in one ``lax.scan``, as the protocol runs them."""
+    if scan == 1:
+        return jax.jit(lambda state, x, beta: train_step(state, x, beta), donate_argnums=0)
+
+    def steps(state, x, beta):
+        def body(s, _):
+            return train_step(s, x, beta)
+
+        return jax.lax.scan(body, state, None, length=scan)
+
+    return jax.jit(steps, donate_argnums=0)
 
 
 def step_flops(dataset: str, batch_size: int) -> float:
@@ -172,21 +188,24 @@ class TorchRunner:
 
 
 def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], steps: int,
-              repeats: int, warmup: int, min_round_s: float = 0.0) -> dict:
+              repeats: int, warmup: int, min_round_s: float = 0.0, scan: int = 1) -> dict:
     rng = np.random.default_rng(0)
     batch = rng.standard_normal((batch_size, *sample_shape(dataset))).astype(np.float32)
     flops = step_flops(dataset, batch_size)
     jax_runners = [JaxRunner(dataset, batch, ct, cv) for ct, cv in variants]
+    if scan > 1:
+        jax_runners += [JaxRunner(dataset, batch, ct, cv, scan=scan) for ct, cv in variants]
     torch_runner = TorchRunner(dataset, batch)
     assert all(r.n_params == torch_runner.n_params for r in jax_runners), "parameter counts differ"
     runners = [(r.label, r) for r in jax_runners] + [("torch", torch_runner)]
     for _, r in runners:
-        for _ in range(warmup):
+        for _ in range(-(-warmup // getattr(r, "steps_per_call", 1))):
             r.step()
     times: dict[str, list[float]] = {name: [] for name, _ in runners}
     for _ in range(repeats):  # alternate, so that all share the same load
         for name, r in runners:
-            times[name].append(_timed_steps(r.step, steps, min_round_s))
+            k = getattr(r, "steps_per_call", 1)
+            times[name].append(_timed_steps(r.step, -(-steps // k), min_round_s) / k)
     rows = []
     torch_med, torch_min = statistics.median(times["torch"]), min(times["torch"])
     for name, r in runners:
@@ -206,11 +225,12 @@ def _print_result(res: dict) -> None:
     print(f"\n{res['model']}  batch {res['batch']}  ({res['params']:,} parameters, "
           f"{res['flops_per_step'] / 1e9:.2f} GFLOP/step; load average after "
           f"{res['loadavg'][0]:.2f})")
-    print(f"  {'implementation':<32} {'ms/step min':>11} {'median':>9} {'samples/s':>10} "
+    width = max(32, *(len(r["impl"]) for r in res["rows"]))
+    print(f"  {'implementation':<{width}} {'ms/step min':>11} {'median':>9} {'samples/s':>10} "
           f"{'GFLOP/s':>8} {'ratio':>6} {'(min)':>6} {'compile s':>9}")
     for r in res["rows"]:
         comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
-        print(f"  {r['impl']:<32} {r['ms_min']:11.1f} {r['ms_median']:9.1f} "
+        print(f"  {r['impl']:<{width}} {r['ms_min']:11.1f} {r['ms_median']:9.1f} "
               f"{r['samples_per_s']:10.1f} {r['gflops_per_s']:8.1f} {r['ratio_vs_torch']:6.2f} "
               f"{r['ratio_vs_torch_min']:6.2f} {comp:>9}", flush=True)
 
@@ -244,6 +264,10 @@ def main(argv=None) -> int:
     p.add_argument("--conv", default="auto",
                    help="comma-separated regular-conv implementations (tolljax.ops.Conv: auto, "
                         "plain, fast); only has an effect where the model builds tolljax.ops.Conv")
+    p.add_argument("--scan", type=int, default=5,
+                   help="also time each tolljax variant as this many steps in one lax.scan (as "
+                        "the protocol runs them: buffers are allocated once per call, not per "
+                        "step); 1 = per-call steps only")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     args = p.parse_args(argv)
     cts = [v.strip() for v in args.conv_transpose.split(",") if v.strip()]
@@ -276,7 +300,7 @@ def main(argv=None) -> int:
             seen.append(size)
             variants = _variants(dataset, cts, cvs)
             res = bench_one(dataset, size, variants, args.steps, args.repeats, args.warmup,
-                            args.min_round_s)
+                            args.min_round_s, args.scan)
             _print_result(res)
             results.append(res)
     env["loadavg_end"] = os.getloadavg()

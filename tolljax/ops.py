@@ -22,8 +22,8 @@ Fast path (``jax.custom_vjp`` each; residuals are just the input and the kernel)
   except where that mostly multiplies padding zeros (stride 1 with H·W < 0.7·Ho·Wo: the 4→7,
   7→10, 1→4 and 10→13 layers) or has < 8 output channels, where one GEMM ``x · W`` for all k²
   taps plus an overlap-add (col2im) is faster;
-* transposed conv, backward: one im2col matrix ``P`` of the output gradient (k² strided
-  slices, no dilation) gives both ``dx = P · flip(K)ᵀ`` and ``dK = flip(xᵀ · P)``;
+* transposed conv, backward: one im2col matrix ``P`` of the output gradient (a gather of
+  the stride-s windows, no dilation) gives both ``dx = P · flip(K)ᵀ`` and ``dK = flip(xᵀ · P)``;
 * regular conv: forward ``patches(x) · K``; input gradient = the transposed convolution of dy
   (above); kernel gradient ``patches(x)ᵀ · dy``.
 
