@@ -62,7 +62,8 @@ from jax.scipy.linalg import solve_triangular
 from tolljax.errors import TollError
 from tolljax.losses import parse_norm
 from tolljax.metrics import METRICS
-from tolljax.train import TrainState, create_train_state, sample_batch_indices, train_step
+from tolljax.train import (TrainState, checkpoint_keys, create_train_state, sample_batch_indices,
+                           train_step, tree_where)
 
 # Number of reconstruction features appended to z: squared error e and cosine dissimilarity c.
 N_RECON = 2
@@ -248,10 +249,6 @@ def _check_common(cfg, positive: Sequence[str]) -> None:
         raise TollError(f"learning rate must be positive, got {cfg.lr}")
 
 
-def _select(better, new, old):
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(better, n, o), new, old)
-
-
 def _val_criterion(select: str, metric: Callable, scores: jnp.ndarray, val_y: jnp.ndarray,
                    loss: jnp.ndarray | None = None) -> jnp.ndarray:
     """Higher is better. ``metric``: validation metric of ``scores``; ``loss``: −``loss`` (or,
@@ -287,13 +284,10 @@ def ae_start(key: jax.Array, data: dict, *, model: nn.Module, config: AEConfig):
     state = create_train_state(model, init_key, data["train"].shape[1:], optax.adam(config.lr))
     best = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
             "val": jnp.array(-jnp.inf, jnp.float32), "step": jnp.array(0, jnp.int32)}
-
-    def chunked(k, steps):
-        keys = jax.random.split(k, steps)
-        return keys.reshape(steps // config.eval_every, config.eval_every, *keys.shape[1:])
-
-    keys2 = chunked(key2, config.decoder_steps) if config.decoder_steps else None
-    return (state, jnp.bool_(False), best), chunked(key1, config.steps), keys2
+    keys1 = checkpoint_keys(key1, config.steps, config.eval_every)
+    keys2 = (checkpoint_keys(key2, config.decoder_steps, config.eval_every)
+             if config.decoder_steps else None)
+    return (state, jnp.bool_(False), best), keys1, keys2
 
 
 def ae_stage2_start(carry1, *, model: nn.Module, config: AEConfig):
@@ -335,7 +329,7 @@ def ae_select(carry, data: dict, *, model: nn.Module, config: AEConfig):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     val = jnp.where(bad, -jnp.inf, _ae_criterion(variables, data, model=model, config=config))
     better = (val > best["val"]) | ((config.select == "last") & ~bad)
-    best = _select(better, {"variables": variables, "val": val, "step": state.step}, best)
+    best = tree_where(better, {"variables": variables, "val": val, "step": state.step}, best)
     return (state, bad, best), val
 
 
@@ -729,12 +723,10 @@ def fit_nce(key: jax.Array, train: jnp.ndarray, n_train: int | jnp.ndarray, val_
         val = jnp.where(bad, -jnp.inf, _val_criterion(config.select, metric,
                                                       score(params, theta, val_x), val_y, loss))
         better = (val > best["val"]) | ((config.select == "last") & ~bad)
-        best = _select(better, {"params": params, "theta": theta, "val": val, "step": count}, best)
+        best = tree_where(better, {"params": params, "theta": theta, "val": val, "step": count}, best)
         return (state, best, count), (val, jnp.mean(losses))
 
-    keys = jax.random.split(run_key, config.steps).reshape(
-        config.steps // config.eval_every, config.eval_every,
-        *jax.random.split(run_key, 1).shape[1:])
+    keys = checkpoint_keys(run_key, config.steps, config.eval_every)
     state0 = (params, opt_g, theta, opt_q, jnp.bool_(False))
     best0 = {"params": params, "theta": theta, "val": jnp.array(-jnp.inf, jnp.float32),
              "step": jnp.array(0, jnp.int32)}

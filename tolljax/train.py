@@ -129,8 +129,17 @@ def sample_batch_indices(key: jax.Array, n_valid: int | jnp.ndarray, n_rows: int
     return jnp.argsort(bits)[:batch_size]
 
 
-def _best_of(better, new, old):
-    return jax.tree_util.tree_map(lambda n, o: jnp.where(better, n, o), new, old)
+def tree_where(pred: jnp.ndarray, new, old):
+    """``new`` where the scalar ``pred`` holds, else ``old``, leaf by leaf (on-device checkpoint
+    selection, no host round-trip)."""
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def checkpoint_keys(key: jax.Array, steps: int, eval_every: int) -> jax.Array:
+    """One PRNG key per step, shaped ``(steps // eval_every, eval_every)``: the keys of each
+    checkpoint's inner ``lax.scan`` over ``eval_every`` steps."""
+    keys = jax.random.split(key, steps)
+    return keys.reshape(steps // eval_every, eval_every, *keys.shape[1:])
 
 
 def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
@@ -169,11 +178,10 @@ def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
         variables = {"params": state.params, "batch_stats": state.batch_stats}
         value = jnp.where(failed, -jnp.inf, select(variables))
         better = value > best["val"]  # strict, as the authors; NaN is never better
-        best = _best_of(better, {"variables": variables, "val": value, "step": state.step}, best)
+        best = tree_where(better, {"variables": variables, "val": value, "step": state.step}, best)
         return (state, bad_step, best), (value, jnp.mean(losses))
 
-    step_keys = jax.random.split(key, steps)
-    step_keys = step_keys.reshape(steps // eval_every, eval_every, *step_keys.shape[1:])
+    step_keys = checkpoint_keys(key, steps, eval_every)
     best0 = {"variables": {"params": state.params, "batch_stats": state.batch_stats},
              "val": jnp.array(-jnp.inf, jnp.float32), "step": jnp.array(0, jnp.int32)}
     (_, bad_step, best), (values, losses) = jax.lax.scan(
@@ -194,9 +202,8 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
 
     Failure handling: once a step's loss is not finite the run is failed: later checkpoints
     are never selected and the test metric is NaN, so a diverged model never reports a
-    metric. Constant test
-    scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless 0.5; they are flagged
-    rather than silently reported.
+    metric. Constant test scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless
+    0.5; they are flagged rather than silently reported.
     """
     metric = METRICS[config.metric]
     norm = config.norm
