@@ -45,7 +45,7 @@ their gradients natively (a design default, not measured here). Override per mod
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -403,6 +403,24 @@ class _ConvBase(nn.Module):
             return self.padding.upper()
         return nn.linear.canonicalize_padding(self.padding, 2)
 
+    # Set by each subclass: how ``impl`` is resolved, the VALID implementations by name, and
+    # the plain ``lax`` operation used for other paddings and explicit precisions.
+    _resolve: ClassVar[Callable[[str], str]]
+    _functions: ClassVar[dict[str, Callable]]
+    _plain: ClassVar[Callable]
+
+    @nn.compact
+    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        inputs, kernel, bias = self._params(inputs)
+        strides = _pair(self.strides)
+        impl = type(self)._resolve(self.impl)
+        if self._use_plain(impl):
+            y = type(self)._plain(inputs, kernel, strides, self._padding(),
+                                  dimension_numbers=_DN, precision=self.precision)
+        else:
+            y = self._functions[impl](inputs, kernel, strides)
+        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+
 
 class ConvTranspose(_ConvBase):
     """2-D ``flax.linen.ConvTranspose`` (``transpose_kernel=False``) with a CPU fast path.
@@ -414,17 +432,9 @@ class ConvTranspose(_ConvBase):
     Non-VALID padding or an explicit ``precision`` always take the plain layer.
     """
 
-    @nn.compact
-    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
-        inputs, kernel, bias = self._params(inputs)
-        strides = _pair(self.strides)
-        impl = resolve_impl(self.impl)
-        if self._use_plain(impl):
-            y = lax.conv_transpose(inputs, kernel, strides, self._padding(),
-                                   dimension_numbers=_DN, precision=self.precision)
-        else:
-            y = IMPL_FUNCTIONS[impl](inputs, kernel, strides)
-        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+    _resolve = resolve_impl
+    _functions = IMPL_FUNCTIONS
+    _plain = lax.conv_transpose
 
 
 class Conv(_ConvBase):
@@ -435,14 +445,6 @@ class Conv(_ConvBase):
     ``"fast"``. Non-VALID padding or an explicit ``precision`` always take the plain layer.
     """
 
-    @nn.compact
-    def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
-        inputs, kernel, bias = self._params(inputs)
-        strides = _pair(self.strides)
-        impl = resolve_conv_impl(self.impl)
-        if self._use_plain(impl):
-            y = lax.conv_general_dilated(inputs, kernel, strides, self._padding(),
-                                         dimension_numbers=_DN, precision=self.precision)
-        else:
-            y = CONV_FUNCTIONS[impl](inputs, kernel, strides)
-        return y if bias is None else y + bias.reshape(1, 1, 1, -1)
+    _resolve = resolve_conv_impl
+    _functions = CONV_FUNCTIONS
+    _plain = lax.conv_general_dilated
