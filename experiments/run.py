@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -240,15 +241,15 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 def _device_data(split, n_rows: int) -> dict:
-    """The split as device arrays, the normal training set zero-padded to ``n_rows`` rows so
-    that every normal class of a dataset runs through one compiled program."""
-    import jax.numpy as jnp
-
+    """The protocol's inputs from a split, the normal training set zero-padded to ``n_rows``
+    rows so that every normal class of a dataset runs through one compiled program. Host
+    (NumPy) arrays: the compiled protocol transfers them itself, and eager ``jnp`` copies
+    would each compile a small program first."""
     train = np.zeros((n_rows, *split.train.shape[1:]), np.float32)
     train[: split.train.shape[0]] = split.train
-    return {"train": jnp.asarray(train), "n_train": jnp.int32(split.train.shape[0]),
-            "val_x": jnp.asarray(split.val_x), "val_y": jnp.asarray(split.val_y),
-            "test_x": jnp.asarray(split.test_x), "test_y": jnp.asarray(split.test_y)}
+    return {"train": train, "n_train": np.int32(split.train.shape[0]),
+            "val_x": np.asarray(split.val_x, np.float32), "val_y": np.asarray(split.val_y, np.int32),
+            "test_x": np.asarray(split.test_x, np.float32), "test_y": np.asarray(split.test_y, np.int32)}
 
 
 RESULT_KEYS = ("dataset", "beta", "lr", "batch_size", "steps", "eval_every", "norm", "z_dim",
@@ -543,5 +544,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without interpreter teardown once everything is written: finalising JAX's CPU
+    client (freeing compiled programs and device buffers) adds ~0.17 s to every run
+    (measured: exit 0.19 s → 0.02 s) and has no effect a finished CLI run needs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

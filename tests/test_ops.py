@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from tolljax import ops
 from tolljax.errors import TollError
@@ -79,7 +80,7 @@ def _assert_layers_agree(cases):
 
 # (input size, in channels, out channels, kernel, stride): every decoder layer's geometry
 # (MNIST 4→7→10→22→25→28, CIFAR 1→4→10→13→28→32), channels reduced but both forward
-# branches (GEMM + overlap-add, XLA's convolution) exercised; then k < s edge cases.
+# branches (GEMM + overlap-add, phase decomposition) exercised; then k < s edge cases.
 TRANSPOSED = [
     (4, 16, 32, 4, 1), (7, 32, 16, 4, 1), (10, 16, 8, 4, 2), (22, 8, 8, 4, 1), (25, 8, 1, 4, 1),
     (1, 8, 16, 4, 1), (4, 16, 8, 4, 2), (10, 8, 8, 4, 1), (13, 8, 8, 4, 2), (28, 8, 8, 5, 1),
@@ -124,6 +125,39 @@ def test_both_forward_branches_are_covered():
     branches = {ops._ct_forward_uses_gemm((2, n, n, cin), (k, k, cin, cout), (s, s))
                 for n, cin, cout, k, s in TRANSPOSED}
     assert branches == {True, False}
+
+
+@pytest.mark.parametrize("n,k,s", [(7, 4, 2), (4, 5, 2), (5, 3, 3), (3, 2, 3), (4, 1, 2), (6, 5, 1),
+                                   (5, 4, (2, 3))])
+def test_phase_decomposition_matches_lax_conv_transpose(n, k, s):
+    # every residue of k mod s, k < s (phases no tap reaches), stride 1 and unequal strides
+    x = _random((2, n, n + 1, 3), n)
+    kernel = _random((k, k, 3, 4), k + 10)
+    strides = ops._pair(s)
+    want = lax.conv_transpose(x, kernel, strides, "VALID", dimension_numbers=ops._DN)
+    got = ops._trailing_pad(ops._ct_forward_phases(x, kernel, strides), (k, k), strides)
+    assert got.shape == want.shape
+    assert rel_err(got, want) <= TOL
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_cpu_fast_path_uses_no_xla_convolution(name):
+    # XLA:CPU's convolution is not run-to-run deterministic with several host devices (ops
+    # module doc); the fast path must express every layer, forward and backward, as GEMMs.
+    model = build_model(name)
+    shape = sample_shape(name)
+    variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
+    x = jax.ShapeDtypeStruct((2, *shape), jnp.float32)
+
+    def loss(params, batch_stats, x):
+        (x_hat, z), _ = model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                    train=True, mutable=["batch_stats"])
+        return jnp.sum(x_hat) + jnp.sum(z)
+
+    hlo = jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"],
+                                        x).as_text()
+    assert "stablehlo.dot_general" in hlo
+    assert "stablehlo.convolution" not in hlo
 
 
 def test_conv_transpose_matmul_alternative_and_defaults_match_flax():

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tolljax import prng  # noqa: F401  (CPU threefry lowering: same bits, faster compile)
 from tolljax.errors import TollError
 from tolljax.ops import Conv, ConvTranspose
 

@@ -18,10 +18,13 @@ Conventions (flax, NHWC activations, kernel ``(kh, kw, in, out)``, VALID padding
 
 Fast path (``jax.custom_vjp`` each; residuals are just the input and the kernel):
 
-* transposed conv, forward: XLA's convolution of the stride-dilated, (k − 1)-padded input,
-  except where that mostly multiplies padding zeros (stride 1 with H·W < 0.7·Ho·Wo: the 4→7,
-  7→10, 1→4 and 10→13 layers) or has < 8 output channels, where one GEMM ``x · W`` for all k²
-  taps plus an overlap-add (col2im) is faster;
+* transposed conv, forward: strided layers as a sub-pixel (phase) decomposition, s² im2col
+  GEMMs that multiply no inserted zeros (:func:`_ct_forward_phases`); stride-1 layers and
+  layers with < 8 output channels as one GEMM ``x · W`` for all k² taps plus an overlap-add
+  (col2im). No XLA convolution is used: on XLA:CPU its results change from run to run when
+  several host devices run at once (MNIST test scores differed in about half of repeated
+  runs with two devices; none with these GEMMs), which would break "same seed, same
+  results";
 * transposed conv, backward: one im2col matrix ``P`` of the output gradient (a gather of
   the stride-s windows, no dilation) gives both ``dx = P · flip(K)ᵀ`` and ``dK = flip(xᵀ · P)``;
 * regular conv: forward ``patches(x) · K``; input gradient = the transposed convolution of dy
@@ -202,25 +205,17 @@ def conv_transpose_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.n
 
 
 def _ct_forward_uses_gemm(x_shape, k_shape, strides) -> bool:
-    """GEMM + overlap-add forward where XLA's padded convolution mostly multiplies zeros.
+    """GEMM + overlap-add forward (else the phase decomposition).
 
-    XLA convolves the (k − 1)-padded input: of the Ho·Wo·k² taps per output channel only
-    H·W·k² touch the input. At stride 1 with H·W < 0.7·Ho·Wo (MNIST decoder 4→7 and 7→10,
-    CIFAR 1→4 and 10→13) and with < 8 output channels (MNIST's last layer, where XLA's
-    convolution is slow) one GEMM is faster; strided and large layers (10→22, 22→25, 4→10,
-    13→28, 28→32) stay with XLA, whose forward is fast there (per-layer timings taken during
-    development; the whole-step effect is measured by ``benchmarks/bench_train_step.py``).
+    At stride 1 there is one phase, and its im2col would multiply the (k − 1) zero padding
+    (of the Ho·Wo·k² taps per output channel only H·W·k² touch the input); with < 8 output
+    channels the phase GEMMs are too thin. Per-layer forward timings (batch 64, 2 cores,
+    during development): phases ≈ XLA's convolution on the strided layers (MNIST 10→22:
+    46.5 vs 47.9 ms), GEMM + overlap-add faster than phases at stride 1 (22→25: 84.5 vs
+    157 ms). The whole-step effect is measured by ``benchmarks/bench_train_step.py``.
     """
-    _, h, w, _ = x_shape
-    kh, kw, _, cout = k_shape
-    ho, wo = (h - 1) * strides[0] + kh, (w - 1) * strides[1] + kw
-    return cout < 8 or (tuple(strides) == (1, 1) and h * w < 0.7 * ho * wo)
-
-
-def _ct_forward_xla(x, kernel, strides):
-    kh, kw = kernel.shape[:2]
-    return lax.conv_general_dilated(x, kernel, (1, 1), [(kh - 1, kh - 1), (kw - 1, kw - 1)],
-                                    lhs_dilation=strides, dimension_numbers=_DN)
+    cout = k_shape[3]
+    return cout < 8 or tuple(strides) == (1, 1)
 
 
 def _ct_forward_gemm(x, kernel, strides):
@@ -236,11 +231,58 @@ def _ct_forward_gemm(x, kernel, strides):
     return _over_batch(run, [x], h * w * kh * kw * cout * x.dtype.itemsize)[0]
 
 
+def _ct_phase_taps(k: int, s: int, p: int) -> list[int]:
+    """Kernel indices of output phase ``p`` along one axis, in correlation order (see
+    :func:`_ct_forward_phases`); empty when ``p ≥ k`` (a phase no tap reaches)."""
+    taps = -(-(k - p) // s)
+    return [k - 1 - (taps - 1 - u) * s - p for u in range(max(taps, 0))]
+
+
+def _ct_forward_phases(x, kernel, strides):
+    """Sub-pixel (phase) decomposition: s² im2col GEMMs with no multiplied zeros.
+
+    The output pixels ``(q·s + p, q'·s + p')`` of one phase ``(p, p')`` are a regular VALID
+    correlation of the input zero-padded by ``T − 1`` with ``T = ⌈(k − p)/s⌉`` taps per axis,
+    ``K[k − 1 − (T − 1 − u)·s − p]`` for ``u < T`` (from ``y[i·s + a] += x[i]·K[k − 1 − a]``
+    with ``a = t·s + p``). Each phase is one :func:`_patches` gather and one GEMM; the phases
+    are interleaved by a reshape. Unlike XLA's lhs-dilated convolution it multiplies no
+    inserted zeros, and it is deterministic on multi-device CPU (module doc).
+    """
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    sh, sw = strides
+    ho, wo = (h - 1) * sh + kh, (w - 1) * sw + kw
+    qh, qw = -(-ho // sh), -(-wo // sw)
+    phases = [[(_ct_phase_taps(kh, sh, p), _ct_phase_taps(kw, sw, pp)) for pp in range(sw)]
+              for p in range(sh)]
+    patch_bytes = sum((h - 1 + len(th)) * (w - 1 + len(tw)) * len(th) * len(tw)
+                      for row in phases for th, tw in row) * cin * x.dtype.itemsize
+
+    def phase(xc, th, tw):
+        m = xc.shape[0]
+        if not th or not tw:
+            return jnp.zeros((m, qh, qw, cout), x.dtype)
+        t, u = len(th), len(tw)
+        g = kernel[np.array(th)][:, np.array(tw)].reshape(t * u * cin, cout)
+        xp = jnp.pad(xc, [(0, 0), (t - 1, t - 1), (u - 1, u - 1), (0, 0)])
+        out_hw = (h - 1 + t, w - 1 + u)
+        y = jnp.matmul(_patches(xp, (t, u), (1, 1), out_hw), g).reshape(m, *out_hw, cout)
+        return jnp.pad(y, [(0, 0), (0, qh - out_hw[0]), (0, qw - out_hw[1]), (0, 0)])
+
+    def run(xc):
+        m = xc.shape[0]
+        y = jnp.stack([jnp.stack([phase(xc, th, tw) for th, tw in row], axis=3)
+                       for row in phases], axis=2)  # (m, qh, sh, qw, sw, cout)
+        return y.reshape(m, qh * sh, qw * sw, cout)[:, :ho, :wo], None
+
+    return _over_batch(run, [x], patch_bytes)[0]
+
+
 def _ct_forward(x, kernel, strides):
     """Transposed conv without the k < s trailing zeros: (n − 1)·s + k per axis."""
     if _ct_forward_uses_gemm(x.shape, kernel.shape, strides):
         return _ct_forward_gemm(x, kernel, strides)
-    return _ct_forward_xla(x, kernel, strides)
+    return _ct_forward_phases(x, kernel, strides)
 
 
 def _ct_backward(x, kernel, strides, dy):

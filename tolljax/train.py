@@ -263,12 +263,14 @@ class CompiledProtocol:
         for start in range(0, len(chunks), n_dev):
             batch = chunks[start:start + n_dev]
             padded = batch + [batch[-1]] * (n_dev - len(batch))  # idle devices repeat a chunk
-            keys = jnp.stack([seed_keys(_pad_seeds(seeds, self.width)) for seeds, _ in padded])
+            # Seeds, data and β go in as host (NumPy) arrays: every eager jnp/jax.random call
+            # here would compile a small program of its own (measured ~0.2 s on first use).
+            seeds = np.stack([seed_array(_pad_seeds(seeds, self.width)) for seeds, _ in padded])
             data = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
                                           *[d for _, d in padded])
             sharding = NamedSharding(self.mesh, P("dev"))
-            out = self.executable(jax.device_put(keys, sharding), jax.device_put(data, sharding),
-                                  jnp.float32(beta))
+            out = self.executable(jax.device_put(seeds, sharding), jax.device_put(data, sharding),
+                                  np.float32(beta))
             out = {k: np.asarray(v) for k, v in out.items()}
             for i, (seeds, _) in enumerate(batch):
                 results.append({k: v[i, : len(seeds)] for k, v in out.items()})
@@ -316,20 +318,27 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
     one_chunk = jax.vmap(functools.partial(protocol, model=model, config=config),
                          in_axes=(0, None, None))
 
-    def per_device(keys, data, beta):
-        out = one_chunk(keys[0], jax.tree_util.tree_map(lambda a: a[0], data), beta)
+    def per_device(seeds, data, beta):
+        keys = jax.vmap(jax.random.key)(seeds[0])  # jax.random.key(seed), inside the program
+        out = one_chunk(keys, jax.tree_util.tree_map(lambda a: a[0], data), beta)
         return jax.tree_util.tree_map(lambda a: a[None], out)
 
     fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("dev"), P("dev"), P()),
                                out_specs=P("dev"), check_vma=False))
-    keys = jax.ShapeDtypeStruct((n_dev, width), jax.random.key(0).dtype)
+    seeds = jax.ShapeDtypeStruct((n_dev, width), np.int32)
     shapes = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct((n_dev, *np.shape(a)), jnp.asarray(a).dtype), data)
+        lambda a: jax.ShapeDtypeStruct((n_dev, *np.shape(a)), np.asarray(a).dtype), data)
     start = time.perf_counter()
-    executable = fn.lower(keys, shapes, jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    executable = fn.lower(seeds, shapes, jax.ShapeDtypeStruct((), jnp.float32)).compile()
     return CompiledProtocol(executable, mesh, width, time.perf_counter() - start)
 
 
-def seed_keys(seeds) -> jax.Array:
-    """One PRNG key per seed: ``jax.random.key(seed)``, stacked."""
-    return jnp.stack([jax.random.key(int(s)) for s in seeds])
+def seed_array(seeds) -> np.ndarray:
+    """Seeds as the int32 array the compiled protocol takes (each becomes
+    ``jax.random.key(seed)`` inside the program); a clear error outside int32."""
+    seeds = [int(s) for s in seeds]
+    bad = [s for s in seeds if not -2**31 <= s < 2**31]
+    if bad:
+        raise TollError(f"seeds must fit in 32-bit integers, got {bad[:3]}")
+    return np.asarray(seeds, np.int32)
+
