@@ -248,8 +248,10 @@ def _device_data(split, n_rows: int) -> dict:
     train = np.zeros((n_rows, *split.train.shape[1:]), np.float32)
     train[: split.train.shape[0]] = split.train
     return {"train": train, "n_train": np.int32(split.train.shape[0]),
-            "val_x": np.asarray(split.val_x, np.float32), "val_y": np.asarray(split.val_y, np.int32),
-            "test_x": np.asarray(split.test_x, np.float32), "test_y": np.asarray(split.test_y, np.int32)}
+            "val_x": np.asarray(split.val_x, np.float32),
+            "val_y": np.asarray(split.val_y, np.int32),
+            "test_x": np.asarray(split.test_x, np.float32),
+            "test_y": np.asarray(split.test_y, np.int32)}
 
 
 RESULT_KEYS = ("dataset", "beta", "lr", "batch_size", "steps", "eval_every", "norm", "z_dim",

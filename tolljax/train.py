@@ -265,12 +265,12 @@ class CompiledProtocol:
             padded = batch + [batch[-1]] * (n_dev - len(batch))  # idle devices repeat a chunk
             # Seeds, data and β go in as host (NumPy) arrays: every eager jnp/jax.random call
             # here would compile a small program of its own (measured ~0.2 s on first use).
-            seeds = np.stack([seed_array(_pad_seeds(seeds, self.width)) for seeds, _ in padded])
+            seed_grid = np.stack([seed_array(_pad_seeds(s, self.width)) for s, _ in padded])
             data = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
                                           *[d for _, d in padded])
             sharding = NamedSharding(self.mesh, P("dev"))
-            out = self.executable(jax.device_put(seeds, sharding), jax.device_put(data, sharding),
-                                  np.float32(beta))
+            out = self.executable(jax.device_put(seed_grid, sharding),
+                                  jax.device_put(data, sharding), np.float32(beta))
             out = {k: np.asarray(v) for k, v in out.items()}
             for i, (seeds, _) in enumerate(batch):
                 results.append({k: v[i, : len(seeds)] for k, v in out.items()})
