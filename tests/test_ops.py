@@ -103,16 +103,38 @@ def _cases(geometries, make, fan_in):
     return cases
 
 
+@pytest.mark.parametrize("flip", [False, True])
 @pytest.mark.parametrize("shape,kernel_hw,strides", [((2, 5, 6, 3), (2, 3), (1, 1)),
                                                      ((3, 9, 8, 2), (4, 4), (2, 3))])
-def test_patches_match_a_loop_over_output_pixels(shape, kernel_hw, strides):
+def test_patches_match_a_loop_over_output_pixels(shape, kernel_hw, strides, flip):
     u = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     (kh, kw), (sh, sw) = kernel_hw, strides
     ho, wo = (shape[1] - kh) // sh + 1, (shape[2] - kw) // sw + 1
-    want = np.stack([u[n, i * sh:i * sh + kh, j * sw:j * sw + kw, :].reshape(-1)
+    step = -1 if flip else 1
+    want = np.stack([u[n, i * sh:i * sh + kh, j * sw:j * sw + kw, :][::step, ::step].reshape(-1)
                      for n in range(shape[0]) for i in range(ho) for j in range(wo)])
-    got = np.asarray(ops._patches(jnp.asarray(u), kernel_hw, strides, (ho, wo)))
+    got = np.asarray(ops._patches(jnp.asarray(u), kernel_hw, strides, (ho, wo), flip=flip))
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("shape,strides", [((2, 3, 4, 4, 4, 3), (1, 1)),
+                                           ((2, 5, 3, 5, 2, 2), (1, 1)),
+                                           ((1, 3, 4, 4, 3, 2), (2, 3))])
+def test_overlap_add_matches_a_loop_over_taps(shape, strides, flip):
+    # both branches: stride 1 (row sums added in place) and strided (padded taps)
+    z = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    n, h, w, kh, kw, c = shape
+    (sh, sw) = strides
+    want = np.zeros((n, (h - 1) * sh + kh, (w - 1) * sw + kw, c), np.float32)
+    for i in range(h):
+        for j in range(w):
+            for a in range(kh):
+                for b in range(kw):
+                    src = z[:, i, j, kh - 1 - a, kw - 1 - b] if flip else z[:, i, j, a, b]
+                    want[:, i * sh + a, j * sw + b] += src
+    got = np.asarray(ops._overlap_add(jnp.asarray(z), strides, flip=flip))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_conv_transpose_fast_matches_flax_on_every_decoder_geometry():
