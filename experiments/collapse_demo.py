@@ -26,8 +26,9 @@ ingredients down:
 * protocol: fixed number of Adam steps, no checkpoint selection; every seed trains the
   with/without pair from the same initialisation and the same batches (paired comparison).
 
-Training loops run on the host with jitted steps (XLA:CPU runs convolutions inside
-``lax.scan`` 10–50× slower, see ``tolljax.cance.fit_autoencoder_host``).
+All seeds of one (class, λ) train in one compiled program: the Adam steps are a
+``lax.scan``, the seeds a ``vmap`` axis, and the convolutions ``tolljax.ops.Conv`` (GEMMs on
+CPU, where XLA's own convolutions run 10–50× slower inside a loop).
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 def classifier(feature_dim: int = 64):
     import flax.linen as nn
 
+    from tolljax.ops import Conv
+
     class Classifier(nn.Module):
         """Small conv encoder (features f) + linear anomaly head; returns (logit, f)."""
 
@@ -77,7 +80,7 @@ def classifier(feature_dim: int = 64):
         @nn.compact
         def __call__(self, x):
             for c in (16, 32):
-                x = nn.relu(nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x))
+                x = nn.relu(Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x))
             f = nn.Dense(self.feature_dim)(x.reshape(x.shape[0], -1))
             return nn.Dense(1)(nn.relu(f))[:, 0], f
 
@@ -157,8 +160,6 @@ def loss_fn(params, apply_fn, x, y, weight, norm):
 
 
 def run(cfg: dict, log=print) -> dict:
-    import functools
-
     import jax
     import jax.numpy as jnp
     import optax
@@ -170,15 +171,21 @@ def run(cfg: dict, log=print) -> dict:
     model = classifier(cfg["feature_dim"])
     tx = optax.adam(cfg["lr"])
 
-    @functools.partial(jax.jit, static_argnames=("norm",))
-    def train_step(params, opt, key, train, n_train, weight, norm):
-        x, y = make_batch(key, train, n_train, cfg["batch_size"])
-        (loss, (bce, col)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, model.apply, x, y, weight, norm)
-        upd, opt = tx.update(g, opt, params)
-        return optax.apply_updates(params, upd), opt, bce, col
+    def train(k_init, step_keys, train, n_train, weight):
+        """One seed: init, then every Adam step in one ``lax.scan``; final BCE and collapse."""
+        params = model.init(k_init, jnp.zeros((1, 28, 28, 1)))["params"]
 
-    @jax.jit
+        def step(carry, key):
+            params, opt = carry
+            x, y = make_batch(key, train, n_train, cfg["batch_size"])
+            (_, (bce, col)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, model.apply, x, y, weight, cfg["norm"])
+            upd, opt = tx.update(g, opt, params)
+            return (optax.apply_updates(params, upd), opt), (bce, col)
+
+        (params, _), (bce, col) = jax.lax.scan(step, (params, tx.init(params)), step_keys)
+        return params, bce[-1], col[-1]
+
     def evaluate(params, train, n_train, test_x, test_y):
         logit, f = model.apply({"params": params}, test_x)
         _, f_train = model.apply({"params": params}, train)
@@ -187,35 +194,34 @@ def run(cfg: dict, log=print) -> dict:
         dist = jnp.linalg.norm(f - centre, axis=-1)
         return auroc(logit, test_y), auroc(dist, test_y)
 
-    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, 28, 28, 1)))["params"])
+    # Seeds are a vmap axis of one compiled program per λ-independent shape: λ is an argument,
+    # and every class's training images are zero-padded to the same row count.
+    train_seeds = jax.jit(jax.vmap(train, in_axes=(0, 0, None, None, None)))
+    evaluate_seeds = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))
+    splits = {c: load_dataset("mnist", data_dir=cfg["data_dir"], normal_class=c)
+              for c in cfg["classes"]}
+    rows = max(split.train.shape[0] for split in splits.values())
+    seeds = list(range(cfg["seeds"]))
+    keys = [jax.random.split(jax.random.key(seed)) for seed in seeds]
+    k_init = jnp.stack([k[0] for k in keys])
+    step_keys = jnp.stack([jax.random.split(k[1], cfg["steps"]) for k in keys])
     runs, t0 = [], time.perf_counter()
-    for c in cfg["classes"]:
-        split = load_dataset("mnist", data_dir=cfg["data_dir"], normal_class=c)
+    for c, split in splits.items():
         ti = stratified_subset(split.test_y, cfg["test_limit"], 1)
-        train = jnp.asarray(split.train)
-        n_train = jnp.int32(split.train.shape[0])
+        n = split.train.shape[0]
+        train_x = jnp.asarray(np.concatenate(
+            [split.train, np.zeros((rows - n, *split.train.shape[1:]), split.train.dtype)]))
+        n_train = jnp.int32(n)
         test_x, test_y = jnp.asarray(split.test_x[ti]), jnp.asarray(split.test_y[ti])
-        entry = {"normal_class": c, "n_train": int(split.train.shape[0]),
-                 "n_test": int(ti.size), "seeds": [], "by_weight": {}}
-        for w in cfg["weights"]:
-            entry["by_weight"][str(w)] = {"logit_auroc": [], "distance_auroc": [],
-                                          "final_bce": [], "final_collapse": []}
-        for seed in range(cfg["seeds"]):
-            entry["seeds"].append(seed)
-            k_init, k_data = jax.random.split(jax.random.key(seed))
-            step_keys = jax.random.split(k_data, cfg["steps"])
-            for w in cfg["weights"]:  # same init and batches for every λ (paired)
-                params = init(k_init)
-                opt = tx.init(params)
-                for k in step_keys:
-                    params, opt, bce, col = train_step(params, opt, k, train, n_train,
-                                                       jnp.float32(w), cfg["norm"])
-                a_logit, a_dist = evaluate(params, train, n_train, test_x, test_y)
-                rec = entry["by_weight"][str(w)]
-                rec["logit_auroc"].append(100 * float(a_logit))
-                rec["distance_auroc"].append(100 * float(a_dist))
-                rec["final_bce"].append(float(bce))
-                rec["final_collapse"].append(float(col))
+        entry = {"normal_class": c, "n_train": int(n), "n_test": int(ti.size), "seeds": seeds,
+                 "by_weight": {}}
+        for w in cfg["weights"]:  # same init and batches for every λ (paired)
+            params, bce, col = train_seeds(k_init, step_keys, train_x, n_train, jnp.float32(w))
+            a_logit, a_dist = evaluate_seeds(params, train_x, n_train, test_x, test_y)
+            entry["by_weight"][str(w)] = {
+                "logit_auroc": [100 * float(a) for a in a_logit],
+                "distance_auroc": [100 * float(a) for a in a_dist],
+                "final_bce": [float(b) for b in bce], "final_collapse": [float(v) for v in col]}
         for w, rec in entry["by_weight"].items():
             for key in ("logit_auroc", "distance_auroc"):
                 vals = np.array(rec[key])

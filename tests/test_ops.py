@@ -157,7 +157,7 @@ def test_phase_decomposition_matches_lax_conv_transpose(n, k, s):
     kernel = _random((k, k, 3, 4), k + 10)
     strides = ops._pair(s)
     want = lax.conv_transpose(x, kernel, strides, "VALID", dimension_numbers=ops._DN)
-    got = ops._trailing_pad(ops._ct_forward_phases(x, kernel, strides), (k, k), strides)
+    got = ops._from_full_transposed(ops._ct_forward_phases(x, kernel, strides), (k, k), strides, "VALID")
     assert got.shape == want.shape
     assert rel_err(got, want) <= TOL
 
@@ -374,17 +374,75 @@ def test_module_uses_the_selected_implementation(monkeypatch):
     assert calls == ["matmul", "fast", "fast" if jax.default_backend() == "cpu" else "plain"]
 
 
-def test_non_valid_padding_uses_the_plain_layer():
-    x = _random((2, 5, 5, 3), 1)
+PADDING_GEOMETRIES = (((2, 5, 6, 3), 3, 2), ((2, 7, 7, 3), 4, 1), ((2, 4, 5, 2), 2, 3))
+
+
+def _layer_pair(transpose: bool, k: int, s: int, padding, impl: str):
+    if transpose:
+        return (nn.ConvTranspose(4, (k, k), strides=(s, s), padding=padding),
+                ops.ConvTranspose(4, k, s, padding=padding, impl=impl))
+    return (nn.Conv(4, (k, k), strides=(s, s), padding=padding),
+            ops.Conv(4, k, s, padding=padding, impl="fast"))
+
+
+@pytest.mark.parametrize("impl", ["fast", "matmul"])
+def test_every_padding_matches_flax_without_xla_convolutions(impl):
+    """SAME and explicit (lo, hi) pairs (asymmetric, zero) on the GEMM paths: flax's values
+    and gradients, and no XLA convolution in the differentiated program."""
     cases = []
-    for padding in ("SAME", [(1, 2), (0, 1)]):
-        cases.append((f"transpose {padding}", nn.ConvTranspose(4, (3, 3), strides=(2, 2), padding=padding),
-                      ops.ConvTranspose(4, 3, 2, padding=padding, impl="fast"), x))
-        cases.append((f"conv {padding}", nn.Conv(4, (3, 3), strides=(2, 2), padding=padding),
-                      ops.Conv(4, 3, 2, padding=padding, impl="fast"), x))
+    for shape, k, s in PADDING_GEOMETRIES:
+        x = _random(shape, 1)
+        for padding in ("SAME", "VALID", [(1, k - 1), (0, 1)]):
+            for transpose in ((True, False) if impl == "fast" else (True,)):
+                ref, ours = _layer_pair(transpose, k, s, padding, impl)
+                cases.append((f"{type(ref).__name__} {shape} k{k} s{s} {padding}", ref, ours, x))
     _assert_layers_agree(cases)
+    x = _random((2, 5, 6, 3), 1)
+    for layer in (ops.ConvTranspose(4, 3, 2, padding="SAME", impl=impl),
+                  ops.Conv(4, 3, 2, padding=[(1, 2), (0, 1)], impl="fast")):
+        variables = layer.init(KEY, x)
+        hlo = jax.jit(jax.grad(lambda v: jnp.sum(layer.apply(v, x) ** 2))).lower(variables).as_text()
+        assert "convolution" not in hlo, layer
+
+
+@pytest.mark.parametrize("transpose", [True, False])
+def test_paddings_beyond_the_kernel_and_negative_match_exact_linear_references(transpose):
+    """Pads larger than k − 1 or negative (crops). Reference for the gradients: the layer is
+    linear in its input and in its kernel, so the gradient of <y, dy> is <y(basis), dy> over
+    basis inputs / kernels, from flax's *forward* alone. (XLA:CPU's own gradient of a plain
+    transposed convolution with such pads, un-jitted, returned values that changed from run to
+    run, up to 1e35, with jax 0.10.2.)"""
+    for shape, k, s in PADDING_GEOMETRIES:
+        x = _random(shape, 1)
+        for padding in ([(k + 1, 0), (2, k)], [(-1, 1), (1, -1)]):
+            ref, ours = _layer_pair(transpose, k, s, padding, "fast")
+            variables = ref.init(KEY, x)
+            y, gx, gp = _value_and_grads(ours, variables, x, dy := _random(
+                jax.eval_shape(ref.apply, variables, x).shape, 3))
+            assert rel_err(y, ref.apply(variables, x)) <= TOL, padding
+            n_in = int(np.prod(shape[1:]))
+            basis = jnp.eye(n_in, dtype=jnp.float32).reshape(n_in, *shape[1:])
+            no_bias = {"params": {**variables["params"],
+                                  "bias": jnp.zeros_like(variables["params"]["bias"])}}
+            y_basis = ref.apply(no_bias, basis)  # (n_in, Ho, Wo, out): T e_i
+            gx_ref = jnp.einsum("ihwo,bhwo->bi", y_basis, dy).reshape(shape)
+            assert rel_err(gx, gx_ref) <= TOL, (padding, "input gradient")
+            kernel = variables["params"]["kernel"]
+            n_k = kernel.size
+            y_kernels = jax.vmap(lambda kk: ref.apply(
+                {"params": {"kernel": kk.reshape(kernel.shape), "bias": no_bias["params"]["bias"]}},
+                x))(jnp.eye(n_k, dtype=jnp.float32))
+            gk_ref = jnp.einsum("jbhwo,bhwo->j", y_kernels, dy).reshape(kernel.shape)
+            assert rel_err(gp["kernel"], gk_ref) <= TOL, (padding, "kernel gradient")
+            assert rel_err(gp["bias"], dy.sum((0, 1, 2))) <= TOL, (padding, "bias gradient")
+
+
+def test_unsupported_padding_is_reported():
+    x = _random((2, 5, 5, 3), 1)
     with pytest.raises(TollError, match="CIRCULAR"):
         ops.ConvTranspose(4, 3, padding="CIRCULAR", impl="fast").init(KEY, x)
+    with pytest.raises(TollError, match="two .lo, hi. padding pairs"):
+        ops.conv_fast(x, jnp.ones((3, 3, 3, 4)), 1, [(1, 1)])
 
 
 def test_bad_shapes_are_reported():

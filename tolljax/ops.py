@@ -16,6 +16,10 @@ Conventions (flax, NHWC activations, kernel ``(kh, kw, in, out)``, VALID padding
 
   (plus ``max(s − k, 0)`` trailing zeros when k < s, as flax's layer).
 
+Other paddings (SAME, explicit ``(lo, hi)`` pairs, as flax/lax take them) reduce to these:
+the regular convolution pads (or crops) its input, the transposed one pads or crops its
+output (padding ``(lo, hi)`` of the dilated input instead of ``(k − 1, k − 1)``).
+
 Fast path (``jax.custom_vjp`` each; residuals are just the input and the kernel):
 
 * transposed conv, forward: strided layers as a sub-pixel (phase) decomposition, s² im2col
@@ -115,12 +119,54 @@ def _pair(v) -> tuple[int, int]:
     return v
 
 
-def _trailing_pad(y: jnp.ndarray, kernel_hw, strides) -> jnp.ndarray:
-    """flax/lax transposed-conv output has ``max(s − k, 0)`` extra zeros per axis when k < s."""
-    extra = [max(s - k, 0) for k, s in zip(kernel_hw, strides)]
-    if any(extra):
-        y = jnp.pad(y, [(0, 0), (0, extra[0]), (0, extra[1]), (0, 0)])
-    return y
+Padding = Any  # "VALID", "SAME" or ((lo, hi), (lo, hi)), as flax/lax take it
+
+
+def _explicit(padding: Padding, pairs: Callable[[str], Sequence[tuple[int, int]]]):
+    if isinstance(padding, str):
+        if padding.upper() not in ("VALID", "SAME"):
+            raise TollError(f"padding {padding!r} is not supported (VALID, SAME or explicit "
+                            f"(lo, hi) pairs)")
+        return [tuple(p) for p in pairs(padding.upper())]
+    pads = [tuple(int(v) for v in p) for p in padding]
+    if len(pads) != 2 or any(len(p) != 2 for p in pads):
+        raise TollError(f"expected two (lo, hi) padding pairs for a 2-D convolution, got "
+                        f"{padding}")
+    return pads
+
+
+def _pad_hw(y: jnp.ndarray, pads) -> jnp.ndarray:
+    """Pad (or, for negative amounts, crop) the two spatial axes of an NHWC array."""
+    if not any(v for p in pads for v in p):
+        return y
+    return lax.pad(y, jnp.zeros((), y.dtype), [(0, 0, 0), *((lo, hi, 0) for lo, hi in pads),
+                                               (0, 0, 0)])
+
+
+def _conv_transpose_pads(kernel_hw, strides, padding: Padding):
+    """The padding ``lax.conv_transpose`` applies to the stride-dilated input (its private
+    ``_conv_transpose_padding`` for VALID/SAME; explicit pairs as given)."""
+
+    def pairs(mode):
+        out = []
+        for k, s in zip(kernel_hw, strides):
+            if mode == "SAME":
+                pad_len = k + s - 2
+                lo = k - 1 if s > k - 1 else -(-pad_len // 2)
+            else:
+                pad_len, lo = k + s - 2 + max(k - s, 0), k - 1
+            out.append((lo, pad_len - lo))
+        return out
+
+    return _explicit(padding, pairs)
+
+
+def _from_full_transposed(y: jnp.ndarray, kernel_hw, strides, padding: Padding) -> jnp.ndarray:
+    """The transposed conv for ``padding`` from the full one (dilated input padded by k − 1 on
+    both sides, (n − 1)·s + k per axis): padding (lo, hi) instead of (k − 1, k − 1) adds
+    zeros (or crops) at each end. VALID: ``max(s − k, 0)`` trailing zeros when k < s."""
+    pads = _conv_transpose_pads(kernel_hw, strides, padding)
+    return _pad_hw(y, [(lo - (k - 1), hi - (k - 1)) for (lo, hi), k in zip(pads, kernel_hw)])
 
 
 def _batch_chunks(n: int, per_sample_bytes: int) -> tuple[int, int]:
@@ -227,10 +273,11 @@ def _f32_matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 # --------------------------------------------------------------------- transposed convolution
 
 
-def conv_transpose_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
-    """``lax.conv_transpose(..., "VALID")`` exactly as flax's ``nn.ConvTranspose`` calls it."""
+def conv_transpose_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+                         padding: Padding = "VALID") -> jnp.ndarray:
+    """``lax.conv_transpose`` exactly as flax's ``nn.ConvTranspose`` calls it."""
     _check(x, kernel)
-    return lax.conv_transpose(x, kernel, _pair(stride), "VALID", dimension_numbers=_DN)
+    return lax.conv_transpose(x, kernel, _pair(stride), padding, dimension_numbers=_DN)
 
 
 def _ct_forward_uses_gemm(x_shape, k_shape, strides) -> bool:
@@ -370,14 +417,17 @@ _ct_fast.defvjp(lambda x, kernel, strides: (_ct_forward(x, kernel, strides), (x,
                 lambda strides, res, dy: _ct_backward(*res, strides, dy))
 
 
-def conv_transpose_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
-    """Same values and gradients as :func:`conv_transpose_plain`, fast on CPU (module doc)."""
+def conv_transpose_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+                        padding: Padding = "VALID") -> jnp.ndarray:
+    """Same values and gradients as :func:`conv_transpose_plain`, fast on CPU (module doc);
+    any padding: the full transposed conv, then padded or cropped."""
     _check(x, kernel)
     strides = _pair(stride)
-    return _trailing_pad(_ct_fast(x, kernel, strides), kernel.shape[:2], strides)
+    return _from_full_transposed(_ct_fast(x, kernel, strides), kernel.shape[:2], strides, padding)
 
 
-def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
+def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+                          padding: Padding = "VALID") -> jnp.ndarray:
     """Measured alternative: GEMM + overlap-add for all k² taps, differentiated by autodiff.
 
     Not chunked: materialises (N, H, W, k², out) in the forward and its gradient.
@@ -388,25 +438,27 @@ def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.
     kh, kw, _, cout = kernel.shape
     wmat = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(cin, kh * kw * cout)
     z = jnp.matmul(x.reshape(n * h * w, cin), wmat).reshape(n, h, w, kh, kw, cout)
-    return _trailing_pad(_overlap_add(z, strides), (kh, kw), strides)
+    return _from_full_transposed(_overlap_add(z, strides), (kh, kw), strides, padding)
 
 
 IMPL_FUNCTIONS: dict[str, Callable] = {"plain": conv_transpose_plain, "fast": conv_transpose_fast,
                                        "matmul": conv_transpose_matmul}
 
 
-def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto") -> jnp.ndarray:
-    """VALID transposed convolution (flax convention) by ``impl`` (see :func:`resolve_impl`)."""
-    return IMPL_FUNCTIONS[resolve_impl(impl)](x, kernel, stride)
+def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
+                   padding: Padding = "VALID") -> jnp.ndarray:
+    """Transposed convolution (flax convention) by ``impl`` (see :func:`resolve_impl`)."""
+    return IMPL_FUNCTIONS[resolve_impl(impl)](x, kernel, stride, padding)
 
 
 # ------------------------------------------------------------------------ regular convolution
 
 
-def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
-    """``lax.conv_general_dilated(..., "VALID")`` exactly as flax's ``nn.Conv`` calls it."""
+def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+               padding: Padding = "VALID") -> jnp.ndarray:
+    """``lax.conv_general_dilated`` exactly as flax's ``nn.Conv`` calls it."""
     _check(x, kernel)
-    return lax.conv_general_dilated(x, kernel, _pair(stride), "VALID", dimension_numbers=_DN)
+    return lax.conv_general_dilated(x, kernel, _pair(stride), padding, dimension_numbers=_DN)
 
 
 def _conv_out_hw(x_shape, kernel_hw, strides) -> tuple[int, int]:
@@ -456,18 +508,24 @@ _conv_fast.defvjp(lambda x, kernel, strides: (_conv_forward(x, kernel, strides),
                   lambda strides, res, dy: _conv_backward(*res, strides, dy))
 
 
-def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1) -> jnp.ndarray:
-    """Same values and gradients as :func:`conv_plain`, as GEMMs (module doc)."""
+def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+              padding: Padding = "VALID") -> jnp.ndarray:
+    """Same values and gradients as :func:`conv_plain`, as GEMMs (module doc); any padding:
+    the input is padded (or cropped) first, then convolved VALID."""
     _check(x, kernel)
-    return _conv_fast(x, kernel, _pair(stride))
+    strides = _pair(stride)
+    pads = _explicit(padding, lambda mode: lax.padtype_to_pads(
+        x.shape[1:3], kernel.shape[:2], strides, mode))
+    return _conv_fast(_pad_hw(x, pads), kernel, strides)
 
 
 CONV_FUNCTIONS: dict[str, Callable] = {"plain": conv_plain, "fast": conv_fast}
 
 
-def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto") -> jnp.ndarray:
-    """VALID convolution (flax convention) by ``impl`` (see :func:`resolve_conv_impl`)."""
-    return CONV_FUNCTIONS[resolve_conv_impl(impl)](x, kernel, stride)
+def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
+         padding: Padding = "VALID") -> jnp.ndarray:
+    """Convolution (flax convention) by ``impl`` (see :func:`resolve_conv_impl`)."""
+    return CONV_FUNCTIONS[resolve_conv_impl(impl)](x, kernel, stride, padding)
 
 
 # ------------------------------------------------------------------------------ flax modules
@@ -498,10 +556,6 @@ class _ConvBase(nn.Module):
                 if self.use_bias else None)
         return nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
 
-    def _use_plain(self, impl: str) -> bool:
-        valid = isinstance(self.padding, str) and self.padding.upper() == "VALID"
-        return impl == "plain" or not valid or self.precision is not None
-
     def _padding(self):
         if isinstance(self.padding, str):
             if self.padding.upper() not in ("VALID", "SAME"):
@@ -510,8 +564,8 @@ class _ConvBase(nn.Module):
             return self.padding.upper()
         return nn.linear.canonicalize_padding(self.padding, 2)
 
-    # Set by each subclass: how ``impl`` is resolved, the VALID implementations by name, and
-    # the plain ``lax`` operation used for other paddings and explicit precisions.
+    # Set by each subclass: how ``impl`` is resolved, the implementations by name, and the
+    # plain ``lax`` operation used for an explicit precision.
     _resolve: ClassVar[Callable[[str], str]]
     _functions: ClassVar[dict[str, Callable]]
     _plain: ClassVar[Callable]
@@ -520,12 +574,12 @@ class _ConvBase(nn.Module):
     def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
         inputs, kernel, bias = self._params(inputs)
         strides = _pair(self.strides)
-        impl = type(self)._resolve(self.impl)
-        if self._use_plain(impl):
-            y = type(self)._plain(inputs, kernel, strides, self._padding(),
-                                  dimension_numbers=_DN, precision=self.precision)
+        impl, padding = type(self)._resolve(self.impl), self._padding()
+        if impl == "plain" or self.precision is not None:
+            y = type(self)._plain(inputs, kernel, strides, padding, dimension_numbers=_DN,
+                                  precision=self.precision)
         else:
-            y = self._functions[impl](inputs, kernel, strides)
+            y = self._functions[impl](inputs, kernel, strides, padding)
         return y if bias is None else y + bias.reshape(1, 1, 1, -1)
 
 
@@ -536,7 +590,8 @@ class ConvTranspose(_ConvBase):
     layer (created in the same order, same default initialisers: a given key gives identical
     values); the same output for every padding. ``impl``: ``"auto"`` (``fast`` on CPU, ``plain``
     on GPU/TPU; ``$TOLLJAX_CONV_TRANSPOSE`` overrides), ``"plain"``, ``"fast"``, ``"matmul"``.
-    Non-VALID padding or an explicit ``precision`` always take the plain layer.
+    Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an explicit
+    ``precision`` always takes the plain layer.
     """
 
     _resolve = resolve_impl
@@ -549,7 +604,8 @@ class Conv(_ConvBase):
 
     Same parameters, creation order and initialisers as flax's layer. ``impl``: ``"auto"``
     (``fast`` on CPU, ``plain`` on GPU/TPU; ``$TOLLJAX_CONV`` overrides), ``"plain"``,
-    ``"fast"``. Non-VALID padding or an explicit ``precision`` always take the plain layer.
+    ``"fast"``. Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an
+    explicit ``precision`` always takes the plain layer.
     """
 
     _resolve = resolve_conv_impl
