@@ -43,13 +43,10 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 from jax import lax  # noqa: E402
 
-from benchmarks.bench_train_step import (JaxRunner, TorchRunner, _set_impls, _timed_steps,  # noqa: E402
-                                         step_flops)
+from benchmarks.bench_train_step import (MODELS, JaxRunner, TorchRunner,  # noqa: E402
+                                         _set_impls, _timed_steps, step_flops)
 from tolljax.models import build_model, sample_shape  # noqa: E402
 from tolljax.train import create_train_state, train_step  # noqa: E402
-
-MODELS = ("mnist", "cifar10", "arrhythmia")
-
 
 def _subjaxprs(eqn):
     for value in eqn.params.values():

@@ -258,6 +258,8 @@ def prepare(split, cfg: dict, n_rows: int) -> dict:
     """Device arrays: standardised (optional), train zero-padded to ``n_rows``, subsets."""
     import jax.numpy as jnp
 
+    from tolljax.data import pad_rows
+
     train, val_x, test_x = split.train, split.val_x, split.test_x
     if cfg["standardize"] == "train":
         mu = train.mean(axis=0)
@@ -266,9 +268,7 @@ def prepare(split, cfg: dict, n_rows: int) -> dict:
         train, val_x, test_x = ((a - mu) / sd for a in (train, val_x, test_x))
     vi = stratified_subset(split.val_y, cfg["val_limit"], cfg["subset_seed"])
     ti = stratified_subset(split.test_y, cfg["test_limit"], cfg["subset_seed"] + 1)
-    padded = np.zeros((n_rows, *train.shape[1:]), np.float32)
-    padded[: train.shape[0]] = train
-    return {"train": jnp.asarray(padded), "n_train": jnp.int32(train.shape[0]),
+    return {"train": jnp.asarray(pad_rows(train, n_rows)), "n_train": jnp.int32(train.shape[0]),
             "val_x": jnp.asarray(val_x[vi], jnp.float32), "val_y": jnp.asarray(split.val_y[vi]),
             "test_x": jnp.asarray(test_x[ti], jnp.float32),
             "test_y": jnp.asarray(split.test_y[ti])}

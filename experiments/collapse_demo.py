@@ -165,7 +165,7 @@ def run(cfg: dict, log=print) -> dict:
     import optax
 
     from experiments.cance import stratified_subset
-    from tolljax.data import load_dataset
+    from tolljax.data import load_dataset, pad_rows
     from tolljax.metrics import auroc
 
     model = classifier(cfg["feature_dim"])
@@ -209,8 +209,7 @@ def run(cfg: dict, log=print) -> dict:
     for c, split in splits.items():
         ti = stratified_subset(split.test_y, cfg["test_limit"], 1)
         n = split.train.shape[0]
-        train_x = jnp.asarray(np.concatenate(
-            [split.train, np.zeros((rows - n, *split.train.shape[1:]), split.train.dtype)]))
+        train_x = jnp.asarray(pad_rows(split.train, rows))
         n_train = jnp.int32(n)
         test_x, test_y = jnp.asarray(split.test_x[ti]), jnp.asarray(split.test_y[ti])
         entry = {"normal_class": c, "n_train": int(n), "n_test": int(ti.size), "seeds": seeds,

@@ -245,9 +245,9 @@ def _device_data(split, n_rows: int) -> dict:
     rows so that every normal class of a dataset runs through one compiled program. Host
     (NumPy) arrays: the compiled protocol transfers them itself, and eager ``jnp`` copies
     would each compile a small program first."""
-    train = np.zeros((n_rows, *split.train.shape[1:]), np.float32)
-    train[: split.train.shape[0]] = split.train
-    return {"train": train, "n_train": np.int32(split.train.shape[0]),
+    from tolljax.data import pad_rows
+
+    return {"train": pad_rows(split.train, n_rows), "n_train": np.int32(split.train.shape[0]),
             "val_x": np.asarray(split.val_x, np.float32),
             "val_y": np.asarray(split.val_y, np.int32),
             "test_x": np.asarray(split.test_x, np.float32),

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tolljax.data import limit_split
+from tolljax.data import limit_split, pad_rows
 from tolljax.errors import TollError
 
 
@@ -20,3 +20,13 @@ def test_limit_split_is_stratified_seeded_and_a_subset(arrhythmia):
 def test_limit_split_rejects_tiny_limits(arrhythmia):
     with pytest.raises(TollError, match="--test-limit must be at least 2"):
         limit_split(arrhythmia, test_limit=1)
+
+
+def test_pad_rows_zero_pads_to_a_common_row_count():
+    train = np.arange(6, dtype=np.float64).reshape(3, 2)
+    padded = pad_rows(train, 5)
+    assert padded.dtype == np.float32 and padded.shape == (5, 2)
+    np.testing.assert_array_equal(padded[:3], train)
+    np.testing.assert_array_equal(padded[3:], 0)
+    with pytest.raises(TollError, match="cannot pad 3 training rows to 2"):
+        pad_rows(train, 2)

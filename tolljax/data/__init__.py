@@ -5,7 +5,7 @@ validation set (for checkpoint selection) and a labelled test set, label 1 = ano
 """
 from __future__ import annotations
 
-from tolljax.data.split import AnomalySplit, limit_split, validate_split, shipped_file
+from tolljax.data.split import AnomalySplit, limit_split, pad_rows, validate_split, shipped_file
 from tolljax.data.arrhythmia import load_arrhythmia, ARRHYTHMIA_FEATURES
 from tolljax.data.images import (
     IMAGE_DATASETS, SOURCES, class_names, load_images, num_classes,
@@ -36,7 +36,7 @@ def load_dataset(name: str, *, data_dir=None, normal_class: int | None = None,
 
 
 __all__ = [
-    "AnomalySplit", "limit_split", "validate_split", "shipped_file", "load_arrhythmia", "load_dataset",
+    "AnomalySplit", "limit_split", "pad_rows", "validate_split", "shipped_file", "load_arrhythmia", "load_dataset",
     "ARRHYTHMIA_FEATURES", "DATASETS", "IMAGE_DATASETS", "SOURCES", "load_images",
     "class_names", "num_classes",
 ]

@@ -79,6 +79,17 @@ def validate_split(split: AnomalySplit, *, sample_shape: tuple[int, ...] | None 
                         f"so use --batch-size <= {split.train.shape[0]}")
 
 
+def pad_rows(train: np.ndarray, n_rows: int) -> np.ndarray:
+    """``train`` as float32, zero-padded along its first axis to ``n_rows`` rows: normal
+    classes of different sizes then share one compiled program, with the valid count passed
+    alongside (``n_train``; :func:`tolljax.train.sample_batch_indices` draws only from it)."""
+    if n_rows < train.shape[0]:
+        raise TollError(f"cannot pad {train.shape[0]} training rows to {n_rows}")
+    padded = np.zeros((n_rows, *train.shape[1:]), np.float32)
+    padded[: train.shape[0]] = train
+    return padded
+
+
 def shipped_file(name: str) -> Path:
     """Path of a data file shipped inside the package (see ``files/SOURCES.md``)."""
     path = resources.files("tolljax.data").joinpath("files", name)
