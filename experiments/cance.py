@@ -37,11 +37,10 @@ DEFAULTS = {
     "arrhythmia": dict(ae_model="paper", z_dim=16, ae_steps=1000, decoder_steps=500,
                        ae_batch=100, ae_lr=1e-3, ae_eval_every=20, nce_steps=2000,
                        nce_batch=128, nce_eval_every=50, standardize="train", metric="f1",
-                       seeds=5, ae_driver="scan"),
+                       seeds=5),
     "mnist": dict(ae_model="small", z_dim=16, ae_steps=1000, decoder_steps=500, ae_batch=128,
                   ae_lr=1e-3, ae_eval_every=100, nce_steps=2000, nce_batch=256,
-                  nce_eval_every=100, standardize="none", metric="auroc", seeds=5,
-                  ae_driver="host"),
+                  nce_eval_every=100, standardize="none", metric="auroc", seeds=5),
 }
 VARIANT_ORDER = ("recon", "latent", "cnce", "cance")
 
@@ -73,10 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-batch", type=int, default=None)
     p.add_argument("--ae-lr", type=float, default=None)
     p.add_argument("--ae-eval-every", type=int, default=None)
-    p.add_argument("--ae-driver", choices=("scan", "host"), default=None,
-                   help="scan: one compiled program per stage (default for arrhythmia); host: "
-                        "jitted checkpoints driven from Python (default for mnist: XLA:CPU runs "
-                        "convolutions inside loops 10-50x slower)")
     # NCE
     p.add_argument("--nce-steps", type=int, default=None)
     p.add_argument("--nce-batch", type=int, default=None)
@@ -114,9 +109,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
             "decoder_steps": args.decoder_steps, "ae_batch": args.ae_batch, "ae_lr": args.ae_lr,
             "ae_eval_every": args.ae_eval_every, "nce_steps": args.nce_steps,
             "nce_batch": args.nce_batch, "nce_eval_every": args.nce_eval_every,
-            "standardize": args.standardize, "seeds": args.seeds, "ae_driver": args.ae_driver}
+            "standardize": args.standardize, "seeds": args.seeds}
     budget_keys = [k for k, v in over.items() if v is not None and v != d.get(k)
-                   and k not in ("seeds", "standardize", "ae_driver")]
+                   and k not in ("seeds", "standardize")]
     d.update({k: v for k, v in over.items() if v is not None})
     if args.dataset == "arrhythmia" and d["ae_model"] == "small":
         raise TollError("--ae-model small is an MNIST budget model; arrhythmia uses 'paper'")
@@ -151,13 +146,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return d
 
 
-def ae_config(cfg: dict, n_val: int = 0):
+def ae_config(cfg: dict):
     from tolljax import cance
 
-    # The host driver scores the validation set in one piece (a chunked lax.map is a loop,
-    # slow for convolutions on CPU): fine for the budget subsets (≤ 2000 images).
-    chunk = n_val if cfg.get("ae_driver") == "host" and 0 < n_val <= 2000 else 1000
-    return cance.AEConfig(score_chunk=chunk, steps=cfg["ae_steps"], decoder_steps=cfg["decoder_steps"],
+    return cance.AEConfig(steps=cfg["ae_steps"], decoder_steps=cfg["decoder_steps"],
                           batch_size=cfg["ae_batch"], lr=cfg["ae_lr"], loss=cfg["ae_loss"],
                           cov_weight=cfg["cov_weight"], beta=cfg["beta"],
                           eval_every=cfg["ae_eval_every"], select=cfg["select"],
@@ -182,13 +174,16 @@ def nce_config(cfg: dict):
 def small_mnist_autoencoder(z_dim: int = 16):
     """A small conv AE for CPU budget runs (not the paper's): encoder Conv(32,3,s2)-BN-LReLU-
     Conv(64,3,s2)-BN-LReLU-Flatten-Dense(z); decoder Dense(7·7·64)-BN-LReLU-Up2-Conv(32,3)-BN-
-    LReLU-Up2-Conv(1,3). Nearest-neighbour upsampling + conv avoids transposed convolutions.
-    ~0.25 M parameters at z = 16."""
+    LReLU-Up2-Conv(1,3), 3×3 convolutions with SAME padding (``tolljax.ops.Conv``: GEMMs on CPU,
+    where XLA's own convolution gradients are slow, most of all inside the scanned training
+    loop). Nearest-neighbour upsampling + conv avoids transposed convolutions. 147,601
+    parameters at z = 16."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
     from tolljax.models import batch_norm
+    from tolljax.ops import Conv
 
     class Encoder(nn.Module):
         z_dim: int
@@ -196,7 +191,7 @@ def small_mnist_autoencoder(z_dim: int = 16):
         @nn.compact
         def __call__(self, x, train):
             for c in (32, 64):
-                x = nn.Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x)
+                x = Conv(c, (3, 3), strides=(2, 2), padding="SAME")(x)
                 x = nn.leaky_relu(batch_norm(train, jnp.float32)(x), 0.2)
             return nn.Dense(self.z_dim)(x.reshape(x.shape[0], -1))
 
@@ -206,10 +201,10 @@ def small_mnist_autoencoder(z_dim: int = 16):
             x = nn.Dense(7 * 7 * 64)(z)
             x = nn.leaky_relu(batch_norm(train, jnp.float32)(x), 0.2).reshape(-1, 7, 7, 64)
             x = jax.image.resize(x, (x.shape[0], 14, 14, 64), "nearest")
-            x = nn.Conv(32, (3, 3), padding="SAME")(x)
+            x = Conv(32, (3, 3), padding="SAME")(x)
             x = nn.leaky_relu(batch_norm(train, jnp.float32)(x), 0.2)
             x = jax.image.resize(x, (x.shape[0], 28, 28, 32), "nearest")
-            return nn.Conv(1, (3, 3), padding="SAME")(x)
+            return Conv(1, (3, 3), padding="SAME")(x)
 
     class SmallMnistAutoencoder(nn.Module):
         z_dim: int = 16
@@ -315,28 +310,10 @@ def run(cfg: dict, *, log=print) -> dict:
     base = jnp.stack([jax.random.key(s) for s in seeds])
     ae_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base)
     nce_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(base)
-    def ae_fn(keys, data):
-        config = ae_config(cfg, int(data["val_y"].shape[0]))
-        if cfg["ae_driver"] == "host":
-            return cance.fit_autoencoder_host(keys, data, model=model, config=config)
-        fn = jax.jit(jax.vmap(functools.partial(cance.fit_autoencoder, model=model,
-                                                config=config), in_axes=(0, None)))
-        return fn(keys, data)
-
-    feat_jit = jax.jit(lambda v, x: cance.composite_features(model.apply, v, x, 10**9))
-
-    def feat_fn(variables, x, chunk=1000):
-        """Features per seed, in host-side chunks of one compiled shape (a lax.map loop and
-        seed-vmapped convolutions are both slow on CPU, see fit_autoencoder_host)."""
-        n = x.shape[0]
-        pad = (-n) % chunk if n > chunk else 0
-        xp = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-        out = []
-        for s in range(len(seeds)):
-            v = jax.tree_util.tree_map(lambda a: a[s], variables)
-            out.append(jnp.concatenate([feat_jit(v, xp[i:i + chunk])
-                                        for i in range(0, xp.shape[0], chunk)])[:n])
-        return jnp.stack(out)
+    ae_fn = jax.jit(jax.vmap(functools.partial(cance.fit_autoencoder, model=model,
+                                               config=ae_config(cfg)), in_axes=(0, None)))
+    feat_fn = jax.jit(jax.vmap(lambda v, x: cance.composite_features(model.apply, v, x),
+                               in_axes=(0, None)))
 
     nce_fns = {v: jax.jit(jax.vmap(functools.partial(
         cance.fit_nce, config=cance.variant_nce_config(v, nce_config(cfg))),
@@ -360,7 +337,7 @@ def run(cfg: dict, *, log=print) -> dict:
             f"{cfg['decoder_steps']} steps) ...", flush=True)
         t = time.perf_counter()
         ae = jax.block_until_ready(ae_fn(ae_keys, data))
-        timings["ae_s"] += time.perf_counter() - t  # includes compilation (host driver)
+        timings["ae_s"] += time.perf_counter() - t  # includes compilation
         feats = {}
         t = time.perf_counter()
         for part, x in (("train", data["train"]), ("val", data["val_x"]), ("test", data["test_x"])):

@@ -201,6 +201,37 @@ def test_conv_fast_matches_flax_on_every_encoder_geometry():
         lambda cin, cout, k: cin * k * k))
 
 
+# Stride-1 convolutions with fewer output than input channels, computed as the centre crop
+# of a transposed convolution: the CANCE budget AE's decoder layers (3×3 SAME 28×28 32→1 and
+# 14×14 64→32, channels reduced), VALID and asymmetric explicit pads.
+CROPPED = [((2, 28, 28, 8), 1, 3, "SAME"), ((2, 14, 14, 16), 8, 3, "SAME"),
+           ((2, 12, 12, 8), 1, 3, "VALID"), ((2, 14, 15, 6), 2, 4, [(2, 1), (1, 2)])]
+
+
+def test_stride1_convs_with_few_output_channels_take_the_transposed_route_and_match_flax(
+        monkeypatch):
+    def no_im2col(*args):
+        raise AssertionError("im2col route taken")
+
+    monkeypatch.setattr(ops, "_conv_fast", no_im2col)
+    cases = [(f"{shape} ->{cout} k{k} {padding}", nn.Conv(cout, (k, k), padding=padding),
+              ops.Conv(cout, k, padding=padding, impl="fast"), _random(shape, 4))
+             for shape, cout, k, padding in CROPPED]
+    _assert_layers_agree(cases)
+
+
+def test_route_choice_for_stride1_convolutions():
+    """Taken where measured faster (see ``_conv_uses_transposed``), not where it multiplies
+    much more (small outputs) or materialises more (more output than input channels)."""
+    uses = ops._conv_uses_transposed
+    assert uses((128, 30, 30, 32), (3, 3, 32, 1), (1, 1))  # 28×28 SAME 32→1
+    assert uses((128, 16, 16, 64), (3, 3, 64, 32), (1, 1))  # 14×14 SAME 64→32
+    assert not uses((64, 7, 7, 512), (4, 4, 512, 64), (1, 1))  # 7→4: 3× the FLOPs
+    assert not uses((64, 25, 25, 64), (4, 4, 64, 128), (1, 1))  # more output channels
+    assert not uses((128, 30, 30, 32), (3, 3, 32, 1), (2, 2))  # strided
+    assert not uses((64, 32, 32, 32), (1, 1, 32, 3), (1, 1))  # 1×1: one GEMM either way
+
+
 @pytest.mark.parametrize("which", ["transpose", "regular"])
 def test_batch_chunking_gives_the_same_numbers(which, monkeypatch):
     x = _random((7, 10, 10, 6), 5)

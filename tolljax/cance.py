@@ -383,49 +383,6 @@ def fit_autoencoder(key: jax.Array, data: dict[str, jnp.ndarray], *, model: nn.M
     return ae_result(carry1, curves1, carry2, curves2)
 
 
-def fit_autoencoder_host(keys: jax.Array, data: dict[str, jnp.ndarray], *, model: nn.Module,
-                         config: AEConfig) -> dict[str, Any]:
-    """``jax.vmap(fit_autoencoder)(keys, data)`` computed with the loops on the host.
-
-    Same computation (same keys, steps and selection; results stacked over seeds), but seeds
-    run one after the other and every step is one call of a jitted :func:`ae_step`, every
-    checkpoint one of :func:`ae_select` (compiled once, shared by the seeds). Reason: XLA:CPU
-    (jax 0.10) runs convolutions inside ``while`` loops 10–50× slower than outside (measured
-    here: a stride-2 conv encoder's gradient 12 ms outside, 600 ms inside ``lax.scan``), and
-    vmapping per-seed conv weights makes each seed ~4× slower again (batched convolutions).
-    Unrolling the loops instead costs minutes of compilation. Use it for conv models on CPU.
-    """
-    kw = dict(model=model, config=config)
-    start = jax.jit(functools.partial(ae_start, **kw))
-    select = jax.jit(functools.partial(ae_select, **kw))
-    steps = {s: jax.jit(functools.partial(ae_step, stage=s, **kw)) for s in (1, 2)}
-    stage2 = jax.jit(functools.partial(ae_stage2_start, **kw))
-
-    def run(carry, stage_keys, stage):
-        state, bad, best = carry
-        vals, losses = [], []
-        for chunk_keys in stage_keys:
-            chunk = []
-            for k in chunk_keys:
-                (state, bad), loss = steps[stage]((state, bad), k, data)
-                chunk.append(loss)
-            (state, bad, best), val = select((state, bad, best), data)
-            vals.append(val)
-            losses.append(jnp.mean(jnp.stack(chunk)))
-        return (state, bad, best), (jnp.stack(vals), jnp.stack(losses))
-
-    results = []
-    for key in keys:
-        carry, keys1, keys2 = start(key, data)
-        carry1, curves1 = run(carry, keys1, 1)
-        if keys2 is None:
-            results.append(ae_result(carry1, curves1))
-        else:
-            carry2, curves2 = run(stage2(carry1), keys2, 2)
-            results.append(ae_result(carry1, curves1, carry2, curves2))
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *results)
-
-
 # --------------------------------------------------------------------------------------------
 # Noise distribution (§3.4 "Optimizing Noise Distribution", Appendix B)
 # --------------------------------------------------------------------------------------------
