@@ -65,6 +65,28 @@ def use_all_cores(host_devices: int | None = None) -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
+def start_distributed(coordinator: str | None, num_processes: int | None,
+                      process_id: int | None) -> None:
+    """``jax.distributed.initialize`` for a multi-host run, before any JAX computation.
+
+    Every process then sees the devices of all hosts, the protocol's mesh spans them, and
+    each round's results are gathered to every process (``tolljax.train``). CPU processes
+    exchange them over gloo (also what ``tests/test_run.py`` uses to run two processes on one
+    machine); GPU/TPU backends ignore that setting.
+    """
+    import jax
+
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise TollError("--coordinator, --num-processes and --process-id go together (or give "
+                        "none of them and let jax.distributed.initialize() detect the cluster)")
+    if num_processes is not None and not (num_processes >= 1 and 0 <= process_id < num_processes):
+        raise TollError(f"--process-id must be in 0..{num_processes - 1} for --num-processes "
+                        f"{num_processes}, got {process_id}")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m experiments.run",
@@ -106,6 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: runs/<dataset>)")
     p.add_argument("--host-devices", type=int, default=None,
                    help="CPU only: XLA host devices to shard seeds over (default: one per core)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host run: call jax.distributed.initialize() (it finds the "
+                        "coordinator on TPU pods, SLURM, ... or from the three flags below); "
+                        "start the same command on every host; process 0 writes the results")
+    p.add_argument("--coordinator", default=None,
+                   help="with --distributed: address HOST:PORT of process 0")
+    p.add_argument("--num-processes", type=int, default=None,
+                   help="with --distributed: number of processes (hosts)")
+    p.add_argument("--process-id", type=int, default=None,
+                   help="with --distributed: this process's index, 0..num-processes-1")
     p.add_argument("--compile-cache", default=str(DEFAULT_CACHE),
                    help="folder of JAX's persistent compilation cache, reused by later runs with "
                         "the same program ('off' disables it; default: %(default)s)")
@@ -190,7 +222,8 @@ def environment() -> dict:
         "tolljax": tolljax.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
         "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
         "backend": jax.default_backend(), "device_kind": devices[0].device_kind,
-        "device_count": len(devices), "cpu_count": os.cpu_count(),
+        "device_count": len(devices), "process_count": jax.process_count(),
+        "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
 
@@ -356,7 +389,10 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         log(f"reusing {len(outs)} of {len(chunks)} finished (class, seeds) chunks from "
             f"{out_dir / 'partial'} (same configuration; pass --fresh to recompute)")
     pending = [(c, g) for c, g in chunks if (c, g[0]) not in outs]
-    n_dev = max(1, min(len(jax.devices()), len(pending)))
+    # Multi-process: every process must take part in every round, so the mesh always spans
+    # all devices (idle ones repeat a chunk).
+    n_dev = (len(jax.devices()) if jax.process_count() > 1 else
+             max(1, min(len(jax.devices()), len(pending))))
     compiled, splits = None, {}
     bar = tqdm(total=len(pending), desc=f"{dataset}", unit="chunk", disable=not show_bar)
     for first in range(0, len(pending), n_dev):
@@ -514,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     use_all_cores(args.host_devices)
     use_compile_cache(args.compile_cache)
     try:
+        distributed = args.distributed or args.coordinator is not None
+        if distributed:
+            start_distributed(args.coordinator, args.num_processes, args.process_id)
+        elif args.num_processes is not None or args.process_id is not None:
+            raise TollError("--num-processes and --process-id need --coordinator (or --distributed)")
         config = resolve_config(args)
         if args.describe:
             from tolljax.models import build_model, describe, sample_shape
@@ -522,7 +563,13 @@ def main(argv: list[str] | None = None) -> int:
                            sample_shape(config["dataset"])))
             return 0
         out_dir = Path(args.out or Path("runs") / config["dataset"])
-        results = run(config, quiet=args.quiet, out_dir=out_dir, resume=not args.fresh)
+        # Multi-process: process 0 alone writes (chunks, results) and prints; no resuming,
+        # since the processes would have to agree on which chunks are done.
+        import jax
+
+        primary = jax.process_index() == 0
+        results = run(config, quiet=args.quiet or not primary,
+                      out_dir=out_dir if primary else None, resume=not (args.fresh or distributed))
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -533,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 3
     results["timings"]["total_s"] = time.perf_counter() - start
+    if not primary:
+        return 0
     save_test_scores(out_dir, results.pop("test_scores"))
     payload = {"config": config, "command": ["python", "-m", "experiments.run", *argv],
                **results, "environment": environment()}

@@ -194,3 +194,51 @@ def test_cli_results_are_bit_identical_on_one_and_four_host_devices(tmp_path):
     assert sorted(sa.files) == sorted(sb.files) and sa.files
     for k in sa.files:
         np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
+    """The multi-host path for real, on one machine: two CLI processes (one CPU device each)
+    joined by ``jax.distributed`` over localhost. The mesh spans both, each round's results are
+    gathered to every process, process 0 alone writes, and its results equal one process with
+    two devices (same --vmap-width)."""
+    common = [sys.executable, "-m", "experiments.run", "--steps", "40", "--eval-every", "20",
+              "--seeds", "6", "--vmap-width", "2", "--quiet", "--compile-cache", "off"]
+    port = _free_port()
+    procs = [subprocess.Popen([*common, "--host-devices", "1", "--out", str(tmp_path / f"p{i}"),
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    assert not (tmp_path / "p1").exists()  # only process 0 writes
+    single = subprocess.run([*common, "--host-devices", "2", "--out", str(tmp_path / "one")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    a = json.loads((tmp_path / "p0" / "results.json").read_text())
+    b = json.loads((tmp_path / "one" / "results.json").read_text())
+    assert a["environment"]["process_count"] == 2 and b["environment"]["process_count"] == 1
+    assert a["environment"]["device_count"] == b["environment"]["device_count"] == 2
+    assert a["runs"] == b["runs"] and a["summary"] == b["summary"]
+    sa, sb = np.load(tmp_path / "p0" / "scores.npz"), np.load(tmp_path / "one" / "scores.npz")
+    for k in sb.files:
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--num-processes", "2", "--process-id", "0"], "need --coordinator"),
+    (["--coordinator", "localhost:1", "--num-processes", "2"], "go together"),
+    (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
+     "must be in 0..1"),
+])
+def test_distributed_flag_errors(flags, message, capsys):
+    assert main(["--steps", "20", "--eval-every", "20", *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -271,7 +271,7 @@ class CompiledProtocol:
             sharding = NamedSharding(self.mesh, P("dev"))
             out = self.executable(jax.device_put(seed_grid, sharding),
                                   jax.device_put(data, sharding), np.float32(beta))
-            out = {k: np.asarray(v) for k, v in out.items()}
+            out = _to_host(out)
             for i, (seeds, _) in enumerate(batch):
                 results.append({k: v[i, : len(seeds)] for k, v in out.items()})
         return results
@@ -282,6 +282,17 @@ class CompiledProtocol:
         groups = [seeds[i:i + self.width] for i in range(0, len(seeds), self.width)]
         parts = self.run_chunks([(g, data) for g in groups], beta)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _to_host(out: dict) -> dict[str, np.ndarray]:
+    """The round's outputs as NumPy arrays. On a multi-process mesh (``jax.distributed``)
+    each process holds only its own devices' rows; they are gathered so that every process
+    sees all results."""
+    if all(v.is_fully_addressable for v in out.values()):
+        return {k: np.asarray(v) for k, v in out.items()}
+    from jax.experimental import multihost_utils
+
+    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(out, tiled=True).items()}
 
 
 def _pad_seeds(seeds: list[int], width: int) -> list[int]:
