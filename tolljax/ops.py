@@ -541,8 +541,10 @@ def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
         x.shape[1:3], kernel.shape[:2], strides, mode))
     x = _pad_hw(x, pads)
     if _conv_uses_transposed(x.shape, kernel.shape, strides):
-        kh, kw = kernel.shape[:2]
-        return _ct_fast(x, kernel, strides)[:, kh - 1:x.shape[1], kw - 1:x.shape[2]]
+        # The transposed conv with (0, 0) padding of its input crops k − 1 from each end of
+        # the full one, which leaves exactly the VALID correlation (see the rule's docstring).
+        return _from_full_transposed(_ct_fast(x, kernel, strides), kernel.shape[:2], strides,
+                                     ((0, 0), (0, 0)))
     return _conv_fast(x, kernel, strides)
 
 
