@@ -23,6 +23,10 @@ from XLA's cost analysis of the tolljax step compiled with XLA's plain layers (s
 at least ``--steps`` steps and at least ``--min-round-s`` seconds (small models need many
 steps for a stable time).
 
+``--dtype float32,bfloat16`` also times tolljax with ``--dtype bfloat16``'s compute dtype
+(activations and GEMMs in bfloat16, parameters and Adam state in float32); PyTorch stays in
+float32, so those rows' ratios compare different arithmetic.
+
 ``--conv-transpose plain,fast`` times tolljax once per transposed-convolution implementation
 (``tolljax.ops``; default ``auto``: the fast path on CPU); ``--conv plain,fast`` likewise for
 regular convolutions, where the model builds them with ``tolljax.ops.Conv`` (the row label
@@ -33,7 +37,7 @@ is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
         [--conv-transpose auto|plain|fast|matmul[,...]] [--conv auto|plain|fast[,...]]
-        [--scan 5] [--json OUT]
+        [--dtype float32|bfloat16[,...]] [--scan 5] [--json OUT]
 
 MNIST at its paper batch (1000) takes seconds per step on a 2-core CPU: use a small ``--steps``
 or leave it out with ``--batches 64`` (``--batches 64 paper`` keeps the order you give).
@@ -123,12 +127,13 @@ class JaxRunner:
     """A compiled tolljax train step for one model, batch and choice of conv implementations."""
 
     def __init__(self, dataset: str, batch: np.ndarray, conv_transpose: str = "auto",
-                 conv: str = "auto", seed: int = 0, scan: int = 1):
+                 conv: str = "auto", seed: int = 0, scan: int = 1, dtype: str = "float32"):
         hp = PAPER_HYPERPARAMETERS[dataset]
         _set_impls(conv_transpose, conv)
         self.steps_per_call = scan
-        self.label = _label(dataset, conv_transpose, conv) + (f" scan×{scan}" if scan > 1 else "")
-        model = build_model(dataset)
+        self.label = (_label(dataset, conv_transpose, conv) + ("" if dtype == "float32" else f" {dtype}")
+                      + (f" scan×{scan}" if scan > 1 else ""))
+        model = build_model(dataset, dtype=jnp.dtype(dtype))
         self.state = create_train_state(model, jax.random.key(seed), sample_shape(dataset),
                                         optax.adam(hp["lr"]))
         self.n_params = count_params(self.state.params)
@@ -188,13 +193,15 @@ class TorchRunner:
 
 
 def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], steps: int,
-              repeats: int, warmup: int, min_round_s: float = 0.0, scan: int = 1) -> dict:
+              repeats: int, warmup: int, min_round_s: float = 0.0, scan: int = 1,
+              dtypes: tuple[str, ...] = ("float32",)) -> dict:
     rng = np.random.default_rng(0)
     batch = rng.standard_normal((batch_size, *sample_shape(dataset))).astype(np.float32)
     flops = step_flops(dataset, batch_size)
-    jax_runners = [JaxRunner(dataset, batch, ct, cv) for ct, cv in variants]
+    jax_runners = [JaxRunner(dataset, batch, ct, cv, dtype=dt) for dt in dtypes for ct, cv in variants]
     if scan > 1:
-        jax_runners += [JaxRunner(dataset, batch, ct, cv, scan=scan) for ct, cv in variants]
+        jax_runners += [JaxRunner(dataset, batch, ct, cv, scan=scan, dtype=dt)
+                        for dt in dtypes for ct, cv in variants]
     torch_runner = TorchRunner(dataset, batch)
     assert all(r.n_params == torch_runner.n_params for r in jax_runners), "parameter counts differ"
     runners = [(r.label, r) for r in jax_runners] + [("torch", torch_runner)]
@@ -264,6 +271,9 @@ def main(argv=None) -> int:
     p.add_argument("--conv", default="auto",
                    help="comma-separated regular-conv implementations (tolljax.ops.Conv: auto, "
                         "plain, fast); only has an effect where the model builds tolljax.ops.Conv")
+    p.add_argument("--dtype", default="float32",
+                   help="comma-separated tolljax compute dtypes: float32, bfloat16 (PyTorch "
+                        "stays float32)")
     p.add_argument("--scan", type=int, default=5,
                    help="also time each tolljax variant as this many steps in one lax.scan (as "
                         "the protocol runs them: buffers are allocated once per call, not per "
@@ -278,6 +288,10 @@ def main(argv=None) -> int:
     for v in cvs:
         if v not in ops.CONV_IMPLS:
             p.error(f"--conv {v!r}: choose from {ops.CONV_IMPLS}")
+    dtypes = tuple(dict.fromkeys(v.strip() for v in args.dtype.split(",") if v.strip()))
+    for v in dtypes:
+        if v not in ("float32", "bfloat16"):
+            p.error(f"--dtype {v!r}: choose from float32, bfloat16")
 
     env = {"python": platform.python_version(), "jax": jax.__version__,
            "backend": jax.default_backend(), "devices": len(jax.devices()),
@@ -300,7 +314,7 @@ def main(argv=None) -> int:
             seen.append(size)
             variants = _variants(dataset, cts, cvs)
             res = bench_one(dataset, size, variants, args.steps, args.repeats, args.warmup,
-                            args.min_round_s, args.scan)
+                            args.min_round_s, args.scan, dtypes)
             _print_result(res)
             results.append(res)
     env["loadavg_end"] = os.getloadavg()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tolljax.configs import get_config
-from tolljax.errors import TollError
+from tolljax.errors import TollError, output_dir
 from tolljax.losses import parse_norm
 
 NORM_CHOICES = ("1", "2", "inf")
@@ -84,7 +84,22 @@ def start_distributed(coordinator: str | None, num_processes: int | None,
         raise TollError(f"--process-id must be in 0..{num_processes - 1} for --num-processes "
                         f"{num_processes}, got {process_id}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator, num_processes, process_id)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    except (ValueError, RuntimeError) as exc:  # no cluster detected and no --coordinator given
+        raise TollError(f"--distributed: {str(exc).rstrip('.')}; outside a TPU pod / SLURM job give --coordinator "
+                        f"HOST:PORT --num-processes N --process-id I") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None,
                    help="folder with the dataset files (default for arrhythmia: the shipped copy)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<dataset>)")
-    p.add_argument("--host-devices", type=int, default=None,
+    p.add_argument("--host-devices", type=positive_int, default=None,
                    help="CPU only: XLA host devices to shard seeds over (default: one per core)")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host run: call jax.distributed.initialize() (it finds the "
@@ -171,15 +186,17 @@ def resolve_config(args: argparse.Namespace) -> dict:
                   dtype=args.dtype, vmap_width=args.vmap_width)
     config["all_classes"], config["classes"] = _classes(args.dataset, args.classes)
     paper = {k: v for k, v in get_config(args.dataset).items()}
+    # --source tfds draws its own validation split; --init flax is not the authors' init.
     config["paper_protocol"] = (all(config[k] == paper[k] for k in paper if k != "seeds")
                                 and args.val_limit is None and args.test_limit is None
-                                and args.dtype == "float32")
+                                and args.dtype == "float32" and args.init == "torch"
+                                and args.source == "files")
     return config
 
 
-OOM_ADVICE = ("lower --batch-size, run fewer seeds at once (--seeds N --seed-offset K, "
-              "finished chunks are kept in --out), use --val-limit/--test-limit on CPU, or on "
-              "a shared GPU raise XLA_PYTHON_CLIENT_MEM_FRACTION")
+OOM_ADVICE = ("lower --batch-size, vmap fewer seeds per device (--vmap-width 1), use "
+              "--val-limit/--test-limit on CPU, or on a shared GPU raise "
+              "XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -205,6 +222,8 @@ def _classes(dataset: str, spec: str | None) -> tuple[list, list]:
     bad = [c for c in chosen if c not in everything]
     if bad or not chosen:
         raise TollError(f"--classes {spec!r}: {dataset} has normal classes 0..{everything[-1]}")
+    if len(set(chosen)) < len(chosen):
+        raise TollError(f"--classes {spec!r} names a class twice; each class counts once in the mean")
     return everything, chosen
 
 
@@ -429,8 +448,11 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         runs.append(_class_result(out, c, seeds, config, paper_value))
         test_scores[c] = (out["test_scores"], out["test_labels"][0])
     class_means = np.array([np.nan if r["mean"] is None else r["mean"] for r in runs])
-    paper, source = paper_value(dataset, None, beta=config["beta"], norm=config["norm"])
-    if len(runs) > 1 and len(runs) != len(config["all_classes"]):
+    if len(runs) == len(config["all_classes"]):
+        paper, source = paper_value(dataset, None, beta=config["beta"], norm=config["norm"])
+    elif len(runs) == 1:  # one chosen class: its own row of the paper's table
+        paper, source = runs[0]["paper"], runs[0]["paper_source"]
+    else:
         paper, source = None, None  # the paper's mean is over all classes
     summary = {**summarize(class_means),
                **({"std": runs[0]["std"]} if len(runs) == 1 else {}),
@@ -550,11 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     use_all_cores(args.host_devices)
     use_compile_cache(args.compile_cache)
     try:
-        distributed = args.distributed or args.coordinator is not None
+        cluster = (args.coordinator, args.num_processes, args.process_id)
+        distributed = args.distributed or any(v is not None for v in cluster)
         if distributed:
-            start_distributed(args.coordinator, args.num_processes, args.process_id)
-        elif args.num_processes is not None or args.process_id is not None:
-            raise TollError("--num-processes and --process-id need --coordinator (or --distributed)")
+            start_distributed(*cluster)
         config = resolve_config(args)
         if args.describe:
             from tolljax.models import build_model, describe, sample_shape
@@ -568,6 +589,8 @@ def main(argv: list[str] | None = None) -> int:
         import jax
 
         primary = jax.process_index() == 0
+        if primary:
+            out_dir = output_dir(out_dir)
         results = run(config, quiet=args.quiet or not primary,
                       out_dir=out_dir if primary else None, resume=not (args.fresh or distributed))
     except TollError as exc:

@@ -9,7 +9,7 @@ import scipy.io
 
 from experiments.run import main
 from tolljax.data import shipped_file
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 
 
 def test_short_run_writes_results_json(tmp_path, capsys):
@@ -61,6 +61,8 @@ def _nan(x):
     (["--data-dir", "{tmp}/nowhere"], "arrhythmia data file not found"),
     (["--data-dir", "{nan}"], "X contains 1 NaN/inf values (rows [10])"),
     (["--data-dir", "{narrow}"], "273 features per row, expected 274"),
+    (["--dataset", "mnist", "--classes", "0,0"], "names a class twice"),
+    (["--out", "{file}"], "is a file, not a folder"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, argv, message):
     subs = {"{tmp}": str(tmp_path)}
@@ -68,10 +70,14 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, argv, message):
         subs["{nan}"] = _mat_dir(tmp_path, _nan)
     if "{narrow}" in argv:
         subs["{narrow}"] = _mat_dir(tmp_path, lambda x: x[:, :273])
+    if "{file}" in argv:
+        subs["{file}"] = str(tmp_path / "a-file")
+        (tmp_path / "a-file").write_text("")
     for key, value in subs.items():
         argv = [a.replace(key, value) for a in argv]
     quick = [] if "--steps" in argv else ["--steps", "20"]  # errors come before training
-    assert main([*argv, *quick, "--out", str(tmp_path / "o")]) == 2
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "o")]
+    assert main([*argv, *quick, *out]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
@@ -82,6 +88,21 @@ def test_cli_process_exit_code_and_no_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "error: unknown latent norm 'fro'; choose 1, 2 or inf (paper Table 8)"
+
+
+def test_distributed_without_a_cluster_or_coordinator_is_a_one_line_error():
+    proc = subprocess.run([sys.executable, "-m", "experiments.run", "--distributed", "--steps", "20"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --distributed:")
+    assert "--coordinator HOST:PORT" in lines[0]
+
+
+def test_host_devices_must_be_positive(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--host-devices", "0"])
+    assert exit_.value.code == 2 and "--host-devices: must be at least 1" in capsys.readouterr().err
 
 
 def test_diverged_run_is_reported_as_failed(tmp_path, capsys):
@@ -128,6 +149,7 @@ def test_out_of_memory_gives_advice(tmp_path, capsys, monkeypatch):
     assert cli.main(["--out", str(tmp_path)]) == 3
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of device memory") and "lower --batch-size" in err
+    assert "--vmap-width 1" in err
     assert len(err.splitlines()) == 1
 
 
@@ -234,7 +256,7 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--num-processes", "2", "--process-id", "0"], "need --coordinator"),
+    (["--num-processes", "2", "--process-id", "0"], "go together"),
     (["--coordinator", "localhost:1", "--num-processes", "2"], "go together"),
     (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
      "must be in 0..1"),
@@ -242,3 +264,66 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
 def test_distributed_flag_errors(flags, message, capsys):
     assert main(["--steps", "20", "--eval-every", "20", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--init", "flax"], ["--source", "tfds"], []])
+def test_paper_protocol_label_needs_the_authors_init_and_split(extra):
+    from experiments.run import build_parser, resolve_config
+
+    cfg = resolve_config(build_parser().parse_args(["--dataset", "mnist", *extra]))
+    assert cfg["paper_protocol"] is (not extra)
+
+
+def test_one_image_class_is_compared_with_its_own_row_of_the_paper(tmp_path, capsys):
+    """MNIST end to end on official-size MNIST-format files of random pixels: a run of one
+    normal class prints and stores that class's Table-1 value, not the mean over digits."""
+    from experiments.paper import MNIST_AUROC
+    from test_data_images import write_mnist
+
+    rng = np.random.default_rng(0)
+    folder = write_mnist(tmp_path / "mnist", rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8),
+                         rng.integers(0, 10, 60_000),
+                         rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8),
+                         rng.integers(0, 10, 10_000), gz=False)
+    out = tmp_path / "out"
+    assert main(["--dataset", "mnist", "--data-dir", str(folder), "--classes", "3", "--seeds", "1",
+                 "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--val-limit", "40",
+                 "--test-limit", "50", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    digit3 = MNIST_AUROC["per_class"][3]
+    assert digit3 != MNIST_AUROC["mean"]
+    assert res["runs"][0]["normal_class"] == 3 and res["runs"][0]["paper"] == digit3
+    assert res["summary"]["paper"] == digit3
+    assert f"{digit3:.2f} %" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------- long real-data checks (-m slow)
+
+@pytest.mark.slow
+def test_paper_protocol_on_arrhythmia_lands_on_table_4(tmp_path):
+    """The default command: 10 seeds × 2000 steps of the paper's protocol (~20 s on 2 cores).
+    Paper, Table 4: F1 60.00 %; the authors' code on this 2-core machine: 63.1 ± 6.7 %. A
+    different machine rounds differently and the 10-seed mean moves by a few points (its
+    standard error is ~2.4), hence the band."""
+    assert main(["--out", str(tmp_path), "--quiet", "--compile-cache", "off"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["config"]["paper_protocol"] is True and res["summary"]["paper"] == 60.0
+    assert len(res["runs"][0]["test_metric"]) == 10 and not res["runs"][0]["failed_seeds"]
+    assert 56.0 <= res["summary"]["mean"] <= 70.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "mnist").is_dir(),
+                    reason="real MNIST not found next to the repository (../shared/data/mnist)")
+def test_real_mnist_digit_8_collapse_term_beats_plain_reconstruction(tmp_path):
+    """README's CPU budget on real MNIST, digit 8 (~4 min on 2 cores): with β = 1000 the test
+    AUROC is ~96 %, with β = 0 (Table 7's ablation) ~80 % (paper: 97.3 vs 82.9)."""
+    auroc = {}
+    for beta in ("1000", "0"):
+        out = tmp_path / beta
+        assert main(["--dataset", "mnist", "--data-dir", str(SHARED_DATA / "mnist"),
+                     "--classes", "8", "--seeds", "1", "--steps", "150", "--batch-size", "32",
+                     "--eval-every", "50", "--val-limit", "500", "--test-limit", "2000",
+                     "--beta", beta, "--out", str(out), "--quiet", "--compile-cache", "off"]) == 0
+        auroc[beta] = json.loads((out / "results.json").read_text())["summary"]["mean"]
+    assert auroc["1000"] > 93.0 and auroc["0"] < 88.0, auroc

@@ -9,3 +9,25 @@ from __future__ import annotations
 
 class TollError(ValueError):
     """A problem with the user's input, data or configuration (message says how to fix it)."""
+
+
+def output_dir(path, what: str = "--out"):
+    """``path`` as a :class:`pathlib.Path` to a folder that exists (created if needed) and is
+    writable, else :class:`TollError` naming ``what``.
+
+    Called before any long work, so that an unusable output path fails in a second instead
+    of as a traceback after the training it was meant to keep.
+    """
+    import os
+    from pathlib import Path
+
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise TollError(f"{what} {folder}: is a file, not a folder; pass a folder path")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TollError(f"{what} {folder}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TollError(f"{what} {folder}: the folder is not writable")
+    return folder

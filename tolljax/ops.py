@@ -494,7 +494,7 @@ def _conv_backward(x, kernel, strides, dy):
                                wmat_transposed=True)
     else:
         dx = _ct_forward_phases(dy, jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2)), strides)
-    dx = jnp.pad(dx, [(0, 0), (0, h - dx.shape[1]), (0, w - dx.shape[2]), (0, 0)])
+    dx = _pad_hw(dx, [(0, h - dx.shape[1]), (0, w - dx.shape[2])])
 
     def run(xc, dyc):
         m = xc.shape[0]
