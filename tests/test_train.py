@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import flax.linen as nn
 import optax
 import pytest
 
@@ -93,6 +94,41 @@ def test_best_checkpoint_is_the_first_strict_maximum(three_seeds):
         assert best_val == val_curve.max()
         assert best_step == (int(np.argmax(val_curve)) + 1) * SHORT["eval_every"]
     assert np.all(out["nonfinite_step"] == -1)
+
+
+class _Clock(nn.Module):
+    """x̂ = x and z = c: the loss is β·|c|, whose Adam steps move c by exactly -lr (constant
+    gradient), so c tells which step a checkpoint was taken at."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        self.variable("batch_stats", "unused", lambda: jnp.zeros(()))
+        c = self.param("c", lambda key: jnp.float32(1.0))
+        return x, jnp.broadcast_to(c, (x.shape[0], 1))
+
+
+def test_selection_keeps_the_first_of_tied_maxima_and_its_parameters():
+    """A scripted validation curve with a tie at its maximum (.5, .7, .7, .6): the kept
+    checkpoint is the first .7 (step 40; strictly better only), with step 40's parameters,
+    not the last checkpoint's."""
+    from tolljax.train import TrainState, train_and_select
+
+    lr, every, script = 0.01, 20, jnp.array([0.5, 0.7, 0.7, 0.6])
+    model = _Clock()
+    state = TrainState.create(apply_fn=model.apply, params={"c": jnp.float32(1.0)},
+                              tx=optax.adam(lr), batch_stats={"unused": jnp.zeros(())})
+
+    def select(variables):
+        step = jnp.round((1.0 - variables["params"]["c"]) / lr).astype(jnp.int32)
+        return script[step // every - 1]
+
+    best, values, _, bad_step = jax.jit(lambda st: train_and_select(
+        st, jax.random.key(0), jnp.zeros((10, 3)), 10, select, batch_size=4, steps=80,
+        eval_every=every, beta=1.0))(state)
+    np.testing.assert_allclose(values, script)
+    assert int(best["step"]) == 40 and float(best["val"]) == pytest.approx(0.7)
+    assert float(best["variables"]["params"]["c"]) == pytest.approx(1.0 - 40 * lr, abs=1e-4)
+    assert int(bad_step) == -1
 
 
 @pytest.mark.parametrize("override, message", [

@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+from tolljax.errors import TollError, output_dir
+
+
+def test_output_dir_creates_nested_folders(tmp_path):
+    folder = output_dir(tmp_path / "a" / "b")
+    assert folder.is_dir() and folder == tmp_path / "a" / "b"
+    assert output_dir(folder) == folder  # an existing folder is fine
+
+
+def test_output_dir_rejects_a_file_naming_the_flag(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(TollError, match=r"^--save .*f: is a file, not a folder"):
+        output_dir(tmp_path / "f", "--save")
+
+
+def test_output_dir_below_a_file_cannot_be_created(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(TollError, match="cannot create the folder"):
+        output_dir(tmp_path / "f" / "sub")
+
+
+def test_output_dir_rejects_a_folder_without_write_permission(tmp_path, monkeypatch):
+    # Permission bits do not bind root (CI may run as root): ask os.access as the code does.
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(TollError, match="the folder is not writable"):
+        output_dir(tmp_path)
