@@ -126,3 +126,34 @@ def test_figures_cli_writes_png_and_pdf(tmp_path):
     for name in ("figure2_contours", "learning_dynamics", "figure2_training_time"):
         for ext in ("png", "pdf"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 10_000
+
+
+def test_bad_seed_count_and_step_budget_are_rejected():
+    for bad in (-1, 1.5, "0", True):
+        with pytest.raises(TheoryInputError, match="seed must be an integer"):
+            figure2.fit(0.5, seed=bad)
+    with pytest.raises(TheoryInputError, match="seed"):
+        figure2.sample(10, seed=-3)
+    with pytest.raises(TheoryInputError, match="n must be an integer >= 0"):
+        figure2.sample(-1)
+    assert figure2.sample(3, seed=np.int64(2)).shape == (3, 2)  # NumPy integers are fine
+    # A horizon beyond the step budget is an error naming the budget (small here: fast).
+    with pytest.raises(TheoryInputError, match="max_steps=200"):
+        figure2.fit(0.5, t_train=1e9, max_steps=200)
+
+
+def test_figures_out_must_be_a_folder(tmp_path, capsys):
+    """An existing file as --out: one line on stderr and exit status 2, before any work."""
+    from theory import figures
+    from theory.__main__ import main
+
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("")
+    assert main(["figures", "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and "is a file, not a folder" in err
+    assert err.count("\n") == 1
+    with pytest.raises(TheoryInputError, match="is a file"):
+        figures.make_all(a_file)
+    with pytest.raises(TheoryInputError, match="cannot create the folder"):
+        figures.make_all(a_file / "sub")

@@ -267,3 +267,93 @@ def test_non_centred_data_is_rejected_by_covariance():
         linear.covariance(X)
     with pytest.raises(TheoryInputError, match="NaN"):
         linear.covariance(np.array([[1.0, np.nan], [0.0, 1.0]]))
+
+
+# ---------------------------------------------------------------- bad input to the losses
+
+
+def _one_line_error(fn, match: str) -> str:
+    """Call ``fn``; it must raise TheoryInputError matching ``match`` with a one-line message."""
+    with pytest.raises(TheoryInputError, match=match) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_losses_reject_bad_weights_like_the_rhs():
+    """β and r are validated as in theorem2_rhs: NaN, negative or non-numeric is an error."""
+    rng = np.random.default_rng(50)
+    X = checks.centred_data(2, 10, rng)
+    S = linear.covariance(X)
+    W1, W2 = rng.standard_normal((1, 2)), rng.standard_normal((2, 1))
+    _one_line_error(lambda: linear.theorem2_loss(W1, W2, X, np.nan), "beta must be finite")
+    _one_line_error(lambda: linear.theorem2_loss(W1, W2, X, -5.0), "beta must be >= 0")
+    _one_line_error(lambda: linear.theorem2_loss(W1, W2, X, 0.1, rec_weight=np.nan), "rec_weight")
+    _one_line_error(lambda: linear.theorem2_loss(W1, W2, X, beta="1"), "beta must be a real number")
+    _one_line_error(lambda: linear.theorem2_loss_cov(W1, W2, S, -5.0), "beta must be >= 0")
+    _one_line_error(lambda: linear.theorem2_loss_cov(W1, W2, S, 0.1, -1.0), "rec_weight")
+    # Strings are refused even where NumPy would parse them, and so is complex input
+    # (casting it to float64 silently drops the imaginary part).
+    _one_line_error(lambda: linear.theorem2_rhs(W1, W2, S, "1"), "beta must be a real number")
+    _one_line_error(lambda: linear.lemma1_rhs(1j * W1, S), "W must be a real numeric")
+
+
+def test_losses_reject_bad_matrices():
+    W = np.array([[1.0, 0.0]])
+    _one_line_error(lambda: linear.lemma1_loss_cov(W, -np.eye(2)), "positive semi-definite")
+    _one_line_error(lambda: linear.lemma1_loss_cov(W, [[1.0, 0.5], [0.0, 1.0]]), "symmetric")
+    _one_line_error(lambda: linear.theorem2_loss_cov(W, W.T, -np.eye(2), 0.1), "positive semi-definite")
+    _one_line_error(lambda: linear.lemma1_loss(W, np.ones((2, 0))), "X must not be empty")
+    _one_line_error(lambda: linear.theorem2_loss(W, W.T, np.ones((2, 0)), 0.1), "X must not be empty")
+    _one_line_error(lambda: linear.lemma1_loss("abc", np.ones((2, 3))), "W must be a real numeric")
+    _one_line_error(lambda: linear.lemma1_loss(W, [[1.0, np.inf]] * 2), "NaN or infinite")
+    _one_line_error(lambda: linear.lemma1_loss(W, np.ones(2)), "2-D")
+
+
+def test_traced_losses_check_shapes():
+    """Under jax.jit the values are unknown, but empty data and non-scalar β are shape errors."""
+    W = jnp.ones((1, 2))
+    with pytest.raises(TheoryInputError, match="X must not be empty"):
+        jax.jit(linear.lemma1_loss)(W, jnp.ones((2, 0)))
+    with pytest.raises(TheoryInputError, match="beta must be a scalar"):
+        jax.jit(linear.theorem2_loss)(W, W.T, jnp.ones((2, 3)), jnp.ones(2))
+    with pytest.raises(TheoryInputError, match="square"):
+        jax.jit(linear.lemma1_loss_cov)(W, jnp.ones((2, 3)))
+
+
+def test_balance_rejects_shape_mismatch_instead_of_broadcasting():
+    _one_line_error(lambda: linear.balance(np.ones((1, 2)), np.ones((3, 3))), "shape mismatch")
+    _one_line_error(lambda: linear.balance(np.ones((2, 1, 2)), np.ones((3, 2, 1))), "stacked alike")
+    _one_line_error(lambda: linear.balance(np.ones(2), np.ones((2, 1))), "matrix")
+    _one_line_error(lambda: linear.balance(np.ones((1, 2)), [[np.nan], [1.0]]), "NaN")
+    G = linear.balance(np.ones((4, 1, 2)), np.ones((4, 2, 1)))
+    np.testing.assert_array_equal(G, np.zeros((4, 1, 1)))
+
+
+# ---------------------------------------------------------------- solver step budget
+
+# A small budget keeps these tests fast (the default 1e6 steps take ~20 s to exhaust); the
+# same value in every test reuses one compiled solver per flow.
+_SMALL_BUDGET = 200
+
+
+@pytest.mark.parametrize("solve", [
+    lambda kw: linear.solve_lemma1(np.ones((1, 2)), np.eye(2), 1e8, **kw),  # long horizon
+    lambda kw: linear.solve_theorem2(np.ones((1, 2)), np.ones((2, 1)), np.eye(2), 1e12, 10.0, **kw),
+    lambda kw: linear.solve_theorem2(np.ones((1, 2)), np.ones((2, 1)), np.diag([1e10, 1e-10]),
+                                     1.0, 100.0, **kw),  # stiff S
+], ids=["lemma1-long-t", "theorem2-huge-beta", "theorem2-stiff-S"])
+def test_step_limit_is_a_clear_error(solve):
+    message = _one_line_error(lambda: solve({"max_steps": _SMALL_BUDGET}), "max_steps=200")
+    assert "shorter time" in message and "too stiff" in message
+
+
+def test_step_budget_is_validated_and_enough_budget_solves():
+    W, S = np.ones((1, 2)), np.eye(2)
+    _one_line_error(lambda: linear.solve_lemma1(W, S, 1.0, max_steps=0), "max_steps must be an integer >= 1")
+    _one_line_error(lambda: linear.solve_lemma1(W, S, 1.0, max_steps=10.5), "max_steps must be an integer")
+    # The same small budget is plenty for an ordinary horizon: the error is about the budget,
+    # not a side effect of throw=False.
+    W1 = linear.solve_lemma1(W, S, 1.0, max_steps=_SMALL_BUDGET)
+    np.testing.assert_allclose(W1, W * np.exp(-1.0), rtol=1e-12)

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 
 class TheoryInputError(ValueError):
-    """Invalid input to a :mod:`theory` function (shape, symmetry, sign, finiteness)."""
+    """Invalid input to a :mod:`theory` function (type, shape, symmetry, sign, finiteness, seed,
+    output path), or an ODE solve that needs more than its ``max_steps`` step budget.
+
+    The message is one line naming the argument and the problem; the checks live in
+    :mod:`theory._validation`.
+    """
 
 
 from theory.linear import (  # noqa: E402

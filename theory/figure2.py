@@ -59,7 +59,8 @@ from typing import Tuple
 import numpy as np
 
 from theory import TheoryInputError
-from theory.linear import ArrayLike, _matrix, _scalar, _times, solve_theorem2
+from theory._validation import integer, real_matrix, real_scalar, seed as check_seed, times
+from theory.linear import MAX_STEPS, ArrayLike, solve_theorem2
 
 VARIANCES = (4.0, 1.0)
 COV = np.diag(VARIANCES)
@@ -70,32 +71,37 @@ INIT_SCALE = 0.1
 
 
 def _beta(beta: float) -> float:
-    b = _scalar("beta", beta)
+    b = real_scalar("beta", beta)
     if b > 1:
         raise TheoryInputError(f"beta must be in [0, 1] (loss (1 − β)·rec + β·norm), got {b}")
     return b
 
 
 def init_weights(seed: int = 0, init_scale: float = INIT_SCALE) -> Tuple[np.ndarray, np.ndarray]:
-    """Initial ``(W1, W2)`` of shapes (1, 2) and (2, 1): i.i.d. N(0, init_scale²)."""
-    init_scale = _scalar("init_scale", init_scale)
-    rng = np.random.default_rng(seed)
+    """Initial ``(W1, W2)`` of shapes (1, 2) and (2, 1): i.i.d. N(0, init_scale²).
+
+    ``seed`` is a non-negative integer (checked here: ``np.random.default_rng`` would raise
+    its own ``ValueError`` for negative seeds and accept other objects as seeds).
+    """
+    init_scale = real_scalar("init_scale", init_scale)
+    rng = np.random.default_rng(check_seed(seed))
     return init_scale * rng.standard_normal((1, 2)), init_scale * rng.standard_normal((2, 1))
 
 
-def fit_path(beta: float, ts: ArrayLike, *, seed: int = 0,
-             init_scale: float = INIT_SCALE) -> Tuple[np.ndarray, np.ndarray]:
+def fit_path(beta: float, ts: ArrayLike, *, seed: int = 0, init_scale: float = INIT_SCALE,
+             max_steps: int = MAX_STEPS) -> Tuple[np.ndarray, np.ndarray]:
     """``(W1(t), W2(t))`` at the times ``ts`` of Figure 2's gradient flow (Theorem 2, r = 1 − β).
 
-    Stacked over the first axis: shapes (len(ts), 1, 2) and (len(ts), 2, 1).
+    Stacked over the first axis: shapes (len(ts), 1, 2) and (len(ts), 2, 1). ``max_steps``
+    is the solver's step budget (see :func:`theory.linear.solve_theorem2`).
     """
     beta = _beta(beta)
     W1_0, W2_0 = init_weights(seed, init_scale)
-    return solve_theorem2(W1_0, W2_0, COV, beta, ts, rec_weight=1.0 - beta)
+    return solve_theorem2(W1_0, W2_0, COV, beta, ts, rec_weight=1.0 - beta, max_steps=max_steps)
 
 
-def fit(beta: float, *, seed: int = 0, t_train: float = T_TRAIN,
-        init_scale: float = INIT_SCALE) -> Tuple[np.ndarray, np.ndarray]:
+def fit(beta: float, *, seed: int = 0, t_train: float = T_TRAIN, init_scale: float = INIT_SCALE,
+        max_steps: int = MAX_STEPS) -> Tuple[np.ndarray, np.ndarray]:
     """Train Figure 2's linear autoencoder by gradient flow; return ``(W1, W2)`` at ``t_train``.
 
     The flow is Theorem 2 (eq. 10) on the population covariance ``diag(4, 1)`` with loss
@@ -104,16 +110,16 @@ def fit(beta: float, *, seed: int = 0, t_train: float = T_TRAIN,
     docstring: β = 0 has converged to PCA by then, while for β > 0 there is no equilibrium
     and the contour shape keeps changing with ``t_train``.
     """
-    ts, scalar = _times(t_train, "t_train")
+    ts, scalar = times(t_train, "t_train")
     if not scalar:
         raise TheoryInputError("t_train must be a single time; use fit_path for several")
-    W1s, W2s = fit_path(beta, ts, seed=seed, init_scale=init_scale)
+    W1s, W2s = fit_path(beta, ts, seed=seed, init_scale=init_scale, max_steps=max_steps)
     return W1s[0], W2s[0]
 
 
 def _weights(W1: ArrayLike, W2: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
-    W1 = _matrix("W1", W1)
-    W2 = _matrix("W2", W2)
+    W1 = real_matrix("W1", W1)
+    W2 = real_matrix("W2", W2)
     if W1.shape != (1, 2) or W2.shape != (2, 1):
         raise TheoryInputError(
             f"shape mismatch: Figure 2 needs W1 (1, 2) and W2 (2, 1), got {W1.shape} and {W2.shape}")
@@ -130,7 +136,7 @@ def score(W1: ArrayLike, W2: ArrayLike, beta: float, x: ArrayLike, *,
     """
     W1, W2 = _weights(W1, W2)
     beta = _beta(beta)
-    x = _matrix("x", x)
+    x = real_matrix("x", x)
     if x.shape[1] != 2:
         raise TheoryInputError(f"shape mismatch: x must be N × 2 points, got {x.shape}")
     z = x @ W1.T                      # (N, 1) codes
@@ -162,11 +168,12 @@ def half_axis_ratio(W1: ArrayLike, W2: ArrayLike, beta: float) -> float:
 
 def sample(n: int, seed: int = 0) -> np.ndarray:
     """``n`` points (n × 2) from the Gaussian N(0, diag(4, 1)) (for scatter plots)."""
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((int(n), 2)) * np.sqrt(np.asarray(VARIANCES))
+    n = integer("n", n, minimum=0)
+    rng = np.random.default_rng(check_seed(seed))
+    return rng.standard_normal((n, 2)) * np.sqrt(np.asarray(VARIANCES))
 
 
 def mahalanobis_sq(x: ArrayLike) -> np.ndarray:
     """``xᵀ Σ⁻¹ x`` for points ``x`` (N × 2): the density's level-set function."""
-    x = _matrix("x", x)
+    x = real_matrix("x", x)
     return x[:, 0] ** 2 / VARIANCES[0] + x[:, 1] ** 2 / VARIANCES[1]

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from theory import figure2, linear  # noqa: E402
+from theory._validation import output_dir, seed as check_seed  # noqa: E402
 
 # Figure 2's plotting window and grid (the data has std 2 along x1, 1 along x2).
 X1_LIM, X2_LIM = 7.0, 4.0
@@ -26,7 +27,9 @@ DIR_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:blue")
 
 
 def _save(fig, out: Path, name: str, formats: Sequence[str]) -> List[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+    # output_dir rather than a bare mkdir: a file at ``out`` is a one-line TheoryInputError,
+    # not a FileExistsError traceback.
+    out = output_dir(out, "out")
     paths = []
     for fmt in formats:
         p = out / f"{name}.{fmt}"
@@ -110,7 +113,7 @@ DYN_BETAS = (0.0, 0.5, 2.0)
 
 def _dynamics_problem(seed: int = 0):
     """4-D covariance with eigenvalues 4, 2, 1, 0.5 along a random orthonormal basis U."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     U, _ = np.linalg.qr(rng.standard_normal((4, 4)))
     S = (U * DYN_LAMBDAS) @ U.T
     return rng, U, S
@@ -282,8 +285,12 @@ def figure2_training_time_plot(out: Path, formats: Sequence[str] = ("png", "pdf"
 
 
 def make_all(out: Path, formats: Iterable[str] = ("png", "pdf")) -> List[Path]:
-    """Write all three figures to ``out`` in each format; return the paths."""
-    out = Path(out)
+    """Write all three figures to ``out`` in each format; return the paths.
+
+    ``out`` is checked (and created) before any figure is computed, so an unusable path fails
+    at once with :class:`theory.TheoryInputError`.
+    """
+    out = output_dir(out, "out")
     formats = tuple(formats)
     paths: List[Path] = []
     paths += figure2_plot(out, formats)

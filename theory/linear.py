@@ -37,6 +37,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from theory import TheoryInputError
+from theory._validation import (
+    check_decoder,
+    check_encoder,
+    covariance_matrix,
+    integer,
+    is_traced,
+    loss_covariance,
+    loss_matrix,
+    loss_scalar,
+    real_array,
+    real_matrix,
+    real_scalar,
+    times,
+)
 
 ArrayLike = Union[np.ndarray, jax.Array, float, list]
 
@@ -45,108 +59,10 @@ ArrayLike = Union[np.ndarray, jax.Array, float, list]
 # components (Theorem 1 shrinks W exponentially) are still tracked to ~1e-12 relative error.
 RTOL = 1e-12
 ATOL = 1e-14
+# Default step budget of the solvers (overridable per call with ``max_steps``). Explicit Dopri8
+# needs roughly t·λ_max(S) steps for stability alone, so this covers t·λ_max up to ~1e6; the
+# budget also bounds how long a hopeless (too long or too stiff) solve runs before failing.
 MAX_STEPS = 1_000_000
-
-# Relative tolerance for "S is symmetric / PSD". Covariances computed in floating point are
-# symmetric only up to rounding, so exact equality would reject valid input.
-_SYM_TOL = 1e-10
-
-
-# --------------------------------------------------------------------------------------------
-# input validation (NumPy, on concrete values; shapes are also checked for JAX tracers)
-# --------------------------------------------------------------------------------------------
-
-
-def _is_traced(*xs: Any) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in xs)
-
-
-def _matrix(name: str, A: ArrayLike) -> np.ndarray:
-    """Concrete 2-D finite float64 matrix, or a clear error."""
-    try:
-        arr = np.asarray(A, dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise TheoryInputError(f"{name} must be a real numeric array ({err})") from None
-    if arr.ndim != 2:
-        raise TheoryInputError(f"{name} must be a 2-D matrix, got shape {arr.shape}")
-    if arr.size == 0:
-        raise TheoryInputError(f"{name} must not be empty, got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise TheoryInputError(f"{name} contains NaN or infinite entries")
-    return arr
-
-
-def _scalar(name: str, value: Any, *, nonnegative: bool = True) -> float:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TheoryInputError(f"{name} must be a real number, got {value!r}") from None
-    if arr.ndim != 0:
-        raise TheoryInputError(f"{name} must be a scalar, got shape {arr.shape}")
-    v = float(arr)
-    if not np.isfinite(v):
-        raise TheoryInputError(f"{name} must be finite, got {v}")
-    if nonnegative and v < 0:
-        raise TheoryInputError(f"{name} must be >= 0, got {v}")
-    return v
-
-
-def _check_square(name: str, shape: Tuple[int, ...]) -> None:
-    if len(shape) != 2 or shape[0] != shape[1]:
-        raise TheoryInputError(f"{name} must be a square m × m matrix, got shape {tuple(shape)}")
-
-
-def _covariance_matrix(S: ArrayLike, name: str = "S") -> np.ndarray:
-    """Validate a covariance: square, finite, symmetric and positive semi-definite.
-
-    Returns the exactly symmetrised matrix ``(S + Sᵀ)/2`` (the difference is below the
-    tolerance; symmetrising makes ``eigh`` and the flow see the same matrix).
-    """
-    S = _matrix(name, S)
-    _check_square(name, S.shape)
-    scale = max(1.0, float(np.max(np.abs(S))))
-    asym = float(np.max(np.abs(S - S.T)))
-    if asym > _SYM_TOL * scale:
-        raise TheoryInputError(
-            f"{name} must be symmetric (a covariance X Xᵀ/n); max |{name} − {name}ᵀ| = {asym:.3g}")
-    S = 0.5 * (S + S.T)
-    lam_min = float(np.linalg.eigvalsh(S)[0])
-    if lam_min < -_SYM_TOL * scale:
-        raise TheoryInputError(
-            f"{name} must be positive semi-definite (a covariance); smallest eigenvalue {lam_min:.3g}")
-    return S
-
-
-def _check_encoder(name: str, W_shape: Tuple[int, ...], m: int) -> None:
-    if len(W_shape) != 2 or W_shape[1] != m:
-        raise TheoryInputError(
-            f"shape mismatch: {name} must be d × m with m = {m} (the size of S), got {tuple(W_shape)}")
-
-
-def _check_decoder(name: str, W2_shape: Tuple[int, ...], W1_shape: Tuple[int, ...]) -> None:
-    d, m = W1_shape
-    if len(W2_shape) != 2 or tuple(W2_shape) != (m, d):
-        raise TheoryInputError(
-            f"shape mismatch: {name} must be m × d = {(m, d)} (transpose shape of W1 {tuple(W1_shape)}),"
-            f" got {tuple(W2_shape)}")
-
-
-def _times(t: ArrayLike, name: str = "t") -> Tuple[np.ndarray, bool]:
-    """Non-negative finite times as a 1-D float64 array, and whether the input was a scalar."""
-    try:
-        arr = np.asarray(t, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TheoryInputError(f"{name} must be a real number or 1-D array of times") from None
-    if arr.ndim > 1:
-        raise TheoryInputError(f"{name} must be a scalar or a 1-D array of times, got shape {arr.shape}")
-    if arr.size == 0:
-        raise TheoryInputError(f"{name} must contain at least one time")
-    if not np.all(np.isfinite(arr)):
-        raise TheoryInputError(f"{name} must be finite")
-    if np.any(arr < 0):
-        raise TheoryInputError(
-            f"{name} must be >= 0 (gradient flow runs forward from t = 0); got min {arr.min():g}")
-    return np.atleast_1d(arr), arr.ndim == 0
 
 
 def _x64(fn: Callable) -> Callable:
@@ -173,7 +89,7 @@ def covariance(X: ArrayLike) -> np.ndarray:
     theory assumes zero-mean data); a clearly non-centred ``X`` is rejected because ``X Xᵀ/n``
     would then not be the covariance the theorems are about.
     """
-    X = _matrix("X", X)
+    X = real_matrix("X", X)
     m, n = X.shape
     mean = X.mean(axis=1)
     # The tolerance allows finite-sample means of genuinely zero-mean data (e.g. Gaussian
@@ -207,20 +123,20 @@ def _theorem2_vf(t, state, args):
 @_x64
 def lemma1_rhs(W: ArrayLike, S: ArrayLike) -> np.ndarray:
     """Right-hand side of Lemma 1 (eq. 6): ``Ẇ = −W S``, for ``W`` (d × m) and ``S`` (m × m)."""
-    S = _covariance_matrix(S)
-    W = _matrix("W", W)
-    _check_encoder("W", W.shape, S.shape[0])
+    S = covariance_matrix(S)
+    W = real_matrix("W", W)
+    check_encoder("W", W.shape, S.shape[0])
     return np.asarray(_lemma1_vf(0.0, jnp.asarray(W), jnp.asarray(S)))
 
 
 def _theorem2_inputs(S, W1, W2, beta, rec_weight, name1: str, name2: str):
     """Validated ``(S, W1, W2, beta, rec_weight)`` of a Theorem-2 call (errors name the argument)."""
-    S = _covariance_matrix(S)
-    W1 = _matrix(name1, W1)
-    W2 = _matrix(name2, W2)
-    _check_encoder(name1, W1.shape, S.shape[0])
-    _check_decoder(name2, W2.shape, W1.shape)
-    return S, W1, W2, _scalar("beta", beta), _scalar("rec_weight", rec_weight)
+    S = covariance_matrix(S)
+    W1 = real_matrix(name1, W1)
+    W2 = real_matrix(name2, W2)
+    check_encoder(name1, W1.shape, S.shape[0])
+    check_decoder(name2, W2.shape, W1.shape, name1)
+    return S, W1, W2, real_scalar("beta", beta), real_scalar("rec_weight", rec_weight)
 
 
 @_x64
@@ -243,18 +159,12 @@ def theorem2_rhs(W1: ArrayLike, W2: ArrayLike, S: ArrayLike, beta: float,
 # --------------------------------------------------------------------------------------------
 
 
-def _finite_if_concrete(**arrays) -> None:
-    for name, a in arrays.items():
-        if not _is_traced(a) and not np.all(np.isfinite(np.asarray(a))):
-            raise TheoryInputError(f"{name} contains NaN or infinite entries")
-
-
 def _maybe_x64(fn: Callable) -> Callable:
     """float64 for concrete inputs; under a JAX trace (``jax.grad``) keep the caller's mode."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        if _is_traced(*args, *kwargs.values()):
+        if is_traced(*args, *kwargs.values()):
             return fn(*args, **kwargs)
         with jax.enable_x64(True):
             return np.float64(fn(*args, **kwargs))
@@ -262,29 +172,47 @@ def _maybe_x64(fn: Callable) -> Callable:
     return wrapper
 
 
+def _data_matrix(X: ArrayLike) -> Union[np.ndarray, jax.Array]:
+    """The loss's data ``X`` (m × n, samples as columns), validated like the other matrices.
+
+    Empty data is refused here (``loss_matrix`` does that) because the mean over n = 0
+    samples would be 0/0 = NaN.
+    """
+    return loss_matrix("X", X)
+
+
 @_maybe_x64
 def lemma1_loss(W: ArrayLike, X: ArrayLike) -> jax.Array:
     """Paper eq. 5: ``L_norm = (1/2n) Σ_ij Z_ij²`` with ``Z = W X``; its flow is Lemma 1.
 
-    ``W`` is d × m, ``X`` is m × n (samples as columns).
+    ``W`` is d × m, ``X`` is m × n (samples as columns). Concrete inputs are fully validated
+    (finite, non-empty, matching shapes); under ``jax.grad`` / ``jax.jit`` only the shapes of
+    traced arguments can be checked.
     """
+    X = _data_matrix(X)
+    W = loss_matrix("W", W)
+    check_encoder("W", W.shape, X.shape[0])
     W, X = jnp.asarray(W), jnp.asarray(X)
-    if X.ndim != 2:
-        raise TheoryInputError(f"X must be a 2-D m × n data matrix, got shape {X.shape}")
-    _check_encoder("W", W.shape, X.shape[0])
-    _finite_if_concrete(W=W, X=X)
     Z = W @ X
     return jnp.sum(Z**2) / (2 * X.shape[1])
 
 
 @_maybe_x64
 def lemma1_loss_cov(W: ArrayLike, S: ArrayLike) -> jax.Array:
-    """Eq. 5 written through the covariance: ``L_norm = ½ tr(W S Wᵀ)`` (``S = X Xᵀ/n``)."""
+    """Eq. 5 written through the covariance: ``L_norm = ½ tr(W S Wᵀ)`` (``S = X Xᵀ/n``).
+
+    A concrete ``S`` must be symmetric positive semi-definite, like every covariance here.
+    """
+    S = loss_covariance(S)
+    W = loss_matrix("W", W)
+    check_encoder("W", W.shape, S.shape[0])
     W, S = jnp.asarray(W), jnp.asarray(S)
-    _check_square("S", S.shape)
-    _check_encoder("W", W.shape, S.shape[0])
-    _finite_if_concrete(W=W, S=S)
     return 0.5 * jnp.trace(W @ S @ W.T)
+
+
+def _theorem2_loss_weights(beta: Any, rec_weight: Any):
+    """β and r of a Theorem-2 loss: finite and >= 0 when concrete (as in :func:`theorem2_rhs`)."""
+    return loss_scalar("beta", beta), loss_scalar("rec_weight", rec_weight)
 
 
 @_maybe_x64
@@ -294,12 +222,13 @@ def theorem2_loss(W1: ArrayLike, W2: ArrayLike, X: ArrayLike, beta: float,
 
     ``L = r·(1/2n) Σ (X̂ − X)²_ij + β·(1/2n) Σ Z²_ij`` with ``Z = W1 X``, ``X̂ = W2 Z``.
     """
+    X = _data_matrix(X)
+    W1 = loss_matrix("W1", W1)
+    W2 = loss_matrix("W2", W2)
+    check_encoder("W1", W1.shape, X.shape[0])
+    check_decoder("W2", W2.shape, W1.shape)
+    beta, rec_weight = _theorem2_loss_weights(beta, rec_weight)
     W1, W2, X = jnp.asarray(W1), jnp.asarray(W2), jnp.asarray(X)
-    if X.ndim != 2:
-        raise TheoryInputError(f"X must be a 2-D m × n data matrix, got shape {X.shape}")
-    _check_encoder("W1", W1.shape, X.shape[0])
-    _check_decoder("W2", W2.shape, W1.shape)
-    _finite_if_concrete(W1=W1, W2=W2, X=X)
     n = X.shape[1]
     Z = W1 @ X
     rec = jnp.sum((W2 @ Z - X) ** 2) / (2 * n)
@@ -314,11 +243,13 @@ def theorem2_loss_cov(W1: ArrayLike, W2: ArrayLike, S: ArrayLike, beta: float,
 
     This is the population loss that Figure 2's flow (``S`` = the Gaussian's covariance) descends.
     """
+    S = loss_covariance(S)
+    W1 = loss_matrix("W1", W1)
+    W2 = loss_matrix("W2", W2)
+    check_encoder("W1", W1.shape, S.shape[0])
+    check_decoder("W2", W2.shape, W1.shape)
+    beta, rec_weight = _theorem2_loss_weights(beta, rec_weight)
     W1, W2, S = jnp.asarray(W1), jnp.asarray(W2), jnp.asarray(S)
-    _check_square("S", S.shape)
-    _check_encoder("W1", W1.shape, S.shape[0])
-    _check_decoder("W2", W2.shape, W1.shape)
-    _finite_if_concrete(W1=W1, W2=W2, S=S)
     E = W2 @ W1 - jnp.eye(S.shape[0], dtype=S.dtype)
     return 0.5 * rec_weight * jnp.trace(E @ S @ E.T) + 0.5 * beta * jnp.trace(W1 @ S @ W1.T)
 
@@ -335,10 +266,10 @@ def theorem1_closed_form(W0: ArrayLike, S: ArrayLike, t: ArrayLike) -> np.ndarra
     ``t`` is a non-negative scalar (result d × m) or a 1-D array of times (result
     len(t) × d × m, stacked over the first axis).
     """
-    S = _covariance_matrix(S)
-    W0 = _matrix("W0", W0)
-    _check_encoder("W0", W0.shape, S.shape[0])
-    ts, scalar = _times(t, "t")
+    S = covariance_matrix(S)
+    W0 = real_matrix("W0", W0)
+    check_encoder("W0", W0.shape, S.shape[0])
+    ts, scalar = times(t, "t")
     lam, U = jnp.linalg.eigh(jnp.asarray(S))
     decay = jnp.exp(-jnp.asarray(ts)[:, None] * lam[None, :])  # (T, m): exp(−λ_k t)
     WU = jnp.asarray(W0) @ U
@@ -351,12 +282,14 @@ def theorem1_closed_form(W0: ArrayLike, S: ArrayLike, t: ArrayLike) -> np.ndarra
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("vf",))
-def _integrate(vf: Callable, y0: Any, args: Any, ts: jax.Array) -> Any:
-    """Integrate ``ẏ = vf(t, y, args)`` from t = 0 and return y at the sorted times ``ts``.
+@functools.partial(jax.jit, static_argnames=("vf", "max_steps"))
+def _integrate(vf: Callable, y0: Any, args: Any, ts: jax.Array, max_steps: int) -> Any:
+    """Integrate ``ẏ = vf(t, y, args)`` from t = 0; return (y at the sorted ``ts``, result).
 
-    Adaptive Dopri8 with a PID step-size controller at rtol 1e-12 / atol 1e-14; diffrax raises
-    if ``MAX_STEPS`` is exceeded rather than returning a truncated solution.
+    Adaptive Dopri8 with a PID step-size controller at rtol 1e-12 / atol 1e-14. ``throw=False``:
+    a failed solve (``max_steps`` reached, …) is reported through diffrax's ``result`` instead
+    of a runtime error raised from inside the compiled program (an equinox callback traceback
+    that the caller cannot turn into a clear message); :func:`integrate` checks it.
     """
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vf),
@@ -371,13 +304,15 @@ def _integrate(vf: Callable, y0: Any, args: Any, ts: jax.Array) -> Any:
         # solver steps, not dense-output interpolants (which are one order less accurate).
         stepsize_controller=diffrax.ClipStepSizeController(
             diffrax.PIDController(rtol=RTOL, atol=ATOL), step_ts=ts),
-        max_steps=MAX_STEPS,
+        max_steps=max_steps,
+        throw=False,
     )
-    return sol.ys
+    return sol.ys, sol.result
 
 
 @_x64
-def integrate(vf: Callable, y0: Any, args: Any, ts: ArrayLike) -> Any:
+def integrate(vf: Callable, y0: Any, args: Any, ts: ArrayLike, *,
+              max_steps: int = MAX_STEPS) -> Any:
     """Integrate an autonomous flow ``vf(t, y, args)`` (a pytree state) at times ``ts`` ≥ 0.
 
     The building block of :func:`solve_lemma1` / :func:`solve_theorem2`, exposed so that
@@ -385,11 +320,33 @@ def integrate(vf: Callable, y0: Any, args: Any, ts: ArrayLike) -> Any:
     module-level function: it is a static argument of the jitted solver). Pass float64 arrays
     in ``y0`` / ``args``. Times may be in any order; results follow the input order, as NumPy
     arrays.
+
+    Raises :class:`TheoryInputError` rather than returning a truncated or overflowed solution
+    when the solver needs more than ``max_steps`` steps (horizon too long or flow too stiff),
+    fails otherwise, or produces non-finite values. Each distinct ``max_steps`` compiles the
+    solver once more (it sizes the solver's loop).
     """
-    ts_arr, scalar = _times(ts, "ts")
+    ts_arr, scalar = times(ts, "ts")
+    max_steps = integer("max_steps", max_steps, minimum=1)
     # diffrax's SaveAt needs non-decreasing times: solve at the sorted times, then restore order.
     order = np.argsort(ts_arr, kind="stable")
-    ys = _integrate(vf, y0, args, jnp.asarray(ts_arr[order]))
+    ys, result = _integrate(vf, y0, args, jnp.asarray(ts_arr[order]), max_steps)
+    t_end = float(ts_arr.max())
+    if result == diffrax.RESULTS.max_steps_reached:
+        raise TheoryInputError(
+            f"the ODE solver used all max_steps={max_steps} steps before reaching t = {t_end:g}: "
+            "the time horizon is too long or the flow too stiff (large eigenvalues of S, β or "
+            "weights) for this step budget; use a shorter time or pass a larger max_steps")
+    if result != diffrax.RESULTS.successful:
+        raise TheoryInputError(
+            f"the ODE solver failed before reaching t = {t_end:g}: {diffrax.RESULTS[result]}")
+    leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(ys)]
+    if not all(np.all(np.isfinite(a)) for a in leaves):
+        # A flow that overflows float64 (enormous weights or β) would otherwise come back as
+        # inf / NaN matrices that look like results.
+        raise TheoryInputError(
+            f"the ODE solution overflowed to non-finite values before t = {t_end:g}: "
+            "the initial weights, S or β are too large; rescale them or use a shorter time")
     inverse = np.argsort(order, kind="stable")
     ys = jax.tree_util.tree_map(lambda a: np.asarray(a)[inverse], ys)
     if scalar:
@@ -398,41 +355,57 @@ def integrate(vf: Callable, y0: Any, args: Any, ts: ArrayLike) -> Any:
 
 
 @_x64
-def solve_lemma1(W0: ArrayLike, S: ArrayLike, ts: ArrayLike) -> np.ndarray:
+def solve_lemma1(W0: ArrayLike, S: ArrayLike, ts: ArrayLike, *,
+                 max_steps: int = MAX_STEPS) -> np.ndarray:
     """Integrate Lemma 1's flow ``Ẇ = −W S`` (eq. 6) from ``W(0) = W0``.
 
     Returns ``W(t)`` for each time in ``ts`` (≥ 0), stacked over the first axis
     (len(ts) × d × m); a scalar ``ts`` returns a single d × m matrix. Compare with
-    :func:`theorem1_closed_form`.
+    :func:`theorem1_closed_form`. The explicit solver needs roughly ``max(ts)·λ_max(S)``
+    steps; more than ``max_steps`` raises :class:`TheoryInputError` (use the closed form
+    for very long horizons).
     """
-    S = _covariance_matrix(S)
-    W0 = _matrix("W0", W0)
-    _check_encoder("W0", W0.shape, S.shape[0])
-    _times(ts, "ts")
-    return integrate(_lemma1_vf, jnp.asarray(W0), jnp.asarray(S), ts)
+    S = covariance_matrix(S)
+    W0 = real_matrix("W0", W0)
+    check_encoder("W0", W0.shape, S.shape[0])
+    times(ts, "ts")
+    return integrate(_lemma1_vf, jnp.asarray(W0), jnp.asarray(S), ts, max_steps=max_steps)
 
 
 @_x64
 def solve_theorem2(W1_0: ArrayLike, W2_0: ArrayLike, S: ArrayLike, beta: float, ts: ArrayLike,
-                   rec_weight: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+                   rec_weight: float = 1.0, *, max_steps: int = MAX_STEPS
+                   ) -> Tuple[np.ndarray, np.ndarray]:
     """Integrate Theorem 2's coupled flow (eq. 10a, 10b; reconstruction weighted by ``rec_weight``).
 
     Returns ``(W1(ts), W2(ts))``, each stacked over the first axis (len(ts) × d × m and
-    len(ts) × m × d); a scalar ``ts`` returns single matrices.
+    len(ts) × m × d); a scalar ``ts`` returns single matrices. A solve that needs more than
+    ``max_steps`` steps (long horizon, large β·λ_max(S) or a very ill-conditioned ``S``)
+    raises :class:`TheoryInputError`.
     """
     S, W1_0, W2_0, beta, rec_weight = _theorem2_inputs(S, W1_0, W2_0, beta, rec_weight,
                                                        "W1_0", "W2_0")
-    _times(ts, "ts")
+    times(ts, "ts")
     args = (jnp.asarray(S), jnp.float64(beta), jnp.float64(rec_weight))
-    W1s, W2s = integrate(_theorem2_vf, (jnp.asarray(W1_0), jnp.asarray(W2_0)), args, ts)
+    W1s, W2s = integrate(_theorem2_vf, (jnp.asarray(W1_0), jnp.asarray(W2_0)), args, ts,
+                         max_steps=max_steps)
     return W1s, W2s
 
 
 def balance(W1: ArrayLike, W2: ArrayLike) -> np.ndarray:
     """``G = W1 W1ᵀ − W2ᵀ W2`` (d × d); along Theorem 2's flow ``Ġ = −2β W1 S W1ᵀ``.
 
-    Accepts single matrices or stacks (…, d, m) / (…, m, d).
+    Accepts single matrices or equally stacked ones (…, d, m) / (…, m, d). Shapes must match
+    exactly: NumPy would otherwise broadcast mismatched stacks into a wrong result.
     """
-    W1 = np.asarray(W1, dtype=np.float64)
-    W2 = np.asarray(W2, dtype=np.float64)
+    W1 = real_array("W1", W1)
+    W2 = real_array("W2", W2)
+    for name, A in (("W1", W1), ("W2", W2)):
+        if A.ndim < 2:
+            raise TheoryInputError(f"{name} must be a matrix or a stack of matrices, got shape {A.shape}")
+    check_decoder("W2", W2.shape, W1.shape)
+    if W1.shape[:-2] != W2.shape[:-2]:
+        raise TheoryInputError(
+            f"shape mismatch: W1 and W2 must be stacked alike, got leading shapes "
+            f"{W1.shape[:-2]} and {W2.shape[:-2]}")
     return W1 @ np.swapaxes(W1, -1, -2) - np.swapaxes(W2, -1, -2) @ W2
