@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import scipy.io
@@ -61,6 +63,27 @@ def test_bad_files_give_clear_errors(tmp_path, case, message):
         _write_mat(tmp_path, x[:400], y[:400])
     with pytest.raises(TollError, match=message):
         load_arrhythmia(tmp_path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", "X is text, not a numeric matrix"),
+    ("cell", "X is a cell array, not a numeric matrix"),
+    ("complex", "X holds complex numbers"),
+    # finite float64 values that float32 cannot hold: not "NaN/inf values" (the file has none)
+    ("overflow", r"X holds \d+ values beyond the float32 range .*rows \[0, 1, 2, 3, 4\]\.\.\.\); "
+                 "rescale"),
+])
+def test_unusable_values_name_the_file_and_the_problem(tmp_path, case, message):
+    mat = scipy.io.loadmat(str(shipped_file("arrhythmia.mat")))
+    x, y = mat["X"], mat["y"].ravel()
+    bad = {"text": "hello", "cell": np.array([[1.0, "a"]], dtype=object),
+           "complex": x * (1 + 1j), "overflow": x * 1e300}[case]
+    scipy.io.savemat(str(tmp_path / "arrhythmia.mat"), {"X": bad, "y": y.reshape(-1, 1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. no ComplexWarning from a silent cast to real
+        with pytest.raises(TollError, match=message) as err:
+            load_arrhythmia(tmp_path)
+    assert str(tmp_path / "arrhythmia.mat") in str(err.value) and "\n" not in str(err.value)
 
 
 def test_validate_split_names_each_problem(arrhythmia):

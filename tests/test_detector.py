@@ -1,5 +1,6 @@
 import functools
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -258,6 +259,10 @@ def test_mlp_on_images_message():
     (dict(val_fraction=1.0), r"val_fraction must be in \(0, 1\)"),
     (dict(standardize="yes"), "standardize must be True or False"),
     (dict(seed=1.5), "seed must be an integer"),
+    # -1 was NumPy's ValueError, 2**70 an OverflowError; jax.random.key(2**32) == key(0)
+    (dict(seed=-1), r"seed must be an integer in 0..2\*\*32-1, got -1"),
+    (dict(seed=2**32), r"seed must be an integer in 0..2\*\*32-1"),
+    (dict(seed=2**70), r"seed must be an integer in 0..2\*\*32-1"),
 ])
 def test_bad_parameters_messages(kwargs, message):
     with pytest.raises(TollError, match=message) as err:
@@ -267,10 +272,106 @@ def test_bad_parameters_messages(kwargs, message):
 
 def test_unfitted_detector_messages(tmp_path):
     det = TollDetector()
-    for call in (lambda: det.score_samples(X_OK), lambda: det.predict(X_OK),
-                 lambda: det.decision_function(X_OK), lambda: det.save(tmp_path / "d")):
-        with pytest.raises(TollError, match=r"not fitted yet; call fit\(X\)"):
+    calls = {"score_samples": lambda: det.score_samples(X_OK), "predict": lambda: det.predict(X_OK),
+             "decision_function": lambda: det.decision_function(X_OK),
+             "save": lambda: det.save(tmp_path / "d")}
+    for method, call in calls.items():  # the message names the method actually called
+        with pytest.raises(TollError, match=rf"not fitted yet; call fit\(X\) .* {method}\(\)$"):
             call()
+
+
+X8 = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+# Finite float32 input whose activations overflow: the model's score is NaN.
+UNSCORABLE = np.full((3, 8), 3e38, np.float32)
+UNSCORABLE[:, ::2] *= -1
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A quick label-free fit on 8 random features (as in the audit's reproduction)."""
+    return TollDetector(steps=20, eval_every=20, hidden=(16,), z_dim=4).fit(X8)
+
+
+def test_unscorable_input_is_anomalous_with_a_warning_naming_the_rows(small):
+    X = np.concatenate([X8[:2], UNSCORABLE])
+    with pytest.warns(RuntimeWarning, match=r"3 rows of X get non-finite scores \(rows \[2, 3, 4\]"):
+        scores = small.score_samples(X)
+    assert np.isfinite(scores[:2]).all() and np.all(scores[2:] == np.inf)  # was [nan nan nan]
+    with pytest.warns(RuntimeWarning, match="scored as \\+inf"):
+        pred = small.predict(X)
+    np.testing.assert_array_equal(pred[2:], [1, 1, 1])  # was [0 0 0]: called normal
+    with pytest.warns(RuntimeWarning):
+        assert np.all(small.decision_function(UNSCORABLE) == np.inf)
+
+
+def test_threshold_from_unscorable_rows_is_an_error_and_keeps_the_state(small):
+    det = TollDetector(**small.get_params()).fit(X8)
+    before, threshold = det.score_samples(X8), det.threshold_
+    X_val = np.concatenate([X8[:5], UNSCORABLE])
+    y_val = np.array([0] * 5 + [1] * 3)
+    det.set_params(selection="loss", threshold="val_f1")  # selects on the 5 normal rows only
+    with pytest.raises(TollError, match=r"non-finite scores to 3 rows of X_val \(rows \[5, 6, 7"):
+        det.fit(X8, X_val=X_val, y_val=y_val)
+    np.testing.assert_array_equal(det.score_samples(X8), before)  # the old model is kept
+    assert det.threshold_ == threshold
+
+
+def test_save_to_an_unusable_path_is_a_toll_error(small, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    paths = [tmp_path / "a-file" / "sub"] + ([Path("/proc/foo")] if Path("/proc").is_dir() else [])
+    for path in paths:  # were NotADirectoryError / FileNotFoundError
+        with pytest.raises(TollError, match="TollDetector.save: folder .*cannot create the folder"):
+            small.save(path)
+
+
+def _edit_saved(path, edit) -> None:
+    config = path / "toll_detector.json"
+    payload = json.loads(config.read_text())
+    edit(payload)
+    config.write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize("edit, message", [
+    # was a flax ScopeParamShapeError at the first score_samples()
+    (lambda p: p.update(input_shape=[9]),
+     r"input_shape \[9\] and hyperparameters do not match the weights in variables/ "
+     r"\(.*saved \(8,\), expected \(9,\)\)"),
+    (lambda p: p["hyperparameters"].update(z_dim=5), r"do not match the weights in variables/"),
+    (lambda p: p.update(threshold="abc"), "field 'threshold' must be a finite number, got 'abc'"),
+    (lambda p: p.update(threshold=None), "field 'threshold' must be a finite number"),
+    (lambda p: p.update(mean=[0.0] * 7, scale=[1.0] * 8),
+     "field 'mean' must be null or a list of 8 finite numbers"),
+    (lambda p: p.update(mean=[0.0] * 8, scale=[0.0] * 8),
+     "field 'scale' must hold positive numbers"),
+    (lambda p: p.update(mean=[0.0] * 8), "field 'scale' is null but the other"),
+    (lambda p: p["hyperparameters"].pop("beta"), "field 'hyperparameters.beta' is missing"),
+    (lambda p: p["hyperparameters"].update(beta=-1),
+     "field 'hyperparameters.beta' must be a non-negative"),
+    (lambda p: p["hyperparameters"].update(norm="fro"),
+     "field 'hyperparameters.norm' must be 1, 2 or inf"),
+    (lambda p: p["hyperparameters"].update(hidden=[]),
+     "field 'hyperparameters.hidden' must be a non-empty"),
+    (lambda p: p.update(model_name="resnet"), "field 'model_name' must be one of"),
+    (lambda p: p.update(input_shape=[28, 28, 1]), r"field 'input_shape' must be \[n_features\]"),
+    (lambda p: p.update(input_shape="8"),
+     "field 'input_shape' must be a list of positive integers"),
+    (lambda p: p.update(selection="best"), "field 'selection' must be one of f1, auroc, loss"),
+    (lambda p: p.update(best_step="20"), "field 'best_step' must be an integer"),
+    (lambda p: p.pop("history"), "field 'history' is missing"),
+    (lambda p: p["params"].update(seed=-3), "field 'params' is invalid \\(seed must be"),
+    (lambda p: p["params"].update(gamma=1), r"field 'params' has unknown entries \['gamma'\]"),
+])
+def test_load_of_an_edited_file_names_the_file_and_field(small, tmp_path, edit, message):
+    path = small.save(tmp_path / "d")
+    _edit_saved(path, edit)
+    with pytest.raises(TollError, match=message) as err:
+        TollDetector.load(path)
+    assert str(path / "toll_detector.json") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_of_an_unedited_small_detector_scores_the_same(small, tmp_path):
+    back = TollDetector.load(small.save(tmp_path / "d"))
+    assert np.array_equal(back.score_samples(X8), small.score_samples(X8))
 
 
 def test_scoring_data_with_other_features_names_both_shapes(labelled, arrhythmia):

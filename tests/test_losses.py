@@ -60,3 +60,32 @@ def test_nonfinite_values_propagate():
     out = np.asarray(toll_score(x, x_hat, np.ones((2, 2), np.float32), 1.0))
     assert np.isnan(out[0]) and np.isinf(out[1])
     assert np.isnan(float(latent_norm(np.array([[np.nan, 1.0]]))[0]))
+
+
+@pytest.mark.parametrize("fn", [toll_score, toll_loss])
+@pytest.mark.parametrize("x, x_hat, z, message", [
+    (np.zeros((2, 3)), np.zeros((2, 4)), np.zeros((2, 2)),
+     r"x_hat has shape \(2, 4\) but x has \(2, 3\)"),
+    (np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((2, 2)), r"x_hat has shape \(3, 3\)"),
+    (np.zeros((2, 3)), np.zeros((2, 3)), np.zeros((3, 2)), "z has batch size 3 but x has 2"),
+    (np.zeros(()), np.zeros(()), np.zeros((1, 2)), "need a leading batch axis"),
+])
+def test_mismatched_shapes_are_toll_errors(fn, x, x_hat, z, message):
+    for cast in (np.asarray, jnp.asarray):  # NumPy and JAX inputs alike
+        with pytest.raises(TollError, match=message):
+            fn(cast(x), cast(x_hat), cast(z), 1.0)
+
+
+def test_shape_checks_work_under_jit():
+    # Shapes are static: the check runs at trace time, the jitted function still works.
+    loss = jax.jit(lambda x, xh, z: toll_loss(x, xh, z, 2.0))
+    assert float(loss(X, X_HAT, Z)) == pytest.approx(float(toll_loss(X, X_HAT, Z, 2.0)))
+    with pytest.raises(TollError, match="x_hat has shape"):
+        loss(X, X_HAT[:, :2], Z)
+
+
+def test_empty_batch():
+    empty = jnp.zeros((0, 3)), jnp.zeros((0, 3)), jnp.zeros((0, 2))
+    assert toll_score(*empty, 1.0).shape == (0,)  # nothing to score: no scores
+    with pytest.raises(TollError, match="empty batch"):  # the mean of nothing has no value
+        toll_loss(*empty, 1.0)

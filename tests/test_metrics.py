@@ -1,7 +1,9 @@
+import jax
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, roc_auc_score
 
+from tolljax.errors import TollError
 from tolljax.metrics import auroc, f1_top_fraction
 
 
@@ -49,3 +51,66 @@ def test_f1_arrhythmia_sized_case_by_hand():
 
 def test_f1_no_predicted_or_true_anomalies_is_zero():
     assert float(f1_top_fraction(np.arange(4.0), np.zeros(4, int), normal_fraction=1.0)) == 0.0
+
+
+# ------------------------------------------------------------------ input validation
+
+Y5 = np.array([0, 0, 0, 1, 1])
+
+
+@pytest.mark.parametrize("scores", [
+    np.full(5, np.nan),                     # was 1.1667 (an AUROC above 1)
+    np.array([0.0, 1.0, np.nan, 2.0, 3.0]),  # was a plausible 0.667
+    np.array([0.0, 1.0, 2.0, np.inf, 3.0]),  # was 1.1667
+    np.array([np.inf, 0.0, 0.0, 1.0, 1.0]),  # was a plausible 0.667
+    np.array([0.0, 1.0, 2.0, 1e39, 3.0]),    # finite, but inf in the float32 it is computed in
+])
+def test_nonfinite_scores_are_an_error_not_a_number(scores):
+    with pytest.raises(TollError, match=r"scores contain \d+ NaN/inf values"):
+        auroc(scores, Y5)
+    with pytest.raises(TollError, match=r"scores contain \d+ NaN/inf values"):
+        f1_top_fraction(scores, Y5, 0.6)
+
+
+def test_all_nan_scores_do_not_give_a_perfect_f1():
+    with pytest.raises(TollError, match=r"5 NaN/inf values .* positions \[0, 1, 2, 3, 4\]"):
+        f1_top_fraction(np.full(5, np.nan), Y5, 0.6)  # was 1.0
+
+
+@pytest.mark.parametrize("fraction", [-1, 2, 1.01, float("nan"), "0.5", True])
+def test_normal_fraction_outside_0_1_is_an_error(fraction):
+    with pytest.raises(TollError, match=r"normal_fraction must be a number in \[0, 1\]"):
+        f1_top_fraction(np.arange(5.0), Y5, fraction)
+
+
+@pytest.mark.parametrize("fn", [auroc, f1_top_fraction])
+@pytest.mark.parametrize("scores, labels, message", [
+    (np.arange(4.0), Y5, r"4 scores but labels of shape \(5,\)"),
+    (np.ones((5, 2)), Y5, r"scores have shape \(5, 2\); pass one score per sample"),
+    (np.arange(5.0), Y5.reshape(5, 1), r"5 scores but labels of shape \(5, 1\)"),
+    (np.zeros(0), np.zeros(0), "no samples"),
+    (np.arange(5.0), np.array([0, 0, 2, 1, 1]), "labels must be 0 .* or 1"),
+    (np.array(["a"] * 5), Y5, "scores has dtype <U1"),
+])
+def test_bad_shapes_and_labels_are_toll_errors(fn, scores, labels, message):
+    with pytest.raises(TollError, match=message) as err:
+        fn(scores, labels)
+    assert "\n" not in str(err.value)
+
+
+def test_auroc_needs_both_classes():
+    with pytest.raises(TollError, match="only one class"):
+        auroc(np.arange(4.0), np.zeros(4, int))
+
+
+def test_traced_metrics_still_work_and_give_nan_for_nonfinite_scores():
+    # Under jit/vmap values cannot be checked: the metric is NaN instead of a plausible number
+    # (NaN is never selected as the best checkpoint), and shapes are still checked.
+    scores = np.array([[0.0, 1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 2.0, np.inf, 4.0],
+                       [np.nan] * 5], np.float32)
+    got = np.asarray(jax.jit(jax.vmap(auroc, in_axes=(0, None)))(scores, Y5))
+    assert got[0] == 1.0 and np.isnan(got[1:]).all()
+    f1 = jax.jit(f1_top_fraction, static_argnums=2)
+    assert float(f1(scores[0], Y5, 0.6)) == 1.0 and np.isnan(float(f1(scores[2], Y5, 0.6)))
+    with pytest.raises(TollError, match=r"4 scores but labels of shape \(5,\)"):
+        jax.jit(auroc)(np.arange(4.0), Y5)

@@ -288,3 +288,39 @@ def test_wrong_input_shape_raises_toll_error():
     model = build_model("mnist")
     with pytest.raises(TollError, match=r"\(batch, 28, 28, 1\)"):
         jax.eval_shape(lambda: model.init(KEY, jnp.zeros((2, 32, 32, 3))))
+
+
+@pytest.mark.parametrize("z_dim", [2.7, "abc", "16", True, -3])
+def test_z_dim_must_be_a_positive_integer(z_dim):
+    # 2.7 used to build z = 2 silently; "abc" raised a bare ValueError from int().
+    with pytest.raises(TollError, match=r"--z-dim must be a positive integer, got"):
+        build_model("mnist", z_dim)
+
+
+def test_z_dim_numpy_integer_is_accepted():
+    assert build_model("arrhythmia", np.int64(8)).z_dim == 8
+
+
+@pytest.mark.parametrize("dtype, message", [("float33", "unknown compute dtype 'float33'"),
+                                            ("int32", "compute dtype int32 is not floating-point"),
+                                            (object(), "unknown compute dtype")])
+def test_bad_compute_dtype_is_a_toll_error(dtype, message):
+    with pytest.raises(TollError, match=message):
+        build_model("mnist", dtype=dtype)
+
+
+def test_good_compute_dtypes_are_passed_through():
+    assert build_model("mnist", dtype="bfloat16").dtype == "bfloat16"
+    assert build_model("cifar10", dtype=jnp.bfloat16).dtype is jnp.bfloat16
+
+
+def test_mlp_wrong_feature_count_raises_toll_error():
+    # As the conv models: a clear error, not flax's ScopeParamShapeError at apply time (nor a
+    # model silently initialised for 273 features).
+    model = build_model("arrhythmia")
+    variables = jax.eval_shape(lambda: init_variables(model, KEY, (274,)))
+    for shape in ((2, 273), (2, 2, 274), (274,)):
+        with pytest.raises(TollError, match=r"MLPAutoencoder expects inputs of shape \(batch, 274\)"):
+            jax.eval_shape(lambda: model.apply(variables, jnp.zeros(shape)))
+        with pytest.raises(TollError, match=r"\(batch, 274\)"):
+            jax.eval_shape(lambda: model.init(KEY, jnp.zeros(shape)))

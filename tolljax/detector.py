@@ -36,7 +36,9 @@ Threshold for :meth:`predict` (``threshold=``)
     training data is flagged.
   * ``"val_f1"``: the threshold maximising the anomaly-class F1 on ``(X_val, y_val)``.
   * a number: that score.
-A sample is flagged when its score is strictly above ``threshold_``.
+A sample is flagged when its score is strictly above ``threshold_``. A (finite) input the
+model cannot score — its float32 activations overflow — gets the score ``+inf`` and is flagged,
+with a ``RuntimeWarning`` naming the rows; it is never reported as normal.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ import numpy as np
 import optax
 
 from tolljax.configs import PAPER_HYPERPARAMETERS
-from tolljax.errors import TollError
+from tolljax.errors import TollError, output_dir
 from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
@@ -198,6 +200,16 @@ def _score(model: nn.Module, norm, chunk: int, variables: dict, x: jnp.ndarray,
     return score(model.apply, variables, x, beta, norm, chunk)
 
 
+def _raw_scores(model: nn.Module, hyper: dict, variables: dict, X: np.ndarray,
+                mean: np.ndarray | None, scale: np.ndarray | None, chunk: int) -> np.ndarray:
+    """Scores of the validated float32 samples ``X`` as they come out of the model (NaN/inf
+    included)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow shows up as non-finite scores
+        x = jnp.asarray(_standardize(X, mean, scale))
+    norm = TollDetector._norm_value(hyper["norm"])
+    return np.asarray(_score(model, norm, chunk, variables, x, jnp.float32(hyper["beta"])))
+
+
 def _best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """The threshold t (flag ``score > t``) maximising the anomaly-class F1, and that F1.
 
@@ -230,6 +242,122 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
+
+
+class _SavedConfig:
+    """Typed, checked access to the fields of a ``toll_detector.json`` payload.
+
+    Every problem is a one-line :class:`TollError` naming the file and the (dotted) field.
+    """
+
+    def __init__(self, config_file: Path, payload: dict):
+        self.file = config_file
+        self.payload = payload
+
+    def error(self, field: str, problem: str) -> TollError:
+        return TollError(f"{self.file}: field {field!r} {problem}; restore the original file "
+                         "or save the detector again")
+
+    def get(self, field: str, source: dict | None = None, prefix: str = ""):
+        source = self.payload if source is None else source
+        if field not in source:
+            raise self.error(prefix + field, "is missing")
+        return source[field]
+
+    def integer(self, field: str, source: dict | None = None, prefix: str = "", *,
+                minimum: int | None = None) -> int:
+        value = self.get(field, source, prefix)
+        if (isinstance(value, bool) or not isinstance(value, int)
+                or (minimum is not None and value < minimum)):
+            limit = "" if minimum is None else f" >= {minimum}"
+            raise self.error(prefix + field, f"must be an integer{limit}, got {value!r}")
+        return value
+
+    def real(self, field: str, source: dict | None = None, prefix: str = "", *,
+             positive: bool = False, nonnegative: bool = False) -> float:
+        value = self.get(field, source, prefix)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or (positive and value <= 0)
+                or (nonnegative and value < 0)):
+            what = "a positive" if positive else "a non-negative" if nonnegative else "a finite"
+            raise self.error(prefix + field, f"must be {what} number, got {value!r}")
+        return float(value)
+
+    def choice(self, field: str, choices: Sequence[str], source: dict | None = None,
+               prefix: str = ""):
+        value = self.get(field, source, prefix)
+        if value not in choices:
+            raise self.error(prefix + field, f"must be one of {', '.join(map(str, choices))}, "
+                             f"got {value!r}")
+        return value
+
+    def detector(self, cls: type) -> "TollDetector":
+        params = self.get("params")
+        if not isinstance(params, dict):
+            raise self.error("params", f"must be an object, got {params!r}")
+        unknown = sorted(set(params) - set(cls._PARAM_NAMES))
+        if unknown:
+            raise self.error("params", f"has unknown entries {unknown}")
+        try:
+            return cls(**params)
+        except TollError as exc:
+            raise self.error("params", f"is invalid ({exc})") from None
+
+    def model(self) -> tuple[str, tuple[int, ...], dict]:
+        """``(model_name, input_shape, hyperparameters)``, checked against each other."""
+        name = self.choice("model_name", ("mlp", *model_names()))
+        raw_shape = self.get("input_shape")
+        if (not isinstance(raw_shape, list) or not raw_shape
+                or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in raw_shape)):
+            raise self.error("input_shape", f"must be a list of positive integers, got {raw_shape!r}")
+        shape = tuple(raw_shape)
+        if name == "mlp" and len(shape) != 1:
+            raise self.error("input_shape", f"must be [n_features] for the mlp model, got {raw_shape}")
+        if name != "mlp" and shape != sample_shape(name):
+            raise self.error("input_shape", f"must be {list(sample_shape(name))} for model "
+                             f"{name!r}, got {raw_shape}")
+        hyper = self.get("hyperparameters")
+        if not isinstance(hyper, dict):
+            raise self.error("hyperparameters", f"must be an object, got {hyper!r}")
+        p = "hyperparameters."
+        self.real("beta", hyper, p, nonnegative=True)
+        self.real("lr", hyper, p, positive=True)
+        for key in ("z_dim", "batch_size", "steps", "eval_every"):
+            self.integer(key, hyper, p, minimum=1)
+        try:
+            parse_norm(self.get("norm", hyper, p))
+        except TollError:
+            raise self.error(p + "norm", f"must be 1, 2 or inf, got {hyper['norm']!r}") from None
+        self.choice("init", INIT_SCHEMES, hyper, p)
+        if name == "mlp":
+            hidden = self.get("hidden", hyper, p)
+            if (not isinstance(hidden, list) or not hidden
+                    or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)):
+                raise self.error(p + "hidden", f"must be a non-empty list of positive integers, "
+                                 f"got {hidden!r}")
+        return name, shape, hyper
+
+    def standardization(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """``(mean, scale)``: both null, or one finite value per feature (tabular) / channel."""
+        out = []
+        for field in ("mean", "scale"):
+            value = self.get(field)
+            if value is None:
+                out.append(None)
+                continue
+            ok = isinstance(value, list) and all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) for v in value)
+            arr = np.asarray(value, np.float64) if ok else None
+            if arr is None or arr.shape != (shape[-1],) or not np.isfinite(arr).all():
+                raise self.error(field, f"must be null or a list of {shape[-1]} finite numbers "
+                                 f"(one per {'feature' if len(shape) == 1 else 'channel'})")
+            if field == "scale" and not (arr > 0).all():
+                raise self.error(field, "must hold positive numbers")
+            out.append(arr.astype(np.float32))
+        if (out[0] is None) != (out[1] is None):
+            raise self.error("scale" if out[1] is None else "mean",
+                             "is null but the other standardisation field is not")
+        return out[0], out[1]
 
 
 class TollDetector:
@@ -356,6 +484,11 @@ class TollDetector:
             raise TollError(f"val_fraction must be in (0, 1), got {v!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
             raise TollError(f"seed must be an integer, got {self.seed!r}")
+        # NumPy's default_rng (held-out split) rejects negative seeds and jax.random.key
+        # overflows above 2**63; between 2**32 and 2**63 it silently wraps (key(2**32) ==
+        # key(0)), so distinct seeds are exactly 0 .. 2**32 − 1.
+        if not 0 <= self.seed < 2**32:
+            raise TollError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
 
     def _resolve(self, shape: tuple[int, ...]) -> tuple[str, dict]:
         """Model name and hyperparameters for samples of ``shape`` (no batch axis)."""
@@ -477,7 +610,8 @@ class TollDetector:
         best_step = int(out["best_step"])
         if best_step == 0:
             reason = (f"the loss became non-finite at step {bad}" if bad >= 0 else
-                      "no checkpoint had a finite selection value")
+                      "no checkpoint had a finite selection value (the model could not score "
+                      "every selection row)")
             raise TollError(f"training failed before the first checkpoint: {reason}; lower lr "
                             "or beta, or try standardize=True")
         if bad >= 0:
@@ -485,7 +619,35 @@ class TollDetector:
                           f"checkpoint before it (step {best_step}). Lower lr or beta, or try "
                           "standardize=True", RuntimeWarning, stacklevel=2)
 
+        # Threshold for predict(), from the kept checkpoint's scores. Computed before any state
+        # changes, so that a failure here also leaves a previously fitted detector intact.
+        if self.threshold == "contamination":
+            which, rows = "X", X
+        elif self.threshold == "val_f1":
+            which, rows = "X_val", X_val
+        else:
+            which, rows = None, None
+        if rows is not None:
+            ref = _raw_scores(model, hyper, out["variables"], rows, mean, scale,
+                              int(self.score_chunk))
+            bad_rows = np.flatnonzero(~np.isfinite(ref))
+            if bad_rows.size:
+                # No threshold can be placed among scores that are not numbers; these rows
+                # trained or selected the model, so the fit itself is unusable.
+                raise TollError(f"the trained model gives non-finite scores to {bad_rows.size} "
+                                f"rows of {which} (rows {bad_rows[:5].tolist()}"
+                                f"{'...' if bad_rows.size > 5 else ''}), so no threshold can be "
+                                "set; rescale the data or try standardize=True, lower lr or beta")
+            if which == "X":
+                threshold = float(np.quantile(ref.astype(np.float64),
+                                              1.0 - float(self.contamination)))
+            else:
+                threshold, _ = _best_f1_threshold(ref, y_val)
+        else:
+            threshold = float(self.threshold)
+
         # Only now (training succeeded) does the detector change state.
+        self.threshold_ = threshold
         self.model_name_, self.input_shape_ = name, shape
         self.mean_, self.scale_ = mean, scale
         self.n_features_in_ = int(np.prod(shape))
@@ -508,15 +670,6 @@ class TollDetector:
             print(f"TollDetector: {name} on {n_train} rows, {hyper['steps']} steps in "
                   f"{time.perf_counter() - start:.1f} s (incl. compilation); selected step "
                   f"{best_step} by {selection}")
-
-        # Threshold for predict().
-        if self.threshold == "contamination":
-            self.threshold_ = float(np.quantile(self.score_samples(X).astype(np.float64),
-                                                1.0 - float(self.contamination)))
-        elif self.threshold == "val_f1":
-            self.threshold_, _ = _best_f1_threshold(self.score_samples(X_val), y_val)
-        else:
-            self.threshold_ = float(self.threshold)
         return self
 
     def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
@@ -532,28 +685,50 @@ class TollDetector:
     def score_samples(self, X) -> np.ndarray:
         """The paper's anomaly score ``||x̂ − x||₂ + β·||z||_p`` per sample (float32, shape
         ``(n,)``); higher = more anomalous (note: the opposite sign of scikit-learn's
-        ``score_samples``)."""
+        ``score_samples``).
+
+        A finite input the model cannot score (its activations overflow float32, e.g. values
+        near ±3e38) gets the score ``+inf`` and a ``RuntimeWarning`` naming the rows.
+        """
         self._check_fitted("score_samples")
+        return self._scores(X)
+
+    def _scores(self, X) -> np.ndarray:
+        """:meth:`score_samples` without the fitted check (callers have made it, naming
+        themselves in its message)."""
         X = _as_samples(X, "X")
         if tuple(X.shape[1:]) != self.input_shape_:
             raise TollError(f"X has shape {_shape_text(X.shape)} but the detector was fitted on "
                             f"samples of shape {_shape_text(self.input_shape_)} "
                             f"({self.n_features_in_} features); pass data with the same features")
-        x = jnp.asarray(_standardize(X, self.mean_, self.scale_))
-        return np.asarray(_score(self._model, self._norm_value(self.hyperparameters_["norm"]),
-                                 int(self.score_chunk), self.variables_, x,
-                                 jnp.float32(self.hyperparameters_["beta"])))
+        scores = _raw_scores(self._model, self.hyperparameters_, self.variables_, X, self.mean_,
+                             self.scale_, int(self.score_chunk))
+        bad = np.flatnonzero(~np.isfinite(scores))
+        if bad.size:
+            # NaN compares False with every threshold, so predict() would call such a row
+            # normal. An input the model cannot score is, by construction, unlike the data it
+            # was fitted on (those scored finitely, see fit), so it is reported as maximally
+            # anomalous rather than raising: one such row must not stop a batch from being
+            # scored, and the warning says which rows and why.
+            warnings.warn(f"TollDetector: {bad.size} rows of X get non-finite scores (rows "
+                          f"{bad[:5].tolist()}{'...' if bad.size > 5 else ''}; values too large "
+                          "for the model's float32 arithmetic); scored as +inf (anomalous)",
+                          RuntimeWarning, stacklevel=3)
+            scores = np.where(np.isfinite(scores), scores, np.float32(np.inf))
+        return scores
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) − threshold_`` (float64): positive = flagged as anomalous."""
-        return self.score_samples(X).astype(np.float64) - self.threshold_
+        self._check_fitted("decision_function")
+        return self._scores(X).astype(np.float64) - self.threshold_
 
     def predict(self, X) -> np.ndarray:
         """1 for anomalies (score above ``threshold_``), 0 for normal samples (int32).
 
         For scikit-learn's convention (−1 outlier, +1 inlier) use ``1 - 2 * predict(X)``.
         """
-        return (self.decision_function(X) > 0).astype(np.int32)
+        self._check_fitted("predict")
+        return (self._scores(X).astype(np.float64) - self.threshold_ > 0).astype(np.int32)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path, *, overwrite: bool = False) -> Path:
@@ -572,11 +747,17 @@ class TollDetector:
                 if not (path / _CONFIG_FILE).is_file():
                     raise TollError(f"{path} is not empty and holds no saved TollDetector; "
                                     "refusing to overwrite it, choose another folder")
-                shutil.rmtree(path)
+                try:
+                    shutil.rmtree(path)
+                except OSError as exc:
+                    raise TollError(f"cannot replace the saved detector in {path} "
+                                    f"({exc.strerror or exc}); choose another folder") from None
         import tolljax
         import orbax.checkpoint as ocp
 
-        path.mkdir(parents=True, exist_ok=True)
+        # Creates the folder, or a one-line TollError for an unusable path (/proc/..., a
+        # read-only place) instead of an OSError traceback.
+        output_dir(path, "TollDetector.save: folder")
         params = {k: _plain(v) for k, v in self.get_params().items()}
         payload = {
             "format": _FORMAT, "format_version": _FORMAT_VERSION,
@@ -590,10 +771,14 @@ class TollDetector:
             "best_step": self.best_step_, "nonfinite_step": self.nonfinite_step_,
             "history": self.history_,
         }
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(path / _VARIABLES_DIR, self.variables_)
-        # float32 values survive JSON exactly (float32 → float64 → repr → float64 → float32).
-        (path / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                ckptr.save(path / _VARIABLES_DIR, self.variables_)
+            # float32 values survive JSON exactly (float32 → float64 → repr → float64 → float32).
+            (path / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+        except OSError as exc:  # disk full, permissions changed under us, ...
+            raise TollError(f"cannot write the detector to {path} ({exc.strerror or exc}); "
+                            "check the folder and free space") from None
         return path
 
     @classmethod
@@ -608,19 +793,29 @@ class TollDetector:
                             f"{_VARIABLES_DIR}/); pass the folder given to save()")
         try:
             payload = json.loads(config_file.read_text())
-            if payload.get("format") != _FORMAT:
+            if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
                 raise ValueError("not a TollDetector file")
-            if payload.get("format_version", 0) > _FORMAT_VERSION:
+            version = payload.get("format_version", 0)
+            if isinstance(version, (int, float)) and version > _FORMAT_VERSION:
                 raise TollError(f"{config_file} was written by a newer tolljax "
                                 f"({payload.get('tolljax')}); upgrade tolljax to load it")
-            det = cls(**payload["params"])
-            shape = tuple(int(s) for s in payload["input_shape"])
-            name, hyper = payload["model_name"], payload["hyperparameters"]
         except TollError:
             raise
         except Exception as exc:
             raise TollError(f"{config_file} is damaged or not a saved TollDetector "
                             f"({type(exc).__name__}: {exc}); save the detector again") from None
+        # Every field is checked here, naming the file and the field: an edited or damaged
+        # file must fail at load, not as a flax/NumPy error at the first score_samples().
+        cfg = _SavedConfig(config_file, payload)
+        det = cfg.detector(cls)
+        name, shape, hyper = cfg.model()
+        mean, scale = cfg.standardization(shape)
+        threshold = cfg.real("threshold")
+        selection = cfg.choice("selection", SELECTIONS[1:])
+        best_step, nonfinite_step = cfg.integer("best_step"), cfg.integer("nonfinite_step")
+        history = cfg.get("history")
+        if not isinstance(history, dict):
+            raise cfg.error("history", f"must be an object, got {history!r}")
         model = cls._build(name, shape, hyper)
         abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
         try:
@@ -629,16 +824,26 @@ class TollDetector:
         except Exception as exc:
             raise TollError(f"cannot restore {path / _VARIABLES_DIR} ({type(exc).__name__}); "
                             "the checkpoint is damaged or does not match toll_detector.json") from None
+        # The restore returns the saved arrays as they are: a changed input_shape, z_dim or
+        # hidden would only surface in flax (ScopeParamShapeError) when scoring.
+        saved = jax.tree_util.tree_flatten_with_path(variables)[0]
+        expected = jax.tree_util.tree_leaves(abstract)
+        for (key_path, leaf), want in zip(saved, expected):
+            if tuple(np.shape(leaf)) != tuple(want.shape):
+                where = "/".join(str(getattr(k, "key", k)) for k in key_path)
+                raise TollError(f"{config_file}: input_shape {list(shape)} and hyperparameters "
+                                f"do not match the weights in {_VARIABLES_DIR}/ ({where}: saved "
+                                f"{tuple(np.shape(leaf))}, expected {tuple(want.shape)}); "
+                                "restore the original toll_detector.json or save again")
         det.model_name_, det.input_shape_ = name, shape
         det.n_features_in_ = int(np.prod(shape))
         det.hyperparameters_ = hyper
         det.variables_ = variables
-        det.mean_ = None if payload["mean"] is None else np.asarray(payload["mean"], np.float32)
-        det.scale_ = None if payload["scale"] is None else np.asarray(payload["scale"], np.float32)
-        det.threshold_ = float(payload["threshold"])
-        det.selection_ = payload["selection"]
-        det.best_step_ = int(payload["best_step"])
-        det.nonfinite_step_ = int(payload["nonfinite_step"])
-        det.history_ = payload["history"]
+        det.mean_, det.scale_ = mean, scale
+        det.threshold_ = threshold
+        det.selection_ = selection
+        det.best_step_ = best_step
+        det.nonfinite_step_ = nonfinite_step
+        det.history_ = history
         det._model = model
         return det

@@ -32,7 +32,25 @@ def parse_norm(norm: Norm) -> float:
 
 
 def _flat(x: jnp.ndarray) -> jnp.ndarray:
-    return x.reshape(x.shape[0], -1)
+    # An explicit feature count, not -1: reshape(0, -1) of an empty batch cannot infer it.
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
+def _check_batch(fn: str, x: jnp.ndarray, x_hat: jnp.ndarray, z: jnp.ndarray) -> None:
+    """:class:`TollError` unless ``x``/``x_hat`` have one shape and ``z`` the same batch size.
+
+    Shapes are static under ``jit``, so these Python checks cost nothing at run time and turn
+    a broadcasting error deep inside JAX (or a silently broadcast residual) into a clear one.
+    """
+    x_shape, xh_shape, z_shape = (tuple(jnp.shape(a)) for a in (x, x_hat, z))
+    if len(x_shape) < 1 or len(z_shape) < 1:
+        raise TollError(f"{fn}: x {x_shape} and z {z_shape} need a leading batch axis")
+    if xh_shape != x_shape:
+        raise TollError(f"{fn}: the reconstruction x_hat has shape {xh_shape} but x has "
+                        f"{x_shape}; they must match (one reconstruction per input)")
+    if z_shape[0] != x_shape[0]:
+        raise TollError(f"{fn}: z has batch size {z_shape[0]} but x has {x_shape[0]}; pass "
+                        "one code per input")
 
 
 def _euclidean(v: jnp.ndarray) -> jnp.ndarray:
@@ -48,6 +66,9 @@ def _euclidean(v: jnp.ndarray) -> jnp.ndarray:
 def latent_norm(z: jnp.ndarray, norm: Norm = 2) -> jnp.ndarray:
     """Per-sample ``||z||_p`` over all non-batch axes, shape ``(batch,)`` (Table 8 norms)."""
     order = parse_norm(norm)
+    if jnp.ndim(z) < 1:
+        raise TollError(f"latent_norm: z has shape {tuple(jnp.shape(z))}; it needs a leading "
+                        "batch axis")
     flat = _flat(z)
     if order == 2:
         return _euclidean(flat)
@@ -58,18 +79,28 @@ def latent_norm(z: jnp.ndarray, norm: Norm = 2) -> jnp.ndarray:
 
 def reconstruction_error(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
     """Per-sample Euclidean reconstruction error ``||x̂ − x||₂``, shape ``(batch,)``."""
+    if tuple(jnp.shape(x)) != tuple(jnp.shape(x_hat)) or jnp.ndim(x) < 1:
+        raise TollError(f"reconstruction_error: x_hat has shape {tuple(jnp.shape(x_hat))} but x "
+                        f"has {tuple(jnp.shape(x))}; they must match and have a batch axis")
     return _euclidean(_flat(x_hat - x))
 
 
 def toll_score(x: jnp.ndarray, x_hat: jnp.ndarray, z: jnp.ndarray, beta: float,
                norm: Norm = 2) -> jnp.ndarray:
-    """Per-sample Toll score ``||x̂ − x||₂ + β·||z||_p`` (paper eq. 1), shape ``(batch,)``."""
+    """Per-sample Toll score ``||x̂ − x||₂ + β·||z||_p`` (paper eq. 1), shape ``(batch,)``.
+
+    An empty batch gives an empty array; mismatched shapes raise :class:`TollError`.
+    """
+    _check_batch("toll_score", x, x_hat, z)
     return reconstruction_error(x, x_hat) + beta * latent_norm(z, norm)
 
 
 def toll_loss(x: jnp.ndarray, x_hat: jnp.ndarray, z: jnp.ndarray, beta: float,
               norm: Norm = 2) -> jnp.ndarray:
     """Batch loss: mean of :func:`toll_score` over the batch (paper eq. 1, as trained)."""
+    _check_batch("toll_loss", x, x_hat, z)
+    if jnp.shape(x)[0] == 0:  # the mean of nothing would be a silent NaN loss
+        raise TollError("toll_loss: empty batch (0 samples); pass at least one sample")
     return jnp.mean(toll_score(x, x_hat, z, beta, norm))
 
 
@@ -110,7 +141,7 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
 
     Weight: the paper does not state the weight λ of this term next to the classification
     loss. In ``experiments/collapse_demo.py`` (MNIST, BCE + λ·term) λ = 0.1 improved the
-    classifier's AUROC on 35 of 50 (digit, seed) pairs and λ = 1 hurt it (README); tune λ.
+    classifier's AUROC on 34 of 50 (digit, seed) pairs and λ = 1 hurt it (README); tune λ.
     """
     f = _flat(jnp.asarray(features))
     n = f.shape[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -119,6 +120,13 @@ class MLPAutoencoder(Autoencoder):
     init_scheme: str = "torch"
     dtype: Dtype = jnp.float32
 
+    def check_input(self, x: jnp.ndarray) -> None:
+        # Without this, applying weights made for another feature count fails inside flax
+        # (ScopeParamShapeError), and init silently builds a model for the wrong count.
+        if x.ndim != 2 or x.shape[-1] != self.features:
+            raise TollError(f"{type(self).__name__} expects inputs of shape (batch, "
+                            f"{self.features}), got {tuple(x.shape)}")
+
     def setup(self):
         self.encoder = MLP(self.features, (*self.hidden, self.z_dim), self.init_scheme, self.dtype)
         self.decoder = MLP(self.z_dim, (*self.hidden[::-1], self.features), self.init_scheme, self.dtype)
@@ -158,12 +166,32 @@ def build_model(dataset: str, z_dim: int | None = None, *, init: str = "torch",
                 dtype: Dtype = jnp.float32) -> nn.Module:
     """The Appendix-B autoencoder for ``dataset`` with latent size ``z_dim`` (paper's default)."""
     factory, _, default_z = _lookup(dataset)
-    z_dim = default_z if z_dim is None else int(z_dim)
-    if z_dim < 1:
-        raise TollError(f"--z-dim must be a positive integer, got {z_dim}")
+    if z_dim is None:
+        z_dim = default_z
+    # Integers only: int(2.7) would silently build z = 2, int("abc") raise a bare ValueError.
+    if isinstance(z_dim, (bool, np.bool_)) or not isinstance(z_dim, numbers.Integral) or z_dim < 1:
+        raise TollError(f"--z-dim must be a positive integer, got {z_dim!r}")
     if init not in INIT_SCHEMES:
         raise TollError(f"unknown init scheme {init!r}; choose one of {INIT_SCHEMES}")
-    return factory(z_dim, init, dtype)
+    check_dtype(dtype)
+    return factory(int(z_dim), init, dtype)
+
+
+def check_dtype(dtype: Dtype) -> None:
+    """:class:`TollError` unless ``dtype`` names a floating-point compute dtype.
+
+    flax only resolves the dtype when the model first runs; checking here reports a typo
+    (``"float33"``) at construction, not as a traceback from inside the first layer.
+    """
+    try:
+        resolved = jnp.dtype(dtype)
+    except Exception:  # TypeError for unknown names, others for arbitrary objects
+        resolved = None
+    if resolved is None:
+        raise TollError(f"unknown compute dtype {dtype!r}; use a floating-point dtype such as "
+                        "float32 or bfloat16")
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise TollError(f"compute dtype {resolved} is not floating-point; use float32 or bfloat16")
 
 
 def init_variables(model: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> dict:

@@ -27,8 +27,8 @@ def load_dataset(name: str, *, data_dir=None, normal_class: int | None = None,
         if normal_class not in (None, 0):
             raise TollError("arrhythmia has one fixed normal set; do not pass a normal class")
         if source != "files":
-            raise TollError(f"arrhythmia is only available from files, not source {source!r}; "
-                            "use --source files")
+            raise TollError(f"arrhythmia is only available from files (source 'files'), not "
+                            f"source {source!r}")
         return load_arrhythmia(data_dir)
     if name in IMAGE_DATASETS:
         return load_images(name, data_dir=data_dir, normal_class=normal_class, source=source)

@@ -27,8 +27,20 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         "the file is corrupt or not the ODDS arrhythmia.mat") from None
     if "X" not in mat or "y" not in mat:
         raise TollError(f"{path} has no 'X' and 'y' arrays; expected the ODDS arrhythmia.mat")
-    x = np.asarray(mat["X"], dtype=np.float64)
-    y = np.asarray(mat["y"]).reshape(-1)
+    x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
+    # Checked before the float64 cast: text or a cell array would fail inside NumPy, and
+    # complex values would be cast to their real part with only a ComplexWarning.
+    for name, arr in (("X", x), ("y", y)):
+        if arr.dtype.kind == "c":
+            raise TollError(f"{path}: {name} holds complex numbers; expected the real-valued "
+                            "ODDS arrhythmia.mat")
+        if arr.dtype.kind not in "biuf":
+            kind = ("a cell array" if arr.dtype == object else "text" if arr.dtype.kind in "US"
+                    else f"{arr.dtype} data")
+            raise TollError(f"{path}: {name} is {kind}, not a numeric matrix; expected the ODDS "
+                            "arrhythmia.mat")
+    x = x.astype(np.float64)
+    y = y.reshape(-1)
     if x.ndim != 2 or x.shape[0] != y.shape[0]:
         raise TollError(f"{path}: X has shape {x.shape} and y has {y.shape[0]} labels; they must "
                         "agree (one row per sample)")
@@ -85,6 +97,14 @@ def load_arrhythmia(data_dir: str | Path | None = None) -> AnomalySplit:
         raise TollError(f"{path}: X contains {int((~np.isfinite(x)).sum())} NaN/inf values "
                         f"(rows {rows[:5].tolist()}{'...' if len(rows) > 5 else ''}); clean or "
                         "impute the data before training")
+    # The split is float32: larger finite values would become inf there and be reported as
+    # NaN/inf values the file does not contain.
+    too_big = np.abs(x) > np.finfo(np.float32).max
+    if too_big.any():
+        rows = np.flatnonzero(too_big.any(axis=1))
+        raise TollError(f"{path}: X holds {int(too_big.sum())} values beyond the float32 range "
+                        f"(|x| > 3.4e38, rows {rows[:5].tolist()}{'...' if len(rows) > 5 else ''}); "
+                        "rescale the data before training")
     normal_perm = np.load(shipped_file("randomized_normal_indices_arrhythmia.npy"))
     anomalous_perm = np.load(shipped_file("randomized_anomalous_indices_arrhythmia.npy"))
     return split_arrhythmia(x, y, normal_perm, anomalous_perm)

@@ -99,14 +99,14 @@ def check_normal_class(dataset: str, normal_class) -> int:
     """``normal_class`` as an int, or a TollError if missing or out of range."""
     k = num_classes(dataset)
     if normal_class is None:
-        raise TollError(f"{dataset}: no normal class given; pass --normal-class 0..{k - 1} "
+        raise TollError(f"{dataset}: no normal class given; pass a normal class 0..{k - 1} "
                         "(the class treated as normal)")
     if isinstance(normal_class, (bool, np.bool_)) or not isinstance(normal_class, (int, np.integer)):
-        raise TollError(f"{dataset}: normal class must be an integer 0..{k - 1}, got "
-                        f"{normal_class!r}; pass --normal-class 0..{k - 1}")
+        raise TollError(f"{dataset}: the normal class must be an integer 0..{k - 1}, got "
+                        f"{normal_class!r}")
     if not 0 <= int(normal_class) < k:
-        raise TollError(f"{dataset}: normal class {int(normal_class)} is out of range; pass "
-                        f"--normal-class 0..{k - 1}")
+        raise TollError(f"{dataset}: normal class {int(normal_class)} is out of range; "
+                        f"{dataset} has normal classes 0..{k - 1}")
     return int(normal_class)
 
 
@@ -193,8 +193,8 @@ def make_split(dataset: str, train_x: np.ndarray, train_y: np.ndarray, test_x: n
     if train_idx.size == 0:
         raise TollError(f"{dataset}: no training images of normal class {normal_class} "
                         f"({class_names(dataset)[normal_class]}) outside the validation set; "
-                        "the data files hold no images of that class — check the files and "
-                        "--normal-class")
+                        "the data files hold no images of that class; check the files and the "
+                        "normal class")
     return AnomalySplit(
         dataset,
         preprocess(dataset, train_x[train_idx], normal_class),
@@ -271,17 +271,19 @@ def _read_cifar_dataset(dataset: str, where: str, keys: tuple) -> tuple[np.ndarr
     return arrays
 
 
-def read_raw(dataset: str, data_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_raw(dataset: str, data_dir, *, tfds_hint: str = "") -> tuple[np.ndarray, ...]:
     """Raw ``(train_x, train_y, test_x, test_y)`` from the original files in ``data_dir``.
 
     Images are read-only NHWC uint8, labels int64 class ids (CIFAR-100: coarse). Cached per
-    file path, modification time and size.
+    file path, modification time and size. ``tfds_hint`` is appended to the "no data folder"
+    message: only callers that offer the tfds source (and know how it is chosen) suggest it.
     """
     _check_dataset(dataset)
     if data_dir is None:
         what = "IDX files" if dataset in STANDARDIZATION else "python-version pickles"
+        hint = f", {tfds_hint}" if tfds_hint else ""
         raise TollError(f"{dataset}: no data folder given; pass --data-dir pointing at the "
-                        f"{_PRETTY[dataset]} {what}, or use --source tfds")
+                        f"{_PRETTY[dataset]} {what}{hint}")
     data_dir = Path(data_dir).expanduser()
     if not data_dir.exists():
         raise TollError(f"data dir {data_dir} does not exist; pass --data-dir pointing at the "
@@ -332,8 +334,8 @@ def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
     """
     _check_dataset(dataset)
     if source not in SOURCES:
-        raise TollError(f"unknown data source {source!r}; use --source files (the original "
-                        "files in --data-dir) or --source tfds (tensorflow-datasets)")
+        raise TollError(f"unknown data source {source!r}; choose 'files' (the original "
+                        "files in the data folder) or 'tfds' (tensorflow-datasets)")
     normal_class = check_normal_class(dataset, normal_class)
     if source == "tfds":
         from tolljax.data.tfds_source import read_tfds
@@ -341,13 +343,16 @@ def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
         if val_indices is None:
             val_indices = tfds_val_indices(train_x.shape[0])
     else:
-        train_x, train_y, test_x, test_y = read_raw(dataset, data_dir)
+        # load_images offers source="tfds"; worded as its argument, not a CLI flag, since the
+        # CLIs that call it name their options differently (or have no source option).
+        train_x, train_y, test_x, test_y = read_raw(
+            dataset, data_dir, tfds_hint="or load it with tensorflow-datasets (source 'tfds')")
         if val_indices is None:
             n_official = OFFICIAL_SIZES[dataset][0]
             if train_x.shape[0] != n_official:
                 raise TollError(f"{dataset}: the training files hold {train_x.shape[0]} images, "
                                 f"the official set has {n_official}; the shipped validation "
                                 "indices refer to the official files, so use the complete "
-                                "originals (or --source tfds)")
+                                "originals (or the 'tfds' source)")
             val_indices = shipped_val_indices(dataset)
     return make_split(dataset, train_x, train_y, test_x, test_y, normal_class, val_indices)
