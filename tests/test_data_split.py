@@ -11,6 +11,8 @@ def test_limit_split_is_stratified_seeded_and_a_subset(arrhythmia):
     assert small.val_y.sum() == round(30 * 13 / 90) and small.test_y.sum() == round(45 * 13 / 90)
     rows = {r.tobytes() for r in arrhythmia.test_x}
     assert all(r.tobytes() in rows for r in small.test_x)
+    for part in (small.val_x, small.test_x):  # drawn without replacement
+        assert len({r.tobytes() for r in part}) == part.shape[0]
     again = limit_split(arrhythmia, val_limit=30, test_limit=45, seed=0)
     np.testing.assert_array_equal(small.test_x, again.test_x)
     np.testing.assert_array_equal(small.train, arrhythmia.train)  # training data untouched

@@ -324,3 +324,26 @@ def test_mlp_wrong_feature_count_raises_toll_error():
             jax.eval_shape(lambda: model.apply(variables, jnp.zeros(shape)))
         with pytest.raises(TollError, match=r"\(batch, 274\)"):
             jax.eval_shape(lambda: model.init(KEY, jnp.zeros(shape)))
+
+
+def test_conv_block_is_conv_then_pytorch_batchnorm_then_leaky_relu():
+    """One ConvBlock in train mode against a hand-written reference: its own convolution
+    (flax's XLA convolution on its parameters), BatchNorm with batch statistics and eps 1e-5,
+    LeakyReLU(0.2); and the running statistics with PyTorch's momentum 0.1 (flax 0.9)."""
+    from jax import lax
+
+    block = ConvBlock(ConvSpec(6, 3, 1), slope=0.2)
+    x = _batch((9, 9, 4), n=8) * 3.0 + 2.0
+    variables = block.init(jax.random.key(0), x, train=True)
+    y, new = block.apply(variables, x, train=True, mutable=["batch_stats"])
+    kernel, bias = variables["params"]["conv"]["kernel"], variables["params"]["conv"]["bias"]
+    conv = np.asarray(lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias,
+                      np.float64)
+    mean, var = conv.mean(axis=(0, 1, 2)), conv.var(axis=(0, 1, 2))
+    normed = (conv - mean) / np.sqrt(var + 1e-5)
+    reference = np.where(normed >= 0, normed, 0.2 * normed)
+    np.testing.assert_allclose(np.asarray(y), reference, rtol=1e-4, atol=1e-4)
+    stats = new["batch_stats"]["bn"]
+    np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-4)
