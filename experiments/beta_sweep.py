@@ -7,10 +7,13 @@
 the plot ``beta_sweep.png``/``.pdf``. The paper's figure is an image without a stated β grid;
 the default grid here is ours. The paper's tables give two points of the curve for digit 8:
 β = 0 → 82.9 (Table 7) and β = 1000 → 97.3 (Table 1). All other flags are those of
-``python -m experiments.run`` (defaults: the paper's MNIST hyperparameters).
+``python -m experiments.run`` (defaults: the paper's MNIST hyperparameters), except the ones a
+sweep does not use (:data:`UNUSED_FLAGS`: ``--beta``, ``--classes``, ``--method``,
+``--describe``, ``--vmap-width``, ``--fresh`` and the multi-host flags), which are refused.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,7 +22,7 @@ import numpy as np
 
 from experiments.run import (build_parser, environment, resolve_config, summarize,
                              use_all_cores, use_compile_cache, write_json, _device_data, _fmt)
-from tolljax.errors import TollError
+from tolljax.errors import TollError, output_dir
 
 DEFAULT_BETAS = "0,1,10,100,1000,10000"
 
@@ -32,6 +35,45 @@ def parse_betas(spec: str) -> list[float]:
     if not betas or any(not np.isfinite(b) or b < 0 for b in betas):
         raise TollError(f"--betas must be finite numbers >= 0, got {spec!r}")
     return betas
+
+
+# Flags of experiments.run that a β sweep does not use, and why: given, they are rejected
+# rather than silently ignored (or, for --beta, recorded as if they had run).
+UNUSED_FLAGS = {
+    "beta": "--beta is set by --betas in a β sweep",
+    "method": "--method: a β sweep runs Toll only (the CANCE runner is experiments.cance)",
+    "classes": "--classes: a β sweep runs one normal class; choose it with --normal-class",
+    "describe": "--describe: use python -m experiments.run --describe for the model summary",
+    "vmap_width": "--vmap-width: a β sweep chooses how its seeds are vmapped itself",
+    "fresh": "--fresh: a β sweep does not resume, it always recomputes",
+    "distributed": "--distributed: a β sweep runs on one host",
+    "coordinator": "--coordinator: a β sweep runs on one host",
+    "num_processes": "--num-processes: a β sweep runs on one host",
+    "process_id": "--process-id: a β sweep runs on one host",
+}
+
+
+def reject_unused(args, parser) -> None:
+    """:class:`TollError` for the first flag of :data:`UNUSED_FLAGS` given a non-default value."""
+    for dest, message in UNUSED_FLAGS.items():
+        if getattr(args, dest) != parser.get_default(dest):
+            raise TollError(message)
+
+
+def normal_class(args) -> int | None:
+    """The sweep's normal class: ``--normal-class`` (default 8) for image datasets; None (and
+    the flag refused) for datasets with one fixed normal set."""
+    from tolljax.data import IMAGE_DATASETS, num_classes
+
+    if args.dataset not in IMAGE_DATASETS:
+        if args.normal_class is not None:
+            raise TollError(f"--normal-class: {args.dataset} has one fixed normal set")
+        return None
+    c = 8 if args.normal_class is None else args.normal_class
+    if c not in range(num_classes(args.dataset)):
+        raise TollError(f"--normal-class {c}: {args.dataset} has normal classes "
+                        f"0..{num_classes(args.dataset) - 1}")
+    return c
 
 
 def plot(path: Path, betas, means, stds, config, paper_points) -> None:
@@ -53,10 +95,11 @@ def plot(path: Path, betas, means, stds, config, paper_points) -> None:
     ax.set_xlabel("β (weight of ||z||₂)")
     ax.set_ylabel("test AUROC (%)")
     cls = config["classes"][0]
+    where = "" if cls is None else f" normal class {cls}"
     budget = "" if config["paper_protocol"] else " — CPU budget, not the paper's protocol"
     metric = {"auroc": "AUROC", "f1": "F1"}[config["metric"]]
     ax.set_ylabel(f"test {metric} (%)")
-    ax.set_title(f"{config['dataset']} normal class {cls}: {metric} vs β "
+    ax.set_title(f"{config['dataset']}{where}: {metric} vs β "
                  f"({config['seeds']} seeds){budget}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
@@ -72,20 +115,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.prog = "python -m experiments.beta_sweep"
     parser.description = __doc__.split("\n")[0]
     parser.add_argument("--betas", default=DEFAULT_BETAS, help="β values (default %(default)s)")
-    parser.add_argument("--normal-class", type=int, default=8, help="normal class (default 8)")
+    parser.add_argument("--normal-class", type=int, default=None,
+                        help="image datasets: the normal class (default 8)")
     parser.set_defaults(dataset="mnist", seeds=3)
+    for action in parser._actions:  # run.py's flags that a sweep refuses: not in --help
+        if action.dest in UNUSED_FLAGS:
+            action.help = argparse.SUPPRESS
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     use_all_cores(args.host_devices)
     use_compile_cache(args.compile_cache)
     try:
+        reject_unused(args, parser)
         betas = parse_betas(args.betas)
-        from tolljax.data import IMAGE_DATASETS
-
-        args.classes = str(args.normal_class) if args.dataset in IMAGE_DATASETS else None
+        cls = normal_class(args)
+        args.classes = None if cls is None else str(cls)
         config = resolve_config(args)
+        # The recorded config is what ran: the β grid, not run.py's single β; no vmap width.
+        del config["beta"], config["vmap_width"]
         config["betas"] = betas
-        out_dir = Path(args.out or Path("runs") / f"beta_sweep_{config['dataset']}_{args.normal_class}")
+        tag = config["dataset"] if cls is None else f"{config['dataset']}_{cls}"
+        out_dir = output_dir(args.out or Path("runs") / f"beta_sweep_{tag}")
         results, timings = sweep(config, betas, quiet=args.quiet)
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -103,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         "metric": config["metric"], "metric_unit": "%", "per_beta": results,
         "paper_points": [{"beta": b, "value": v, "source": t} for b, v, t in paper_points],
         "timings": timings, "environment": environment()})
-    lines = [f"# AUROC vs β · {config['dataset']} class {args.normal_class} · {config['seeds']} seeds", "",
+    metric = {"auroc": "AUROC", "f1": "F1"}[config["metric"]]
+    where = "" if cls is None else f" class {cls}"
+    lines = [f"# {metric} vs β · {config['dataset']}{where} · {config['seeds']} seeds", "",
              "| β | ours (mean ± std) | paper |", "|---|---|---|"]
     paper_at = {b: f"{v:.1f} ({t})" for b, v, t in paper_points}
     for beta, r in zip(betas, results):
@@ -113,9 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     plot(out_dir / "beta_sweep", betas, means, stds, config, paper_points)
     print("\n".join(lines))
+    for r in results:
+        if r["failed_seeds"]:  # as experiments.run: excluded from the mean, and said so
+            print(f"warning: β={r['beta']:g}: seeds {r['failed_seeds']} diverged (non-finite "
+                  "loss) and are excluded from the mean; try a smaller --lr")
     print(f"wall time: compile {timings['compile_s']:.1f} s + run {timings['run_s']:.1f} s "
           f"(total {timings['total_s']:.1f} s)\nresults: {out_dir / 'results.json'}, plot: "
           f"{out_dir / 'beta_sweep.png'}")
+    if all(r["mean"] is None for r in results):
+        print("error: every run failed (non-finite loss); see the warnings above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, output_dir
 
 # Per dataset defaults. Arrhythmia: the Toll MLP (z = 16) as CANCE's AE. MNIST: the CANCE
 # budget AE (`small`, z = 16) — the Appendix-B Toll model is `--ae-model paper`.
@@ -64,8 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-dim", type=int, default=None)
     p.add_argument("--ae-loss", choices=("cance", "toll"), default="cance",
                    help="stage-1 loss: CANCE's MSE + λ·cov (default) or Toll's ||x̂−x|| + β||z||")
-    p.add_argument("--cov-weight", type=float, default=1.0, help="λ of the covariance loss")
-    p.add_argument("--beta", type=float, default=None, help="β for --ae-loss toll (Toll's value)")
+    p.add_argument("--cov-weight", type=float, default=None,
+                   help="λ of the covariance loss, for --ae-loss cance (default 1)")
+    p.add_argument("--beta", type=float, default=None,
+                   help="β of Toll's loss, for --ae-loss toll (default: Toll's value)")
     p.add_argument("--ae-steps", type=int, default=None, help="stage-1 steps")
     p.add_argument("--decoder-steps", type=int, default=None,
                    help="stage-2 steps (encoder frozen; 0 = no decoupled stage)")
@@ -115,17 +118,16 @@ def resolve_config(args: argparse.Namespace) -> dict:
     d.update({k: v for k, v in over.items() if v is not None})
     if args.dataset == "arrhythmia" and d["ae_model"] == "small":
         raise TollError("--ae-model small is an MNIST budget model; arrhythmia uses 'paper'")
-    if d["seeds"] < 1:
-        raise TollError(f"--seeds must be at least 1, got {d['seeds']}")
-    try:
-        hidden = tuple(int(h) for h in args.nce_hidden.split(",") if h.strip())
-    except ValueError:
-        raise TollError(f"--nce-hidden takes comma-separated widths, got {args.nce_hidden!r}") from None
+    check_flags(args, d)
+    if args.dataset == "mnist" and args.data_dir is None:
+        raise TollError("--dataset mnist needs --data-dir: the folder with the MNIST IDX files")
+    hidden = parse_hidden(args.nce_hidden)
     from tolljax.configs import PAPER_HYPERPARAMETERS
 
     beta = args.beta if args.beta is not None else PAPER_HYPERPARAMETERS[args.dataset]["beta"]
+    cov_weight = 1.0 if args.cov_weight is None else args.cov_weight
     d.update(dataset=args.dataset, variants=cance.parse_variants(args.variants),
-             ae_loss=args.ae_loss, cov_weight=args.cov_weight, beta=beta,
+             ae_loss=args.ae_loss, cov_weight=cov_weight, beta=beta,
              nce_lr=args.nce_lr, noise_lr=args.noise_lr, noise_ratio=args.noise_ratio,
              nce_hidden=list(hidden), learn_noise=not args.fixed_noise, select=args.select,
              val_limit=args.val_limit, test_limit=args.test_limit,
@@ -144,6 +146,63 @@ def resolve_config(args: argparse.Namespace) -> dict:
     # Validate the stage configs now, so flag errors are reported before any data is loaded.
     ae_config(d), nce_config(d)
     return d
+
+
+# Flags that must be ≥ 1 (stage lengths, batch sizes, widths) and their config keys.
+POSITIVE_FLAGS = {"--seeds": "seeds", "--z-dim": "z_dim", "--ae-steps": "ae_steps",
+                  "--ae-batch": "ae_batch", "--ae-eval-every": "ae_eval_every",
+                  "--nce-steps": "nce_steps", "--nce-batch": "nce_batch",
+                  "--nce-eval-every": "nce_eval_every"}
+
+
+def check_flags(args: argparse.Namespace, d: dict) -> None:
+    """Raise :class:`TollError` naming the first bad flag (``d``: the resolved per-dataset
+    values), so a bad flag fails before any data is loaded instead of inside JAX/NumPy."""
+    for flag, key in POSITIVE_FLAGS.items():
+        if d[key] < 1:
+            raise TollError(f"{flag} must be at least 1, got {d[key]}")
+    if d["decoder_steps"] < 0:
+        raise TollError(f"--decoder-steps must be >= 0, got {d['decoder_steps']}")
+    for steps, every in (("ae_steps", "ae_eval_every"), ("decoder_steps", "ae_eval_every"),
+                         ("nce_steps", "nce_eval_every")):
+        if d[steps] % d[every]:
+            raise TollError(f"--{steps.replace('_', '-')} {d[steps]} must be a multiple of "
+                            f"--{every.replace('_', '-')} {d[every]} (checkpoints fall on it)")
+    if args.noise_ratio < 1:
+        raise TollError(f"--noise-ratio must be at least 1, got {args.noise_ratio}")
+    for flag, value in (("--ae-lr", d["ae_lr"]), ("--nce-lr", args.nce_lr),
+                        ("--noise-lr", args.noise_lr)):
+        if not (np.isfinite(value) and value > 0):
+            raise TollError(f"{flag} must be a finite number > 0, got {value}")
+    # Each loss weight belongs to one stage-1 loss; given with the other it would be ignored.
+    if args.beta is not None:
+        if args.ae_loss != "toll":
+            raise TollError("--beta is the weight of Toll's loss; it needs --ae-loss toll "
+                            "(the cance loss weighs its covariance term with --cov-weight)")
+        if not (np.isfinite(args.beta) and args.beta >= 0):
+            raise TollError(f"--beta must be a finite number >= 0, got {args.beta}")
+    if args.cov_weight is not None:
+        if args.ae_loss != "cance":
+            raise TollError("--cov-weight weighs the covariance term of --ae-loss cance; "
+                            "--ae-loss toll weighs its latent norm with --beta")
+        if not (np.isfinite(args.cov_weight) and args.cov_weight >= 0):
+            raise TollError(f"--cov-weight must be a finite number >= 0, got {args.cov_weight}")
+    for flag, value in (("--val-limit", args.val_limit), ("--test-limit", args.test_limit)):
+        if value is not None and value < 2:  # a stratified subset needs a normal and an anomaly
+            raise TollError(f"{flag} must be at least 2, got {value}")
+    if args.subset_seed < 0:
+        raise TollError(f"--subset-seed must be >= 0, got {args.subset_seed}")
+
+
+def parse_hidden(spec: str) -> tuple[int, ...]:
+    """``--nce-hidden`` as a tuple of layer widths, each ≥ 1."""
+    try:
+        hidden = tuple(int(h) for h in spec.split(",") if h.strip())
+    except ValueError:
+        raise TollError(f"--nce-hidden takes comma-separated widths, got {spec!r}") from None
+    if any(h < 1 for h in hidden):
+        raise TollError(f"--nce-hidden widths must be at least 1, got {spec!r}")
+    return hidden
 
 
 def ae_config(cfg: dict):
@@ -231,6 +290,20 @@ def small_mnist_autoencoder(z_dim: int = 16):
 # --------------------------------------------------------------------------------------------
 
 
+# The image loader's hints at its tensorflow-datasets source, an option of experiments.run
+# that this runner (and experiments.collapse_demo) does not offer.
+TFDS_HINTS = (re.compile(r", or (?:use --source tfds|load it with tensorflow-datasets "
+                         r"\(source 'tfds'\))"),
+              re.compile(r" \(or (?:--source tfds|the 'tfds' source)\)"))
+
+
+def without_tfds_hint(message: str) -> str:
+    """A data-loading error message without the hints at the tfds source."""
+    for hint in TFDS_HINTS:
+        message = hint.sub("", message)
+    return message
+
+
 def stratified_subset(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Sorted indices of a seeded subset of ``limit`` rows keeping the label proportions
     (at least one of each label); all rows when ``limit`` is None or not smaller."""
@@ -281,6 +354,8 @@ def _compile(fn, *args):
 
 
 def run(cfg: dict, *, log=print) -> dict:
+    """Train and score every (class, seed, variant) of ``cfg``; failed seeds (a non-finite
+    loss or non-finite test scores) get a null metric and are excluded from the means."""
     import jax
     import jax.numpy as jnp
 
@@ -289,6 +364,7 @@ def run(cfg: dict, *, log=print) -> dict:
     from tolljax.metrics import METRICS
     from tolljax.models import build_model
     from experiments.paper_cance import paper_value
+    from experiments.run import _fmt, _nan_to_none, summarize
 
     dataset, metric = cfg["dataset"], METRICS[cfg["metric"]]
     model = (small_mnist_autoencoder(cfg["z_dim"]) if cfg["ae_model"] == "small"
@@ -299,8 +375,16 @@ def run(cfg: dict, *, log=print) -> dict:
 
     def load(c):
         t = time.perf_counter()
-        split = load_dataset(dataset, data_dir=cfg["data_dir"], normal_class=c)
-        validate_split(split, batch_size=max(cfg["ae_batch"], cfg["nce_batch"]))
+        try:
+            split = load_dataset(dataset, data_dir=cfg["data_dir"], normal_class=c)
+        except TollError as exc:
+            raise TollError(without_tfds_hint(str(exc))) from None
+        validate_split(split)
+        n = split.train.shape[0]
+        for flag, key in (("--ae-batch", "ae_batch"), ("--nce-batch", "nce_batch")):
+            if cfg[key] > n:  # each step draws a batch of distinct training rows
+                raise TollError(f"{split.name}: only {n} normal training samples but {flag} "
+                                f"{cfg[key]}; use {flag} <= {n}")
         timings["load_s"] += time.perf_counter() - t
         return split
 
@@ -343,13 +427,18 @@ def run(cfg: dict, *, log=print) -> dict:
         for part, x in (("train", data["train"]), ("val", data["val_x"]), ("test", data["test_x"])):
             feats[part] = jax.block_until_ready(feat_fn(ae["variables"], x))
         timings["features_s"] += time.perf_counter() - t
+        # A seed whose autoencoder diverged is failed for every variant, as a diverged Toll
+        # run in experiments.run: its features come from a non-finite (or never-selected)
+        # model, so no metric is reported for it.
+        ae_bad = np.asarray(ae["nonfinite"], bool)
         entry = {"normal_class": c, "n_train": int(split.train.shape[0]),
                  "n_val": int(data["val_y"].shape[0]), "n_test": int(data["test_y"].shape[0]),
                  "seeds": seeds,
                  "ae": {"best_step": np.asarray(ae["best_step"]).tolist(),
                         "best_decoder_step": np.asarray(ae["best_decoder_step"]).tolist(),
                         "best_val": np.asarray(ae["best_val"]).tolist(),
-                        "nonfinite": np.asarray(ae["nonfinite"]).tolist(),
+                        "nonfinite": ae_bad.tolist(),
+                        "failed_seeds": [s for s, bad in zip(seeds, ae_bad) if bad],
                         "loss_curve": np.asarray(ae["loss_curve"]).round(6).tolist()},
                  "variants": {}}
         for v in cfg["variants"]:
@@ -358,37 +447,44 @@ def run(cfg: dict, *, log=print) -> dict:
                 vals = np.asarray(jax.vmap(metric, in_axes=(0, None))(scores, data["test_y"]))
                 extra = {}
                 test_scores = scores
+                bad = ae_bad.copy()
             else:
                 out, secs = call(v, nce_fns[v], nce_keys, feats["train"], data["n_train"],
                                  feats["val"], data["val_y"], feats["test"], data["test_y"])
                 timings[f"{v}_s"] += secs
                 vals = np.asarray(out["test_metric"])
                 test_scores = out["test_scores"]
+                bad = ae_bad | np.asarray(out["nonfinite"], bool)
                 extra = {"best_step": np.asarray(out["best_step"]).tolist(),
                          "best_val": np.asarray(out["best_val"]).tolist(),
                          "noise_scale_mean": np.asarray(out["noise_scale"]).mean(-1).tolist(),
                          "nonfinite": np.asarray(out["nonfinite"]).tolist(),
                          "loss_curve": np.asarray(out["loss_curve"]).round(5).tolist()}
-            pct = 100.0 * vals
+            # Non-finite scores give no meaningful ranking, whatever the metric returns.
+            bad = bad | ~np.all(np.isfinite(np.asarray(test_scores)), axis=-1)
+            pct = np.where(bad, np.nan, 100.0 * vals)
             if cfg["metric"] != "auroc":  # a finer-grained second read-out of the same scores
                 auc = 100.0 * np.asarray(jax.vmap(METRICS["auroc"], in_axes=(0, None))(
                     test_scores, data["test_y"]))
-                extra["test_auroc"] = auc.tolist()
-                extra["test_auroc_mean"], extra["test_auroc_std"] = float(auc.mean()), float(auc.std())
+                auc = np.where(bad, np.nan, auc)
+                auc_stats = summarize(auc)
+                extra.update(test_auroc=_nan_to_none(auc), test_auroc_mean=auc_stats["mean"],
+                             test_auroc_std=auc_stats["std"])
             paper, source = paper_value(dataset, v, c)
-            entry["variants"][v] = {"label": cance.VARIANTS[v][0], "test_metric": pct.tolist(),
-                                    "mean": float(pct.mean()), "std": float(pct.std()),
+            entry["variants"][v] = {"label": cance.VARIANTS[v][0], "test_metric": _nan_to_none(pct),
+                                    **summarize(pct),
+                                    "failed_seeds": [s for s, b in zip(seeds, bad) if b],
                                     "paper": paper, "paper_source": source, **extra}
-        log("   " + "  ".join(f"{entry['variants'][v]['label']} {entry['variants'][v]['mean']:.2f}"
-                              f"±{entry['variants'][v]['std']:.2f}" for v in cfg["variants"]),
-            flush=True)
+        log("   " + "  ".join(f"{e['label']} {_fmt(e['mean'])}±{_fmt(e['std'])}"
+                              for e in entry["variants"].values()), flush=True)
         runs.append(entry)
     summary = {}
     for v in cfg["variants"]:
-        means = np.array([r["variants"][v]["mean"] for r in runs])
+        means = np.array([np.nan if r["variants"][v]["mean"] is None else r["variants"][v]["mean"]
+                          for r in runs])
         paper, source = paper_value(dataset, v, None)
-        summary[v] = {"label": cance.VARIANTS[v][0], "mean": float(means.mean()),
-                      "std": runs[0]["variants"][v]["std"] if len(runs) == 1 else float(means.std()),
+        summary[v] = {"label": cance.VARIANTS[v][0], **summarize(means),
+                      **({"std": runs[0]["variants"][v]["std"]} if len(runs) == 1 else {}),
                       "std_is": "over seeds" if len(runs) == 1 else "over per-class means",
                       "paper": paper, "paper_source": source}
     return {"dataset": dataset, "metric": cfg["metric"], "metric_unit": "%", "runs": runs,
@@ -398,6 +494,7 @@ def run(cfg: dict, *, log=print) -> dict:
 def markdown_table(cfg: dict, results: dict) -> str:
     from experiments.paper import paper_value as toll_paper
     from experiments.paper_cance import NUMBERS_MISSING, SOURCE
+    from experiments.run import _fmt
 
     metric = {"f1": "F1", "auroc": "AUROC"}[results["metric"]]
     variants = cfg["variants"]
@@ -416,19 +513,21 @@ def markdown_table(cfg: dict, results: dict) -> str:
         for v in variants:
             e = r["variants"][v]
             paper = f"{e['paper']:.2f}" if e["paper"] is not None else "n/a¹"
-            seeds = " ".join(f"{x:.1f}" for x in e["test_metric"])
-            extra = f" {e['test_auroc_mean']:.2f} ± {e['test_auroc_std']:.2f} |" if auc else ""
-            lines.append(f"| {e['label']} | {e['mean']:.2f} ± {e['std']:.2f} | {seeds} | {paper} |"
-                         + extra)
+            seeds = " ".join("FAILED" if x is None else f"{x:.1f}" for x in e["test_metric"])
+            extra = (f" {_fmt(e['test_auroc_mean'])} ± {_fmt(e['test_auroc_std'])} |"
+                     if auc else "")
+            lines.append(f"| {e['label']} | {_fmt(e['mean'])} ± {_fmt(e['std'])} | {seeds} | "
+                         f"{paper} |" + extra)
     else:
         lines += ["| normal class | " + " | ".join(labels) + " |",
                   "|---" * (len(variants) + 1) + "|"]
         for r in results["runs"]:
             lines.append(f"| {r['normal_class']} | " + " | ".join(
-                f"{r['variants'][v]['mean']:.2f} ± {r['variants'][v]['std']:.2f}" for v in variants)
-                + " |")
+                f"{_fmt(r['variants'][v]['mean'])} ± {_fmt(r['variants'][v]['std'])}"
+                for v in variants) + " |")
         s = results["summary"]
-        lines.append("| **mean** | " + " | ".join(f"**{s[v]['mean']:.2f}**" for v in variants) + " |")
+        lines.append("| **mean** | " + " | ".join(f"**{_fmt(s[v]['mean'])}**" for v in variants)
+                     + " |")
         lines.append("| paper | " + " | ".join(
             f"{s[v]['paper']:.2f}" if s[v]["paper"] is not None else "n/a¹" for v in variants) + " |")
     lines += ["", f"{n_seeds} seeds (std over seeds"
@@ -445,7 +544,30 @@ def markdown_table(cfg: dict, results: dict) -> str:
         toll, where = toll_paper("arrhythmia")
         lines.append(f"For reference, Toll on this split: {toll:.2f} (Toll paper {where}); the "
                      "CANCE paper's Arrhythmia protocol (Zong et al.) is a different split.")
+    failed = failure_warnings(cfg, results)
+    if failed:  # the table's means exclude these seeds; say so in the file as well
+        lines += [""] + [f"- {w}" for w in failed]
     return "\n".join(lines) + "\n"
+
+
+def failure_warnings(cfg: dict, results: dict) -> list[str]:
+    """One line per class and variant with failed seeds (as experiments.run reports them)."""
+    lines = []
+    for r in results["runs"]:
+        where = "" if r["normal_class"] is None else f"class {r['normal_class']}: "
+        ae_failed = r["ae"]["failed_seeds"]
+        if ae_failed:
+            hint = "--ae-lr or --beta" if cfg["ae_loss"] == "toll" else "--ae-lr"
+            lines.append(f"warning: {where}seeds {ae_failed}: the autoencoder diverged (non-finite "
+                         "loss), so every variant is failed for them and excluded from the means; "
+                         f"try a smaller {hint}")
+        for v, e in r["variants"].items():
+            nce_failed = [s for s in e["failed_seeds"] if s not in ae_failed]
+            if nce_failed:
+                lines.append(f"warning: {where}{e['label']}: seeds {nce_failed} diverged "
+                             "(non-finite NCE loss or scores) and are excluded from the mean; try "
+                             "a smaller --nce-lr or --noise-lr")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a, **k: None) if args.quiet else print
     try:
         cfg = resolve_config(args)
-        out_dir = Path(args.out or Path("runs") / f"cance-{cfg['dataset']}")
+        out_dir = output_dir(args.out or Path("runs") / f"cance-{cfg['dataset']}")
         results = run(cfg, log=log)
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -476,9 +598,16 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(cfg, results)
     (out_dir / "results.md").write_text(table)
     print(table.rstrip())
+    for line in failure_warnings(cfg, results):
+        print(line)
     t = results["timings"]
     print("wall time: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
     print(f"results: {out_dir / 'results.json'}")
+    empty = [s["label"] for s in results["summary"].values() if s["mean"] is None]
+    if empty:  # as experiments.run: a comparison with no number at all is a failed run
+        print(f"error: every run of {', '.join(empty)} failed (non-finite loss or scores); see "
+              "the warnings above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,11 +35,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, output_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,7 +164,9 @@ def run(cfg: dict, log=print) -> dict:
     import optax
 
     from experiments.cance import stratified_subset
-    from tolljax.data import load_dataset, pad_rows
+    from experiments.run import _fmt, _nan_to_none
+    from experiments.run import summarize as summarize_seeds
+    from tolljax.data import pad_rows
     from tolljax.metrics import auroc
 
     model = classifier(cfg["feature_dim"])
@@ -184,7 +185,10 @@ def run(cfg: dict, log=print) -> dict:
             return (optax.apply_updates(params, upd), opt), (bce, col)
 
         (params, _), (bce, col) = jax.lax.scan(step, (params, tx.init(params)), step_keys)
-        return params, bce[-1], col[-1]
+        # Failed once any step's loss is not finite (as experiments.run): the parameters are
+        # then garbage, and their AUROC must not be reported.
+        bad = jnp.any(~jnp.isfinite(bce + weight * col))
+        return params, bce[-1], col[-1], bad
 
     def evaluate(params, train, n_train, test_x, test_y):
         logit, f = model.apply({"params": params}, test_x)
@@ -192,14 +196,22 @@ def run(cfg: dict, log=print) -> dict:
         valid = (jnp.arange(train.shape[0]) < n_train)[:, None]
         centre = jnp.sum(f_train * valid, 0) / n_train
         dist = jnp.linalg.norm(f - centre, axis=-1)
-        return auroc(logit, test_y), auroc(dist, test_y)
+        finite = jnp.all(jnp.isfinite(logit)) & jnp.all(jnp.isfinite(dist))
+        return auroc(logit, test_y), auroc(dist, test_y), finite
 
     # Seeds are a vmap axis of one compiled program per λ-independent shape: λ is an argument,
     # and every class's training images are zero-padded to the same row count.
     train_seeds = jax.jit(jax.vmap(train, in_axes=(0, 0, None, None, None)))
     evaluate_seeds = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))
-    splits = {c: load_dataset("mnist", data_dir=cfg["data_dir"], normal_class=c)
-              for c in cfg["classes"]}
+    splits = {c: load_mnist(cfg["data_dir"], c) for c in cfg["classes"]}
+    half = cfg["batch_size"] // 2
+    for c, split in splits.items():
+        n = split.train.shape[0]
+        if 3 * half > n:  # each step draws 3·batch/2 distinct images: normals + 2 per anomaly
+            raise TollError(f"--batch-size {cfg['batch_size']}: class {c} has only {n} training "
+                            f"images, and a batch draws {3 * half} distinct ones (half normal, "
+                            "half synthetic anomalies made from two images each); use "
+                            f"--batch-size <= {2 * (n // 3)}")
     rows = max(split.train.shape[0] for split in splits.values())
     seeds = list(range(cfg["seeds"]))
     keys = [jax.random.split(jax.random.key(seed)) for seed in seeds]
@@ -215,41 +227,59 @@ def run(cfg: dict, log=print) -> dict:
         entry = {"normal_class": c, "n_train": int(n), "n_test": int(ti.size), "seeds": seeds,
                  "by_weight": {}}
         for w in cfg["weights"]:  # same init and batches for every λ (paired)
-            params, bce, col = train_seeds(k_init, step_keys, train_x, n_train, jnp.float32(w))
-            a_logit, a_dist = evaluate_seeds(params, train_x, n_train, test_x, test_y)
+            params, bce, col, bad = train_seeds(k_init, step_keys, train_x, n_train,
+                                                jnp.float32(w))
+            a_logit, a_dist, finite = evaluate_seeds(params, train_x, n_train, test_x, test_y)
+            failed = np.asarray(bad) | ~np.asarray(finite)
             entry["by_weight"][str(w)] = {
-                "logit_auroc": [100 * float(a) for a in a_logit],
-                "distance_auroc": [100 * float(a) for a in a_dist],
-                "final_bce": [float(b) for b in bce], "final_collapse": [float(v) for v in col]}
+                "logit_auroc": _nan_to_none(np.where(failed, np.nan, 100 * np.asarray(a_logit))),
+                "distance_auroc": _nan_to_none(np.where(failed, np.nan, 100 * np.asarray(a_dist))),
+                "final_bce": [float(b) for b in bce], "final_collapse": [float(v) for v in col],
+                "failed_seeds": [s for s, f in zip(seeds, failed) if f]}
         for w, rec in entry["by_weight"].items():
             for key in ("logit_auroc", "distance_auroc"):
-                vals = np.array(rec[key])
-                rec[key + "_mean"], rec[key + "_std"] = float(vals.mean()), float(vals.std())
+                stats = summarize_seeds(_values(rec[key]))
+                rec[key + "_mean"], rec[key + "_std"] = stats["mean"], stats["std"]
         log(f"class {c}: " + "  ".join(
-            f"λ={w}: {r['logit_auroc_mean']:.2f}±{r['logit_auroc_std']:.2f} "
-            f"(dist {r['distance_auroc_mean']:.2f})" for w, r in entry["by_weight"].items())
+            f"λ={w}: {_fmt(r['logit_auroc_mean'])}±{_fmt(r['logit_auroc_std'])} "
+            f"(dist {_fmt(r['distance_auroc_mean'])})" for w, r in entry["by_weight"].items())
             + f"  [{time.perf_counter() - t0:.0f} s]", flush=True)
         runs.append(entry)
     return {"runs": runs, "summary": summarize(runs, cfg["weights"]),
             "timings": {"run_s": time.perf_counter() - t0}}
 
 
+def _values(values) -> np.ndarray:
+    """AUROC list (None = failed seed) → float array with NaN."""
+    return np.array([np.nan if v is None else v for v in values], float)
+
+
+def _mean_std(values: np.ndarray) -> tuple[float | None, float | None]:
+    """Mean and std of the finite entries; (None, None) when there are none."""
+    ok = values[np.isfinite(values)]
+    return (float(ok.mean()), float(ok.std())) if ok.size else (None, None)
+
+
 def summarize(runs: list[dict], weights: list[float]) -> dict:
-    """Per λ: mean over classes of the per-class seed means; paired differences vs λ = 0."""
+    """Per λ: mean over classes of the per-class seed means; paired differences vs λ = 0.
+
+    Failed seeds (null AUROC) are left out: a class with no finite seed leaves the class mean,
+    a seed failed in any class leaves the std over seeds, and a pair with a failed side is not
+    counted. Statistics with nothing left are None."""
     out = {}
     base = str(weights[0])
     for w in weights:
         s = {}
         for key in ("logit_auroc", "distance_auroc"):
-            per_class = np.array([r["by_weight"][str(w)][key + "_mean"] for r in runs])
+            per_class = _values([r["by_weight"][str(w)][key + "_mean"] for r in runs])
             # per-seed means over classes -> std over seeds of the class-averaged AUROC
-            per_seed = np.mean([r["by_weight"][str(w)][key] for r in runs], axis=0)
-            s[key] = {"mean": float(per_class.mean()), "std_over_seeds": float(per_seed.std())}
+            per_seed = np.mean([_values(r["by_weight"][str(w)][key]) for r in runs], axis=0)
+            s[key] = {"mean": _mean_std(per_class)[0], "std_over_seeds": _mean_std(per_seed)[1]}
             if str(w) != base:
-                diff = np.array([np.array(r["by_weight"][str(w)][key])
-                                 - np.array(r["by_weight"][base][key]) for r in runs])
-                s[key]["paired_diff_mean"] = float(diff.mean())
-                s[key]["paired_diff_std"] = float(diff.std())
+                diff = np.concatenate([_values(r["by_weight"][str(w)][key])
+                                       - _values(r["by_weight"][base][key]) for r in runs])
+                diff = diff[np.isfinite(diff)]
+                s[key]["paired_diff_mean"], s[key]["paired_diff_std"] = _mean_std(diff)
                 s[key]["wins"] = int((diff > 0).sum())
                 s[key]["losses"] = int((diff < 0).sum())
                 s[key]["pairs"] = int(diff.size)
@@ -257,7 +287,16 @@ def summarize(runs: list[dict], weights: list[float]) -> dict:
     return out
 
 
+def failure_warnings(results: dict) -> list[str]:
+    """One line per (class, λ) with failed seeds (as experiments.run reports them)."""
+    return [f"warning: class {r['normal_class']}, λ = {w}: seeds {rec['failed_seeds']} diverged "
+            "(non-finite loss or scores) and are excluded from the means; try a smaller --lr"
+            for r in results["runs"] for w, rec in r["by_weight"].items() if rec["failed_seeds"]]
+
+
 def markdown_table(cfg: dict, results: dict) -> str:
+    from experiments.run import _fmt
+
     ws = [str(w) for w in cfg["weights"]]
     lines = ["# Targeted collapse in a FITYMI-style classifier · MNIST · test AUROC (%)", "",
              f"Small conv encoder from scratch, {cfg['steps']} Adam steps (lr {cfg['lr']:g}, batch "
@@ -273,17 +312,22 @@ def markdown_table(cfg: dict, results: dict) -> str:
                   "|---" * (len(ws) + 1) + "|"]
         for r in results["runs"]:
             lines.append(f"| {r['normal_class']} | " + " | ".join(
-                f"{r['by_weight'][w][key + '_mean']:.2f} ± {r['by_weight'][w][key + '_std']:.2f}"
-                for w in ws) + " |")
+                f"{_fmt(rec[key + '_mean'])} ± {_fmt(rec[key + '_std'])}"
+                for rec in (r["by_weight"][w] for w in ws)) + " |")
         s = results["summary"]
         lines.append("| **mean** | " + " | ".join(
-            f"**{s[w][key]['mean']:.2f}** ± {s[w][key]['std_over_seeds']:.2f}" for w in ws) + " |")
+            f"**{_fmt(s[w][key]['mean'])}** ± {_fmt(s[w][key]['std_over_seeds'])}" for w in ws)
+            + " |")
         for w in ws[1:]:
             d = s[w][key]
+            diff = "n/a" if d["paired_diff_mean"] is None else f"{d['paired_diff_mean']:+.2f}"
             lines += ["", f"λ = {w} minus λ = {ws[0]}, paired by (class, seed): "
-                      f"{d['paired_diff_mean']:+.2f} ± {d['paired_diff_std']:.2f} points; higher in "
+                      f"{diff} ± {_fmt(d['paired_diff_std'])} points; higher in "
                       f"{d['wins']}, lower in {d['losses']} of {d['pairs']} pairs."]
         lines.append("")
+    failed = failure_warnings(results)
+    if failed:  # the means above exclude these seeds; say so in the file as well
+        lines += [f"- {line}" for line in failed] + [""]
     lines += ["Per-class cells: mean ± std over seeds. Mean row: mean over classes ± std over "
               "seeds of the class-averaged AUROC.",
               "Toll paper (Tables 5/6, ViT-B/16 + diffusion anomalies): CIFAR-10 98.41 → 98.78, "
@@ -291,41 +335,92 @@ def markdown_table(cfg: dict, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def load_mnist(data_dir, normal_class: int):
+    """The MNIST split of ``normal_class``, with the loader's hints at the tfds source (an
+    option of experiments.run, not of this demo) dropped from its errors."""
+    from experiments.cance import without_tfds_hint
+    from tolljax.data import load_dataset
+
+    try:
+        return load_dataset("mnist", data_dir=data_dir, normal_class=normal_class)
+    except TollError as exc:
+        raise TollError(without_tfds_hint(str(exc))) from None
+
+
+def _int_list(flag: str, spec: str) -> list[int]:
+    try:
+        return [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise TollError(f"{flag} takes comma-separated integers, got {spec!r}") from None
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """The run's configuration from the flags; :class:`TollError` names the first bad flag."""
+    from tolljax.losses import parse_norm
+
+    if args.data_dir is None:
+        raise TollError("--data-dir is required: the folder with the MNIST IDX files "
+                        "(train-images-idx3-ubyte[.gz], train-labels-…, t10k-…)")
+    classes = _int_list("--classes", args.classes)
+    if not classes or any(c not in range(10) for c in classes):
+        raise TollError(f"--classes takes digits 0..9, got {args.classes!r}")
+    if len(set(classes)) < len(classes):
+        raise TollError(f"--classes {args.classes!r} names a digit twice")
+    try:
+        weights = [float(w) for w in args.weights.split(",") if w.strip()]
+    except ValueError:
+        raise TollError(f"--weights takes comma-separated numbers, got {args.weights!r}") from None
+    if (len(weights) < 2 or weights[0] != 0.0
+            or any(not np.isfinite(w) or w < 0 for w in weights)):
+        raise TollError("--weights must start with 0 (the baseline) and list at least one "
+                        f"finite λ > 0, got {args.weights!r}")
+    if len(set(weights)) < len(weights):
+        raise TollError(f"--weights {args.weights!r} lists a λ twice")
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps),
+                        ("--feature-dim", args.feature_dim)):
+        if value < 1:
+            raise TollError(f"{flag} must be at least 1, got {value}")
+    if not (np.isfinite(args.lr) and args.lr > 0):
+        raise TollError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.batch_size < 4 or args.batch_size % 2:
+        raise TollError(f"--batch-size must be even and >= 4, got {args.batch_size}")
+    if args.test_limit is not None and args.test_limit < 2:  # a normal and an anomaly at least
+        raise TollError(f"--test-limit must be at least 2, got {args.test_limit}")
+    order = parse_norm(args.norm)
+    norm = "inf" if order == float("inf") else str(int(order))
+    return {"classes": classes, "weights": weights, "norm": norm, "seeds": args.seeds,
+            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "feature_dim": args.feature_dim, "test_limit": args.test_limit,
+            "data_dir": args.data_dir}
+
+
 def main(argv: list[str] | None = None) -> int:
     from experiments.run import environment, write_json
-    from tolljax.losses import parse_norm
 
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
     try:
-        classes = [int(c) for c in args.classes.split(",") if c.strip()]
-        weights = [float(w) for w in args.weights.split(",") if w.strip()]
-        if not classes or any(c not in range(10) for c in classes):
-            raise TollError(f"--classes takes digits 0..9, got {args.classes!r}")
-        if len(weights) < 2 or weights[0] != 0.0 or any(w < 0 for w in weights):
-            raise TollError("--weights must start with 0 (the baseline) and list at least one "
-                            f"λ > 0, got {args.weights!r}")
-        order = parse_norm(args.norm)
-        norm = "inf" if order == float("inf") else str(int(order))
-        if args.batch_size < 4 or args.batch_size % 2:
-            raise TollError(f"--batch-size must be even and >= 4, got {args.batch_size}")
-        cfg = {"classes": classes, "weights": weights, "norm": norm, "seeds": args.seeds,
-               "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
-               "feature_dim": args.feature_dim, "test_limit": args.test_limit,
-               "data_dir": args.data_dir}
+        cfg = resolve_config(args)
+        out = output_dir(args.out)
         results = run(cfg, log=(lambda *a, **k: None) if args.quiet else print)
-    except (TollError, ValueError) as exc:
+    except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     results["timings"]["total_s"] = time.perf_counter() - start
-    out = Path(args.out)
     write_json(out / "results.json", {"config": cfg, "command": [
         "python", "-m", "experiments.collapse_demo", *(sys.argv[1:] if argv is None else argv)],
         **results, "environment": environment()})
     table = markdown_table(cfg, results)
     (out / "results.md").write_text(table)
     print(table.rstrip())
+    for line in failure_warnings(results):
+        print(line)
     print(f"results: {out / 'results.json'}")
+    empty = [w for w, s in results["summary"].items() if s["logit_auroc"]["mean"] is None]
+    if empty:  # as experiments.run: a λ with no number at all is a failed run
+        print(f"error: every run of λ = {', '.join(empty)} failed (non-finite loss or scores); "
+              "see the warnings above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -25,13 +25,14 @@ import argparse
 import json
 import math
 import os
+import reprlib
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, output_dir
 from tolljax.metrics import ARRHYTHMIA_NORMAL_FRACTION  # the paper's Arrhythmia F1 rule
 
 SCORES_FILE = "scores.npz"
@@ -122,6 +123,13 @@ def load_results(results_dir) -> dict:
         results = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise TollError(f"cannot read {path} as JSON ({exc}); re-run python -m experiments.run") from None
+    if not isinstance(results, dict):
+        raise _bad(path, "the top level", "an object", results)
+    if not isinstance(results.get("runs", []), list):
+        raise _bad(path, "runs", "a list with one object per normal class", results["runs"])
+    for i, run in enumerate(results.get("runs", [])):
+        if not isinstance(run, dict):
+            raise _bad(path, f"runs[{i}]", "an object", run)
     missing = [k for k in ("config", "metric", "runs") if k not in results]
     run_keys = ("normal_class", "seeds", "test_metric", "best_step", "val_curve", "loss_curve")
     for run in results.get("runs") or []:
@@ -129,7 +137,63 @@ def load_results(results_dir) -> dict:
     if missing or not results.get("runs"):
         raise TollError(f"{path} lacks {', '.join(sorted(set(missing))) or 'runs'}; it was not "
                         "written by (this version of) python -m experiments.run")
+    check_results(path, results)
     return results
+
+
+def _bad(path: Path, field: str, what: str, value) -> TollError:
+    """The error for a field of ``results.json`` that the plots cannot use."""
+    return TollError(f"{path}: {field} must be {what}, got {reprlib.repr(value)}; re-run "
+                     "python -m experiments.run or repair the file")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(path: Path, field: str, value, ndim: int) -> None:
+    """:func:`_bad` unless ``value`` is a list (``ndim`` 1) or a list of equal-length,
+    non-empty lists (``ndim`` 2) of numbers or null."""
+    rows = value if ndim == 2 else [value]
+    ok = (isinstance(value, list) and all(isinstance(r, list) for r in rows)
+          and all(v is None or _is_number(v) for r in rows for v in r)
+          and len({len(r) for r in rows}) <= 1 and (ndim == 1 or bool(rows and rows[0])))
+    if not ok:
+        raise _bad(path, field, "a list of numbers (null = failed seed)" if ndim == 1 else
+                   "a list with one non-empty list of numbers per seed, all of one length", value)
+
+
+def check_results(path: Path, results: dict) -> None:
+    """:class:`TollError` naming the field of ``results.json`` (``path``) that the plots
+    cannot use — a hand-edited or damaged file — instead of an error inside NumPy/matplotlib."""
+    config = results["config"]
+    if not isinstance(config, dict):
+        raise _bad(path, "config", "an object", config)
+    for key in ("beta", "z_dim", "lr", "batch_size", "steps", "eval_every"):
+        if key in config and not _is_number(config[key]):
+            raise _bad(path, f"config.{key}", "a number", config[key])
+    if not isinstance(results["metric"], str):
+        raise _bad(path, "metric", "a string (auroc or f1)", results["metric"])
+    summary = results.get("summary")
+    if summary is not None and not (isinstance(summary, dict) and (
+            summary.get("paper") is None or _is_number(summary["paper"]))):
+        raise _bad(path, "summary", "an object whose paper is a number or null", summary)
+    for i, run in enumerate(results["runs"]):
+        c = run["normal_class"]
+        if c is not None and not (isinstance(c, int) and not isinstance(c, bool) and c >= 0):
+            raise _bad(path, f"runs[{i}].normal_class", "a class number or null", c)
+        if not isinstance(run["seeds"], list):
+            raise _bad(path, f"runs[{i}].seeds", "a list", run["seeds"])
+        if run.get("paper") is not None and not _is_number(run["paper"]):
+            raise _bad(path, f"runs[{i}].paper", "a number or null", run["paper"])
+        for key in ("test_metric", "best_step", "best_val_metric"):
+            if key in run:
+                _numbers(path, f"runs[{i}].{key}", run[key], 1)
+        if "best_val_metric" in run and len(run["best_val_metric"]) != len(run["best_step"]):
+            raise _bad(path, f"runs[{i}].best_val_metric", f"one value per seed, as best_step "
+                       f"({len(run['best_step'])})", run["best_val_metric"])
+        for key in ("val_curve", "loss_curve"):
+            _numbers(path, f"runs[{i}].{key}", run[key], 2)
 
 
 def _array(values) -> np.ndarray:
@@ -435,7 +499,10 @@ def make_plots(results_dir, out_dir=None, formats: Sequence[str] = FORMATS,
         raise TollError(f"unknown figure format(s) {', '.join(bad) or '(none)'}; use png, pdf or svg")
     results_dir = Path(results_dir)
     results = load_results(results_dir)
-    out_dir = Path(out_dir) if out_dir is not None else results_dir / "plots"
+    # Checked before any figure is drawn: an unusable folder fails as one line, not as an
+    # OSError from matplotlib's savefig.
+    out_dir = (output_dir(out_dir) if out_dir is not None
+               else output_dir(results_dir / "plots", what="plots folder"))
     paths = plot_val_curves(results, out_dir, formats)
     paths += plot_loss_curves(results, out_dir, formats)
     paths += plot_paper_bars(results, out_dir, formats)

@@ -426,3 +426,60 @@ def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path):
     for v in run["variants"].values():
         assert len(v["test_metric"]) == 2 and all(0 <= t <= 100 for t in v["test_metric"])
     assert "small budget conv AE" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ae-loss", "toll", "--beta", "-1"], "--beta must be a finite number >= 0"),
+    (["--ae-loss", "toll", "--beta", "nan"], "--beta must be a finite number >= 0"),
+    (["--beta", "5"], "--beta is the weight of Toll's loss; it needs --ae-loss toll"),
+    (["--ae-loss", "toll", "--cov-weight", "2"], "--cov-weight weighs the covariance term"),
+    (["--cov-weight", "inf"], "--cov-weight must be a finite number >= 0"),
+    (["--ae-lr", "0"], "--ae-lr must be a finite number > 0"),
+    (["--nce-lr", "nan"], "--nce-lr must be a finite number > 0"),
+    (["--noise-lr", "-1"], "--noise-lr must be a finite number > 0"),
+    (["--nce-hidden", "0,5"], "--nce-hidden widths must be at least 1"),
+    (["--nce-hidden=-4"], "--nce-hidden widths must be at least 1"),
+    (["--nce-hidden", "a"], "--nce-hidden takes comma-separated widths"),
+    (["--val-limit", "20", "--subset-seed", "-1"], "--subset-seed must be >= 0"),
+    (["--test-limit", "1"], "--test-limit must be at least 2"),
+    (["--z-dim", "0"], "--z-dim must be at least 1"),
+    (["--nce-batch", "0"], "--nce-batch must be at least 1"),
+    (["--ae-steps", "30"], "--ae-steps 30 must be a multiple of --ae-eval-every 20"),
+    (["--decoder-steps", "-20"], "--decoder-steps must be >= 0"),
+    (["--noise-ratio", "0"], "--noise-ratio must be at least 1"),
+    (["--ae-batch", "100000"], "only 232 normal training samples but --ae-batch 100000"),
+    (["--out", "/proc/nope"], "--out /proc/nope: cannot create the folder"),
+    (["--out", "FILE"], "is a file, not a folder"),
+    (["--dataset", "mnist"], "--dataset mnist needs --data-dir"),
+])
+def test_runner_rejects_bad_flags_in_one_line(tmp_path, capsys, argv, message):
+    """Bad flags fail before training, as one `error:` line naming the flag (exit 2)."""
+    from experiments.cance import main
+
+    (tmp_path / "file").write_text("")
+    argv = [str(tmp_path / "file") if a == "FILE" else a for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
+    assert main(["--seeds", "1", "--ae-steps", "20", "--ae-eval-every", "20", *out, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_runner_reports_a_diverged_autoencoder_as_failed(tmp_path, capsys):
+    """An autoencoder whose loss went non-finite gives no metric for its seed (null, FAILED,
+    a warning), and a run where every seed failed exits 1, as experiments.run does for Toll."""
+    from experiments.cance import main
+
+    out = tmp_path / "cance"
+    argv = ["--seeds", "1", "--ae-steps", "20", "--ae-eval-every", "20", "--decoder-steps", "0",
+            "--variants", "recon", "--ae-lr", "1e8", "--out", str(out), "--quiet"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert "the autoencoder diverged" in captured.out and "every run of Error failed" in captured.err
+    res = json.loads((out / "results.json").read_text())
+    run = res["runs"][0]
+    assert run["ae"]["nonfinite"] == [True] and run["ae"]["failed_seeds"] == [0]
+    recon = run["variants"]["recon"]
+    assert recon["test_metric"] == [None] and recon["mean"] is None
+    assert recon["failed_seeds"] == [0] and recon["test_auroc"] == [None]
+    assert res["summary"]["recon"]["mean"] is None
+    assert "| Error | n/a ± n/a | FAILED |" in (out / "results.md").read_text()

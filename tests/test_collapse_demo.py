@@ -66,3 +66,62 @@ def test_cli_writes_results_and_rejects_bad_arguments(mnist_dir, tmp_path, capsy
         assert collapse_demo.main(["--data-dir", str(mnist_dir), *argv, "--out",
                                    str(tmp_path / "x")]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--weights", "0,nan"], "finite λ > 0"),
+    (["--weights", "0,1,1"], "lists a λ twice"),
+    (["--weights", "0,a"], "--weights takes comma-separated numbers"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--feature-dim", "0"], "--feature-dim must be at least 1"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--classes", "a"], "--classes takes comma-separated integers"),
+    (["--classes", "1,1"], "names a digit twice"),
+    (["--test-limit", "1"], "--test-limit must be at least 2"),
+    (["--batch-size", "100000"], "class 1 has only"),
+    (["--out", "/proc/nope"], "--out /proc/nope: cannot create the folder"),
+    (["--out", "FILE"], "is a file, not a folder"),
+])
+def test_cli_errors_name_the_flag_in_one_line(mnist_dir, tmp_path, capsys, argv, message):
+    (tmp_path / "file").write_text("")
+    argv = [str(tmp_path / "file") if a == "FILE" else a for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path / "x")]
+    assert collapse_demo.main(["--data-dir", str(mnist_dir), "--classes", "1", *out, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_data_errors_do_not_suggest_flags_the_demo_lacks(tmp_path, capsys):
+    """Without --data-dir, or with incomplete files, the message never suggests the loader's
+    tfds source (experiments.run's --source; the demo has no such option)."""
+    assert collapse_demo.main(["--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--data-dir is required" in err and "tfds" not in err
+    rng = np.random.default_rng(0)
+    small = write_mnist(tmp_path / "small", rng.integers(0, 256, (50, 28, 28), dtype=np.uint8),
+                        rng.integers(0, 10, 50), rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+                        rng.integers(0, 10, 20), gz=False)
+    assert collapse_demo.main(["--data-dir", str(small), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "the official set has 60000" in err and "tfds" not in err
+
+
+def test_diverged_seeds_report_no_auroc(mnist_dir, tmp_path, capsys):
+    """A learning rate that makes the loss non-finite: no AUROC for the seed (null, n/a,
+    a warning), and exit 1 when every seed of a λ failed, as experiments.run."""
+    out = tmp_path / "demo"
+    assert collapse_demo.main(["--data-dir", str(mnist_dir), "--classes", "1", "--seeds", "1",
+                               "--steps", "2", "--batch-size", "8", "--test-limit", "40",
+                               "--feature-dim", "8", "--lr", "1e30", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "λ = 1.0: seeds [0] diverged" in captured.out and "every run of λ" in captured.err
+    saved = json.loads((out / "results.json").read_text())
+    rec = saved["runs"][0]["by_weight"]["1.0"]
+    assert rec["logit_auroc"] == [None] and rec["distance_auroc"] == [None]
+    assert rec["logit_auroc_mean"] is None and rec["failed_seeds"] == [0]
+    assert saved["summary"]["1.0"]["logit_auroc"]["mean"] is None
+    assert saved["summary"]["1.0"]["logit_auroc"]["pairs"] == 0
+    assert "| 1 | n/a ± n/a | n/a ± n/a |" in (out / "results.md").read_text()

@@ -154,3 +154,43 @@ def test_bad_inputs_raise_toll_errors(tmp_path):
     (tmp_path / "res" / plots.SCORES_FILE).write_bytes(b"garbage")
     with pytest.raises(TollError, match="cannot read"):
         load_scores(tmp_path / "res")
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda r: r["runs"][0].update(val_curve="abc"), "runs[0].val_curve"),
+    (lambda r: r["runs"][0].update(val_curve=[[90.0, 91.0], [90.0]]), "runs[0].val_curve"),
+    (lambda r: r["runs"][0].update(val_curve=[]), "runs[0].val_curve"),
+    (lambda r: r["runs"][0].update(loss_curve=[[1.0, "x"]]), "runs[0].loss_curve"),
+    (lambda r: r["runs"][0].update(test_metric="abc"), "runs[0].test_metric"),
+    (lambda r: r["runs"][0].update(best_step=[20, [40]]), "runs[0].best_step"),
+    (lambda r: r["runs"][0].update(best_val_metric=[90.0]), "runs[0].best_val_metric"),
+    (lambda r: r["runs"][0].update(normal_class="a"), "runs[0].normal_class"),
+    (lambda r: r["runs"][0].update(paper="high"), "runs[0].paper"),
+    (lambda r: r["config"].update(beta="abc"), "config.beta"),
+    (lambda r: r.update(metric=["auroc"]), "metric"),
+    (lambda r: r.update(runs=5), "runs"),
+    (lambda r: r["runs"].__setitem__(0, "abc"), "runs[0]"),
+])
+def test_hand_edited_results_name_the_file_and_field(tmp_path, capsys, edit, field):
+    """A results.json the plots cannot use fails as one line naming the file and the field,
+    not as an error from inside NumPy/matplotlib."""
+    results = _fake_results(tmp_path / "res", classes=[0], with_scores=False)
+    edit(results)
+    (tmp_path / "res" / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path / "res"), "--formats", "png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'res' / 'results.json'}: {field} must be ")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("out, message", [
+    ("FILE", "is a file, not a folder"),
+    ("/proc/nope", "--out /proc/nope: cannot create the folder"),
+])
+def test_unusable_out_folder_is_one_line(tmp_path, capsys, out, message):
+    _fake_results(tmp_path / "res", classes=[0], with_scores=False)
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / "file") if out == "FILE" else out
+    assert main([str(tmp_path / "res"), "--out", out, "--formats", "png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
