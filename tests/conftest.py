@@ -15,3 +15,17 @@ def arrhythmia():
     from tolljax.data import load_arrhythmia
 
     return load_arrhythmia()
+
+
+@pytest.fixture(scope="session")
+def random_mnist_dir(tmp_path_factory):
+    """Official-size (60,000 / 10,000) MNIST-format files of random pixels and labels, written
+    once per session (the loader needs the official size for the paper's validation indices)."""
+    import numpy as np
+    from test_data_images import write_mnist
+
+    rng = np.random.default_rng(0)
+    train_x = rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8)
+    return write_mnist(tmp_path_factory.mktemp("mnist"), train_x, rng.integers(0, 10, 60_000),
+                       test_x, rng.integers(0, 10, 10_000), gz=False)

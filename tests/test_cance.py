@@ -400,17 +400,11 @@ def test_runner_end_to_end_on_arrhythmia(tmp_path, capsys):
     assert "unknown variant" in capsys.readouterr().err
 
 
-def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path):
+def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, random_mnist_dir):
     """The MNIST budget path end to end (small conv AE, scanned and seed-vmapped), on
     official-size MNIST-format files of random pixels written here."""
     from experiments.cance import main
-    from test_data_images import write_mnist
-
-    rng = np.random.default_rng(0)
-    folder = write_mnist(tmp_path / "mnist", rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8),
-                         rng.integers(0, 10, 60_000),
-                         rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8),
-                         rng.integers(0, 10, 10_000), gz=False)
+    folder = random_mnist_dir
     out = tmp_path / "out"
     argv = ["--dataset", "mnist", "--data-dir", str(folder), "--classes", "3", "--seeds", "2",
             "--ae-steps", "4", "--decoder-steps", "2", "--ae-eval-every", "2", "--ae-batch", "8",

@@ -14,12 +14,8 @@ from test_data_images import write_mnist
 
 
 @pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    train_x = rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8)
-    test_x = rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8)
-    return write_mnist(tmp_path_factory.mktemp("mnist"), train_x, rng.integers(0, 10, 60_000),
-                       test_x, rng.integers(0, 10, 10_000), gz=False)
+def mnist_dir(random_mnist_dir):
+    return random_mnist_dir
 
 
 def _cfg(mnist_dir, **kw):

@@ -274,17 +274,11 @@ def test_paper_protocol_label_needs_the_authors_init_and_split(extra):
     assert cfg["paper_protocol"] is (not extra)
 
 
-def test_one_image_class_is_compared_with_its_own_row_of_the_paper(tmp_path, capsys):
+def test_one_image_class_is_compared_with_its_own_row_of_the_paper(tmp_path, capsys, random_mnist_dir):
     """MNIST end to end on official-size MNIST-format files of random pixels: a run of one
     normal class prints and stores that class's Table-1 value, not the mean over digits."""
     from experiments.paper import MNIST_AUROC
-    from test_data_images import write_mnist
-
-    rng = np.random.default_rng(0)
-    folder = write_mnist(tmp_path / "mnist", rng.integers(0, 256, (60_000, 28, 28), dtype=np.uint8),
-                         rng.integers(0, 10, 60_000),
-                         rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8),
-                         rng.integers(0, 10, 10_000), gz=False)
+    folder = random_mnist_dir
     out = tmp_path / "out"
     assert main(["--dataset", "mnist", "--data-dir", str(folder), "--classes", "3", "--seeds", "1",
                  "--steps", "4", "--eval-every", "2", "--batch-size", "8", "--val-limit", "40",
