@@ -210,9 +210,15 @@ def lemma1_loss_cov(W: ArrayLike, S: ArrayLike) -> jax.Array:
     return 0.5 * jnp.trace(W @ S @ W.T)
 
 
-def _theorem2_loss_weights(beta: Any, rec_weight: Any):
-    """β and r of a Theorem-2 loss: finite and >= 0 when concrete (as in :func:`theorem2_rhs`)."""
-    return loss_scalar("beta", beta), loss_scalar("rec_weight", rec_weight)
+def _theorem2_loss_args(W1: Any, W2: Any, m: int, beta: Any, rec_weight: Any):
+    """``W1``, ``W2`` (as JAX arrays), β and r of a Theorem-2 loss on m-dimensional data,
+    checked as :func:`theorem2_rhs` checks them (shapes always, values when concrete)."""
+    W1 = loss_matrix("W1", W1)
+    W2 = loss_matrix("W2", W2)
+    check_encoder("W1", W1.shape, m)
+    check_decoder("W2", W2.shape, W1.shape)
+    return (jnp.asarray(W1), jnp.asarray(W2), loss_scalar("beta", beta),
+            loss_scalar("rec_weight", rec_weight))
 
 
 @_maybe_x64
@@ -223,12 +229,8 @@ def theorem2_loss(W1: ArrayLike, W2: ArrayLike, X: ArrayLike, beta: float,
     ``L = r·(1/2n) Σ (X̂ − X)²_ij + β·(1/2n) Σ Z²_ij`` with ``Z = W1 X``, ``X̂ = W2 Z``.
     """
     X = _data_matrix(X)
-    W1 = loss_matrix("W1", W1)
-    W2 = loss_matrix("W2", W2)
-    check_encoder("W1", W1.shape, X.shape[0])
-    check_decoder("W2", W2.shape, W1.shape)
-    beta, rec_weight = _theorem2_loss_weights(beta, rec_weight)
-    W1, W2, X = jnp.asarray(W1), jnp.asarray(W2), jnp.asarray(X)
+    W1, W2, beta, rec_weight = _theorem2_loss_args(W1, W2, X.shape[0], beta, rec_weight)
+    X = jnp.asarray(X)
     n = X.shape[1]
     Z = W1 @ X
     rec = jnp.sum((W2 @ Z - X) ** 2) / (2 * n)
@@ -244,12 +246,8 @@ def theorem2_loss_cov(W1: ArrayLike, W2: ArrayLike, S: ArrayLike, beta: float,
     This is the population loss that Figure 2's flow (``S`` = the Gaussian's covariance) descends.
     """
     S = loss_covariance(S)
-    W1 = loss_matrix("W1", W1)
-    W2 = loss_matrix("W2", W2)
-    check_encoder("W1", W1.shape, S.shape[0])
-    check_decoder("W2", W2.shape, W1.shape)
-    beta, rec_weight = _theorem2_loss_weights(beta, rec_weight)
-    W1, W2, S = jnp.asarray(W1), jnp.asarray(W2), jnp.asarray(S)
+    W1, W2, beta, rec_weight = _theorem2_loss_args(W1, W2, S.shape[0], beta, rec_weight)
+    S = jnp.asarray(S)
     E = W2 @ W1 - jnp.eye(S.shape[0], dtype=S.dtype)
     return 0.5 * rec_weight * jnp.trace(E @ S @ E.T) + 0.5 * beta * jnp.trace(W1 @ S @ W1.T)
 
