@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import re
 import sys
 import time
 from pathlib import Path
@@ -290,20 +289,6 @@ def small_mnist_autoencoder(z_dim: int = 16):
 # --------------------------------------------------------------------------------------------
 
 
-# The image loader's hints at its tensorflow-datasets source, an option of experiments.run
-# that this runner (and experiments.collapse_demo) does not offer.
-TFDS_HINTS = (re.compile(r", or (?:use --source tfds|load it with tensorflow-datasets "
-                         r"\(source 'tfds'\))"),
-              re.compile(r" \(or (?:--source tfds|the 'tfds' source)\)"))
-
-
-def without_tfds_hint(message: str) -> str:
-    """A data-loading error message without the hints at the tfds source."""
-    for hint in TFDS_HINTS:
-        message = hint.sub("", message)
-    return message
-
-
 def stratified_subset(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     """Sorted indices of a seeded subset of ``limit`` rows keeping the label proportions
     (at least one of each label); all rows when ``limit`` is None or not smaller."""
@@ -375,10 +360,8 @@ def run(cfg: dict, *, log=print) -> dict:
 
     def load(c):
         t = time.perf_counter()
-        try:
-            split = load_dataset(dataset, data_dir=cfg["data_dir"], normal_class=c)
-        except TollError as exc:
-            raise TollError(without_tfds_hint(str(exc))) from None
+        # This runner has no tfds source option, so its errors must not suggest one.
+        split = load_dataset(dataset, data_dir=cfg["data_dir"], normal_class=c, offer_tfds=False)
         validate_split(split)
         n = split.train.shape[0]
         for flag, key in (("--ae-batch", "ae_batch"), ("--nce-batch", "nce_batch")):

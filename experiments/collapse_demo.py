@@ -336,15 +336,11 @@ def markdown_table(cfg: dict, results: dict) -> str:
 
 
 def load_mnist(data_dir, normal_class: int):
-    """The MNIST split of ``normal_class``, with the loader's hints at the tfds source (an
-    option of experiments.run, not of this demo) dropped from its errors."""
-    from experiments.cance import without_tfds_hint
+    """The MNIST split of ``normal_class``; its errors do not suggest the tfds source (an
+    option of experiments.run, not of this demo)."""
     from tolljax.data import load_dataset
 
-    try:
-        return load_dataset("mnist", data_dir=data_dir, normal_class=normal_class)
-    except TollError as exc:
-        raise TollError(without_tfds_hint(str(exc))) from None
+    return load_dataset("mnist", data_dir=data_dir, normal_class=normal_class, offer_tfds=False)
 
 
 def _int_list(flag: str, spec: str) -> list[int]:

@@ -363,6 +363,9 @@ def test_error_no_data_dir_and_missing_dir(tmp_path):
     with pytest.raises(TollError, match="no data folder given") as err:
         img.read_raw("mnist", None)  # direct callers that offer no tfds source: no such hint
     assert "tfds" not in str(err.value)
+    with pytest.raises(TollError, match="no data folder given") as err:
+        load_dataset("mnist", normal_class=0, offer_tfds=False)  # callers without a tfds option
+    assert "tfds" not in str(err.value)
     with pytest.raises(TollError, match="does not exist"):
         load_dataset("cifar10", data_dir=tmp_path / "nope", normal_class=0)
     (tmp_path / "f").write_text("x")

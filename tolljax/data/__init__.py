@@ -16,12 +16,13 @@ DATASETS = ("arrhythmia", *IMAGE_DATASETS)
 
 
 def load_dataset(name: str, *, data_dir=None, normal_class: int | None = None,
-                 source: str = "files") -> AnomalySplit:
+                 source: str = "files", offer_tfds: bool = True) -> AnomalySplit:
     """Load ``name`` with the paper's split (SPEC "How the authors' released code runs the protocol").
 
     ``source``: ``"files"`` (the original files in ``data_dir``) or, for the image datasets,
     ``"tfds"`` (tensorflow-datasets; ``data_dir`` = the TFDS folder). ``normal_class`` is
-    required for the image datasets (see :func:`num_classes`).
+    required for the image datasets (see :func:`num_classes`). ``offer_tfds=False``: errors
+    about missing image files do not suggest the ``"tfds"`` source (see :func:`load_images`).
     """
     if name == "arrhythmia":
         if normal_class not in (None, 0):
@@ -31,7 +32,8 @@ def load_dataset(name: str, *, data_dir=None, normal_class: int | None = None,
                             f"source {source!r}")
         return load_arrhythmia(data_dir)
     if name in IMAGE_DATASETS:
-        return load_images(name, data_dir=data_dir, normal_class=normal_class, source=source)
+        return load_images(name, data_dir=data_dir, normal_class=normal_class, source=source,
+                           offer_tfds=offer_tfds)
     raise TollError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
 
 

@@ -319,7 +319,7 @@ def tfds_val_indices(n_train: int, seed: int = TFDS_VAL_SEED) -> np.ndarray:
 
 
 def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
-                source: str = "files", val_indices=None) -> AnomalySplit:
+                source: str = "files", val_indices=None, offer_tfds: bool = True) -> AnomalySplit:
     """Load an image dataset with the paper's one-class split and preprocessing.
 
     Args:
@@ -331,6 +331,8 @@ def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
       val_indices: indices into the training split for validation. Default: the shipped
         indices for ``"files"`` (which requires the full official training files), or
         :func:`tfds_val_indices` for ``"tfds"``.
+      offer_tfds: whether errors about missing or incomplete files suggest the ``"tfds"``
+        source (off for callers that offer no way to choose it).
     """
     _check_dataset(dataset)
     if source not in SOURCES:
@@ -343,16 +345,17 @@ def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
         if val_indices is None:
             val_indices = tfds_val_indices(train_x.shape[0])
     else:
-        # load_images offers source="tfds"; worded as its argument, not a CLI flag, since the
-        # CLIs that call it name their options differently (or have no source option).
-        train_x, train_y, test_x, test_y = read_raw(
-            dataset, data_dir, tfds_hint="or load it with tensorflow-datasets (source 'tfds')")
+        # Worded as this function's argument, not a CLI flag: the CLIs that call it name their
+        # options differently, and those without a source option pass offer_tfds=False.
+        tfds_hint = "or load it with tensorflow-datasets (source 'tfds')" if offer_tfds else ""
+        train_x, train_y, test_x, test_y = read_raw(dataset, data_dir, tfds_hint=tfds_hint)
+        tfds_alt = " (or the 'tfds' source)" if offer_tfds else ""
         if val_indices is None:
             n_official = OFFICIAL_SIZES[dataset][0]
             if train_x.shape[0] != n_official:
                 raise TollError(f"{dataset}: the training files hold {train_x.shape[0]} images, "
                                 f"the official set has {n_official}; the shipped validation "
                                 "indices refer to the official files, so use the complete "
-                                "originals (or the 'tfds' source)")
+                                f"originals{tfds_alt}")
             val_indices = shipped_val_indices(dataset)
     return make_split(dataset, train_x, train_y, test_x, test_y, normal_class, val_indices)
