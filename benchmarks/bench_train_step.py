@@ -32,11 +32,13 @@ float32, so those rows' ratios compare different arithmetic.
 regular convolutions, where the model builds them with ``tolljax.ops.Conv`` (the row label
 says ``conv xla`` where the model uses flax's ``nn.Conv``). The plain transposed convolution
 is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
-``--steps``/``--repeats``.
+``--steps``/``--repeats``. ``onednn`` (both flags) is the opt-in oneDNN path
+(``pip install ".[onednn]"``, ``tolljax.onednn``).
 
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
-        [--conv-transpose auto|plain|fast|matmul[,...]] [--conv auto|plain|fast[,...]]
+        [--conv-transpose auto|plain|fast|matmul|onednn[,...]]
+        [--conv auto|plain|fast|onednn[,...]]
         [--dtype float32|bfloat16[,...]] [--scan 5] [--json OUT]
 
 MNIST at its paper batch (1000) takes seconds per step on a 2-core CPU: use a small ``--steps``
@@ -267,10 +269,10 @@ def main(argv=None) -> int:
                    help="a timed round lasts at least this long (more steps for small models)")
     p.add_argument("--conv-transpose", default="auto",
                    help="comma-separated transposed-conv implementations (tolljax.ops): "
-                        "auto, plain, fast, matmul")
+                        "auto, plain, fast, matmul, onednn")
     p.add_argument("--conv", default="auto",
                    help="comma-separated regular-conv implementations (tolljax.ops.Conv: auto, "
-                        "plain, fast); only has an effect where the model builds tolljax.ops.Conv")
+                        "plain, fast, onednn); only has an effect where the model builds tolljax.ops.Conv")
     p.add_argument("--dtype", default="float32",
                    help="comma-separated tolljax compute dtypes: float32, bfloat16 (PyTorch "
                         "stays float32)")

@@ -14,13 +14,18 @@ import numpy as np
 import pytest
 from jax import lax
 
-from tolljax import ops
+from tolljax import onednn, ops
 from tolljax.errors import TollError
 from tolljax.losses import toll_loss
 from tolljax.models import build_model, conv_transpose, init_variables, layer_inits, sample_shape
 
 TOL = 1e-5
 KEY = jax.random.key(0)
+# The opt-in oneDNN path runs every check the fast path does, where the library is installed
+# (the test extra installs it on Linux x86-64).
+ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(
+    not onednn.available(), reason="oneDNN (onednn-cpu-gomp) is not installed"))
+CPU_PATHS = ["fast", ONEDNN]
 
 
 def rel_err(a, b) -> float:
@@ -137,9 +142,10 @@ def test_overlap_add_matches_a_loop_over_taps(shape, strides, flip):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_conv_transpose_fast_matches_flax_on_every_decoder_geometry():
+@pytest.mark.parametrize("impl", CPU_PATHS)
+def test_conv_transpose_fast_matches_flax_on_every_decoder_geometry(impl):
     _assert_layers_agree(_cases(TRANSPOSED, lambda c, k, kw: (
-        nn.ConvTranspose(c, (k, k), **kw), ops.ConvTranspose(c, (k, k), impl="fast", **kw)),
+        nn.ConvTranspose(c, (k, k), **kw), ops.ConvTranspose(c, (k, k), impl=impl, **kw)),
         lambda cin, cout, k: cout * k * k))
 
 
@@ -195,9 +201,10 @@ def test_conv_transpose_matmul_alternative_and_defaults_match_flax():
     _assert_layers_agree(cases)
 
 
-def test_conv_fast_matches_flax_on_every_encoder_geometry():
+@pytest.mark.parametrize("impl", CPU_PATHS)
+def test_conv_fast_matches_flax_on_every_encoder_geometry(impl):
     _assert_layers_agree(_cases(REGULAR, lambda c, k, kw: (
-        nn.Conv(c, (k, k), **kw), ops.Conv(c, (k, k), impl="fast", **kw)),
+        nn.Conv(c, (k, k), **kw), ops.Conv(c, (k, k), impl=impl, **kw)),
         lambda cin, cout, k: cin * k * k))
 
 
@@ -251,17 +258,26 @@ def test_batch_chunking_gives_the_same_numbers(which, monkeypatch):
         assert rel_err(g1, g0) <= TOL
 
 
-def test_fast_path_under_vmap_over_parameters():
-    """The protocol vmaps seeds: batched kernels must give each seed's own gradients."""
+@pytest.mark.parametrize("impl", CPU_PATHS)
+def test_fast_path_under_vmap_over_parameters(impl):
+    """The protocol vmaps seeds: batched kernels (and, for the regular convolution, batched
+    inputs too) must give each seed's own values and gradients."""
     x = _random((2, 7, 7, 8), 1)
+    xs = _random((3, 2, 7, 7, 8), 3)
     kernels = _random((3, 4, 4, 8, 16), 2)
 
     def loss(kernel, impl):
         return jnp.sum(jnp.sin(ops.conv_transpose(x, kernel, 1, impl=impl)))
 
-    g_fast = jax.vmap(jax.grad(lambda k: loss(k, "fast")))(kernels)
+    def conv_loss(x, kernel, impl):
+        return jnp.sum(jnp.sin(ops.conv(x, kernel, 2, impl=impl)))
+
+    g_fast = jax.vmap(jax.grad(lambda k: loss(k, impl)))(kernels)
+    gx, gk = jax.vmap(jax.grad(lambda x, k: conv_loss(x, k, impl), (0, 1)))(xs, kernels)
     for i in range(3):
         assert rel_err(g_fast[i], jax.grad(lambda k: loss(k, "plain"))(kernels[i])) <= TOL
+        gx0, gk0 = jax.grad(lambda x, k: conv_loss(x, k, "plain"), (0, 1))(xs[i], kernels[i])
+        assert rel_err(gx[i], gx0) <= TOL and rel_err(gk[i], gk0) <= TOL
 
 
 # ---------------------------------------------------------------------------- whole models
@@ -288,8 +304,9 @@ def _numpy_variables(model, shape, seed=0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
+@pytest.mark.parametrize("impl", CPU_PATHS)
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
-def test_autoencoders_same_outputs_and_gradients(dataset, monkeypatch):
+def test_autoencoders_same_outputs_and_gradients(dataset, impl, monkeypatch):
     model, shape = build_model(dataset), sample_shape(dataset)
     variables = _numpy_variables(model, shape)
     # Batch 8, not 2: with 2 samples the encoder's last BatchNorm (1×1 spatial) maps every
@@ -306,12 +323,12 @@ def test_autoencoders_same_outputs_and_gradients(dataset, monkeypatch):
         return jax.value_and_grad(loss, has_aux=True)(params)
 
     results = {}
-    for impl in ("plain", "fast"):
-        monkeypatch.setenv(ops.ENV_VAR, impl)
-        monkeypatch.setenv(ops.CONV_ENV_VAR, impl)
-        results[impl] = jax.jit(lambda p: run(p))(variables["params"])  # fresh trace per impl
+    for name in ("plain", impl):
+        monkeypatch.setenv(ops.ENV_VAR, name)
+        monkeypatch.setenv(ops.CONV_ENV_VAR, name)
+        results[name] = jax.jit(lambda p: run(p))(variables["params"])  # fresh trace per impl
     (l0, (xh0, z0, bs0)), g0 = results["plain"]
-    (l1, (xh1, z1, bs1)), g1 = results["fast"]
+    (l1, (xh1, z1, bs1)), g1 = results[impl]
     assert rel_err(l1, l0) <= TOL and rel_err(xh1, xh0) <= TOL and rel_err(z1, z0) <= TOL
     for a, b in zip(jax.tree_util.tree_leaves(bs1), jax.tree_util.tree_leaves(bs0)):
         assert rel_err(a, b) <= TOL
@@ -413,10 +430,10 @@ def _layer_pair(transpose: bool, k: int, s: int, padding, impl: str):
         return (nn.ConvTranspose(4, (k, k), strides=(s, s), padding=padding),
                 ops.ConvTranspose(4, k, s, padding=padding, impl=impl))
     return (nn.Conv(4, (k, k), strides=(s, s), padding=padding),
-            ops.Conv(4, k, s, padding=padding, impl="fast"))
+            ops.Conv(4, k, s, padding=padding, impl="fast" if impl == "matmul" else impl))
 
 
-@pytest.mark.parametrize("impl", ["fast", "matmul"])
+@pytest.mark.parametrize("impl", ["fast", "matmul", ONEDNN])
 def test_every_padding_matches_flax_without_xla_convolutions(impl):
     """SAME and explicit (lo, hi) pairs (asymmetric, zero) on the GEMM paths: flax's values
     and gradients, and no XLA convolution in the differentiated program."""
@@ -424,20 +441,22 @@ def test_every_padding_matches_flax_without_xla_convolutions(impl):
     for shape, k, s in PADDING_GEOMETRIES:
         x = _random(shape, 1)
         for padding in ("SAME", "VALID", [(1, k - 1), (0, 1)]):
-            for transpose in ((True, False) if impl == "fast" else (True,)):
+            for transpose in ((True,) if impl == "matmul" else (True, False)):
                 ref, ours = _layer_pair(transpose, k, s, padding, impl)
                 cases.append((f"{type(ref).__name__} {shape} k{k} s{s} {padding}", ref, ours, x))
     _assert_layers_agree(cases)
     x = _random((2, 5, 6, 3), 1)
     for layer in (ops.ConvTranspose(4, 3, 2, padding="SAME", impl=impl),
-                  ops.Conv(4, 3, 2, padding=[(1, 2), (0, 1)], impl="fast")):
+                  ops.Conv(4, 3, 2, padding=[(1, 2), (0, 1)],
+                           impl="fast" if impl == "matmul" else impl)):
         variables = layer.init(KEY, x)
         hlo = jax.jit(jax.grad(lambda v: jnp.sum(layer.apply(v, x) ** 2))).lower(variables).as_text()
         assert "convolution" not in hlo, layer
 
 
+@pytest.mark.parametrize("impl", CPU_PATHS)
 @pytest.mark.parametrize("transpose", [True, False])
-def test_paddings_beyond_the_kernel_and_negative_match_exact_linear_references(transpose):
+def test_paddings_beyond_the_kernel_and_negative_match_exact_linear_references(transpose, impl):
     """Pads larger than k − 1 or negative (crops). Reference for the gradients: the layer is
     linear in its input and in its kernel, so the gradient of <y, dy> is <y(basis), dy> over
     basis inputs / kernels, from flax's *forward* alone. (XLA:CPU's own gradient of a plain
@@ -446,7 +465,7 @@ def test_paddings_beyond_the_kernel_and_negative_match_exact_linear_references(t
     for shape, k, s in PADDING_GEOMETRIES:
         x = _random(shape, 1)
         for padding in ([(k + 1, 0), (2, k)], [(-1, 1), (1, -1)]):
-            ref, ours = _layer_pair(transpose, k, s, padding, "fast")
+            ref, ours = _layer_pair(transpose, k, s, padding, impl)
             variables = ref.init(KEY, x)
             y, gx, gp = _value_and_grads(ours, variables, x, dy := _random(
                 jax.eval_shape(ref.apply, variables, x).shape, 3))

@@ -50,7 +50,11 @@ initialisers, so parameters interchange) that pick the implementation by backend
 path on CPU, XLA's plain layer on GPU/TPU, whose convolution kernels handle these layers and
 their gradients natively (a design default, not measured here). Override per module with
 ``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` / ``$TOLLJAX_CONV``
-(``plain|fast|auto``; the transposed convolution also accepts ``matmul``); read at trace time.
+(``plain|fast|onednn|auto``; the transposed convolution also accepts ``matmul``); read at
+trace time. ``onednn`` (opt-in, CPU, ``pip install "tolljax[onednn]"``) runs the layers as
+oneDNN convolutions inside the XLA program (:mod:`tolljax.onednn`); it is not the default
+because it is faster for the MNIST model but slower for CIFAR's regular convolutions
+(README, Performance).
 """
 from __future__ import annotations
 
@@ -63,11 +67,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from tolljax import onednn
 from tolljax.errors import TollError
 
-IMPLS = ("auto", "plain", "fast", "matmul")
+IMPLS = ("auto", "plain", "fast", "matmul", "onednn")
 ENV_VAR = "TOLLJAX_CONV_TRANSPOSE"
-CONV_IMPLS = ("auto", "plain", "fast")
+CONV_IMPLS = ("auto", "plain", "fast", "onednn")
 CONV_ENV_VAR = "TOLLJAX_CONV"
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -443,8 +448,23 @@ def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     return _from_full_transposed(_overlap_add(z, strides), (kh, kw), strides, padding)
 
 
+def conv_transpose_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+                          padding: Padding = "VALID") -> jnp.ndarray:
+    """Same values and gradients as :func:`conv_transpose_plain`, by oneDNN
+    (:mod:`tolljax.onednn`); non-float32 inputs, and geometries for which oneDNN has only
+    its reference loops, take :func:`conv_transpose_fast`."""
+    _check(x, kernel)
+    strides = _pair(stride)
+    if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
+            or not onednn.conv_transpose_supported(x.shape[-4:], kernel.shape, strides)):
+        return conv_transpose_fast(x, kernel, stride, padding)
+    return _from_full_transposed(onednn.conv_transpose_full(x, kernel, strides),
+                                 kernel.shape[:2], strides, padding)
+
+
 IMPL_FUNCTIONS: dict[str, Callable] = {"plain": conv_transpose_plain, "fast": conv_transpose_fast,
-                                       "matmul": conv_transpose_matmul}
+                                       "matmul": conv_transpose_matmul,
+                                       "onednn": conv_transpose_onednn}
 
 
 def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
@@ -548,7 +568,25 @@ def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     return _conv_fast(x, kernel, strides)
 
 
-CONV_FUNCTIONS: dict[str, Callable] = {"plain": conv_plain, "fast": conv_fast}
+def conv_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+                padding: Padding = "VALID") -> jnp.ndarray:
+    """Same values and gradients as :func:`conv_plain`, by oneDNN (:mod:`tolljax.onednn`);
+    negative padding crops first; non-float32 inputs, and geometries for which oneDNN has
+    only its reference loops, take :func:`conv_fast`."""
+    _check(x, kernel)
+    strides = _pair(stride)
+    pads = _explicit(padding, lambda mode: lax.padtype_to_pads(
+        x.shape[1:3], kernel.shape[:2], strides, mode))
+    cropped = _pad_hw(x, [(min(lo, 0), min(hi, 0)) for lo, hi in pads])
+    zero_pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
+    if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
+            or not onednn.conv_supported(cropped.shape[-4:], kernel.shape, strides, zero_pads)):
+        return conv_fast(x, kernel, stride, padding)
+    return onednn.conv(cropped, kernel, strides, zero_pads)
+
+
+CONV_FUNCTIONS: dict[str, Callable] = {"plain": conv_plain, "fast": conv_fast,
+                                       "onednn": conv_onednn}
 
 
 def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",

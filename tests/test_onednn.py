@@ -1,0 +1,92 @@
+"""tolljax.onednn: the opt-in oneDNN convolutions (values are checked against flax's layers,
+for every model geometry and padding, in test_ops.py; here: kernels chosen, reproducibility,
+fallbacks and errors)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tolljax import onednn, ops
+from tolljax.errors import TollError
+from tolljax.models import build_model, sample_shape
+from tolljax.train import create_train_state, train_step
+
+needs_onednn = pytest.mark.skipif(not onednn.available(),
+                                  reason="oneDNN (onednn-cpu-gomp) is not installed")
+
+
+def _use_onednn(monkeypatch):
+    monkeypatch.setenv(ops.ENV_VAR, "onednn")
+    monkeypatch.setenv(ops.CONV_ENV_VAR, "onednn")
+
+
+@needs_onednn
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_every_layer_of_the_models_runs_on_optimised_onednn_kernels(dataset, monkeypatch):
+    """Every convolution of the train step is a oneDNN custom call (no XLA convolution), and
+    none of them falls to oneDNN's reference loops (which the fallback would route to the
+    GEMM path instead)."""
+    _use_onednn(monkeypatch)
+    model = build_model(dataset)
+    state = jax.eval_shape(lambda: create_train_state(model, jax.random.key(0),
+                                                      sample_shape(dataset), optax.adam(1e-3)))
+    x = jax.ShapeDtypeStruct((64, *sample_shape(dataset)), jnp.float32)
+    onednn._plans.clear()
+    hlo = jax.jit(lambda s, x: train_step(s, x, 1.0)).lower(state, x).as_text()
+    assert "tolljax_onednn_conv_fwd" in hlo and "tolljax_onednn_ct_fwd" in hlo
+    assert "stablehlo.convolution" not in hlo
+    assert onednn._plans
+    for g, p in onednn._plans.items():
+        assert onednn._optimised(p), (g, p.implementations)
+
+
+@needs_onednn
+def test_repeated_train_steps_are_bit_identical(monkeypatch):
+    _use_onednn(monkeypatch)
+    model = build_model("cifar10")
+    state0 = create_train_state(model, jax.random.key(0), sample_shape("cifar10"),
+                                optax.adam(1e-3))
+    x = jnp.asarray(np.random.default_rng(0).random((8, *sample_shape("cifar10"))), jnp.float32)
+    step = jax.jit(lambda s, x: train_step(s, x, 1.0))
+    runs = []
+    for _ in range(2):
+        state = state0
+        for _ in range(2):
+            state, metrics = step(state, x)
+        runs.append((state.params, metrics))
+    for a, b in zip(jax.tree_util.tree_leaves(runs[0]), jax.tree_util.tree_leaves(runs[1])):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_onednn
+def test_non_float32_inputs_take_the_fast_path():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 9, 3)), jnp.bfloat16)
+    kernel = jnp.asarray(np.random.default_rng(2).standard_normal((4, 4, 3, 5)), jnp.bfloat16)
+    hlo = jax.jit(lambda x, k: ops.conv_onednn(x, k, 2)).lower(x, kernel).as_text()
+    assert "tolljax_onednn" not in hlo
+    np.testing.assert_array_equal(ops.conv_onednn(x, kernel, 2), ops.conv_fast(x, kernel, 2))
+    np.testing.assert_array_equal(ops.conv_transpose_onednn(x, kernel[..., :3], 2),
+                                  ops.conv_transpose_fast(x, kernel[..., :3], 2))
+
+
+def test_without_the_library_onednn_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(onednn, "_dnnl", lambda: None)
+    assert not onednn.available()
+    x, kernel = jnp.ones((1, 13, 11, 3)), jnp.ones((3, 2, 3, 7))  # a geometry no test plans
+    with pytest.raises(TollError, match="pip install onednn-cpu-gomp"):
+        ops.conv(x, kernel, 1, impl="onednn")
+    with pytest.raises(TollError, match="TOLLJAX_ONEDNN_LIBRARY"):
+        ops.ConvTranspose(4, 3, impl="onednn").init(jax.random.key(0), x)
+
+
+def test_an_unloadable_library_path_means_unavailable(monkeypatch, tmp_path):
+    bad = tmp_path / "libdnnl.so.3"
+    bad.write_text("not a shared library")
+    monkeypatch.setenv(onednn.LIBRARY_ENV_VAR, str(bad))
+    onednn._dnnl.cache_clear()
+    try:
+        assert not onednn.available()
+    finally:
+        monkeypatch.delenv(onednn.LIBRARY_ENV_VAR)
+        onednn._dnnl.cache_clear()
