@@ -80,6 +80,12 @@ def test_without_the_library_onednn_is_a_clear_error(monkeypatch):
         ops.ConvTranspose(4, 3, impl="onednn").init(jax.random.key(0), x)
 
 
+def test_onednn_on_another_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(TollError, match="CPU only .backend here: gpu"):
+        ops.conv(jnp.ones((1, 12, 11, 3)), jnp.ones((3, 2, 3, 7)), 1, impl="onednn")
+
+
 def test_an_unloadable_library_path_means_unavailable(monkeypatch, tmp_path):
     bad = tmp_path / "libdnnl.so.3"
     bad.write_text("not a shared library")

@@ -1,11 +1,12 @@
-"""oneDNN convolutions inside XLA:CPU programs (the default CPU path when oneDNN is installed).
+"""oneDNN convolutions inside XLA:CPU programs: the opt-in ``impl="onednn"`` of :mod:`tolljax.ops`.
 
 Why: XLA:CPU's own convolutions are slow to differentiate, and the GEMM formulation in
 :mod:`tolljax.ops` spends most of its time in XLA's GEMMs and im2col gathers. oneDNN (the
 library PyTorch's CPU convolutions use) runs forward, input-gradient and kernel-gradient
 convolutions directly on NHWC tensors with JIT-generated AVX-512 kernels; the MNIST model's
 25→22 layer (64→128, 4×4, batch 64), forward and both gradients, takes 87 ms in oneDNN
-against 156 ms on the GEMM path (README, Performance).
+against 156 ms on the GEMM path. Whole steps: faster than the GEMM path for the MNIST model,
+slower for CIFAR-10's regular convolutions, hence opt-in (README, Performance).
 
 How: each convolution geometry gets three oneDNN primitives (forward, backward-data,
 backward-weights), created once and cached; a jitted program calls them through XLA custom
@@ -16,8 +17,8 @@ OpenMP threading; Apache-2.0), loaded with ctypes; the constants below are from 
 
 Conventions are :mod:`tolljax.ops`'s (NHWC, kernel ``(kh, kw, in, out)``). A transposed
 convolution (flax convention) is the backward-data pass of the regular convolution that
-maps its *output* back onto its input: kernel ``flip(K)`` read as ``(kh, kw, O=in, I=out)``
-(oneDNN tag ``cdab``), VALID, stride s, which yields the full ``(n − 1)·s + k`` output.
+maps its *output* back onto its input: kernel ``flip(K)`` with in/out swapped
+(:func:`_flip_io`), VALID, stride s, which yields the full ``(n − 1)·s + k`` output.
 Leading (``vmap``) axes are looped over inside the call. float32 only.
 """
 from __future__ import annotations
@@ -173,6 +174,9 @@ def available() -> bool:
 
 
 def _require() -> _Dnnl:
+    if jax.default_backend() != "cpu":
+        raise TollError(f"the oneDNN convolutions run on CPU only (backend here: "
+                        f"{jax.default_backend()}); choose impl 'plain' or 'auto'")
     d = _dnnl()
     if d is None:
         raise TollError(
@@ -387,7 +391,7 @@ def _ct_forward(x, kernel, strides):
     p = plan(g)
     y_shape = (g.n, *g.in_hw, g.cin)
     name = _target("ct_fwd", g, lambda x_, w_, y_: p.backward_data(x_, w_, y_),
-                   (x.shape, kernel.shape), (y_shape,))  # flip_io keeps the size
+                   (x.shape, kernel.shape), (y_shape,))  # _flip_io keeps the byte size
     return _ffi.call(name, _sds(y_shape), x, _flip_io(kernel))
 
 
