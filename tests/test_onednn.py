@@ -24,9 +24,9 @@ def _use_onednn(monkeypatch):
 @needs_onednn
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_every_layer_of_the_models_runs_on_optimised_onednn_kernels(dataset, monkeypatch):
-    """Every convolution of the train step is a oneDNN custom call (no XLA convolution), and
-    none of them falls to oneDNN's reference loops (which the fallback would route to the
-    GEMM path instead)."""
+    """The large convolutions of the train step are oneDNN custom calls (no XLA convolution
+    anywhere), and none of them falls to oneDNN's reference loops (the fallback would route
+    those to the GEMM path instead)."""
     _use_onednn(monkeypatch)
     model = build_model(dataset)
     state = jax.eval_shape(lambda: create_train_state(model, jax.random.key(0),
@@ -39,6 +39,22 @@ def test_every_layer_of_the_models_runs_on_optimised_onednn_kernels(dataset, mon
     assert onednn._plans
     for g, p in onednn._plans.items():
         assert onednn._optimised(p), (g, p.implementations)
+
+
+@needs_onednn
+def test_only_layers_large_enough_to_gain_run_on_onednn():
+    """Per-layer measurements (tolljax.onednn.MIN_FLOPS_PER_SAMPLE): the large MNIST and
+    CIFAR-10 layers go to oneDNN; small, 1×1, first and last layers stay on the GEMM path."""
+    conv = lambda n, cin, cout, k, s: onednn.conv_supported((64, n, n, cin), (k, k, cin, cout),
+                                                            (s, s), ((0, 0), (0, 0)))
+    convt = lambda n, cin, cout, k, s: onednn.conv_transpose_supported(
+        (64, n, n, cin), (k, k, cin, cout), (s, s))
+    assert conv(25, 64, 128, 4, 1) and conv(22, 128, 256, 4, 2) and conv(13, 64, 128, 4, 1)
+    assert convt(22, 128, 64, 4, 1) and convt(28, 32, 32, 5, 1) and convt(10, 128, 64, 4, 1)
+    assert not conv(10, 128, 256, 4, 2) and not conv(4, 256, 512, 4, 1)  # small outputs
+    assert not conv(32, 32, 32, 1, 1) and not conv(1, 512, 512, 1, 1)  # 1×1
+    assert not conv(32, 3, 32, 5, 1) and not conv(28, 1, 64, 4, 1)  # first layers
+    assert not convt(25, 64, 1, 4, 1) and not convt(1, 64, 256, 4, 1)  # last / 1×1 input
 
 
 @needs_onednn

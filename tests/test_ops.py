@@ -28,6 +28,14 @@ ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(
 CPU_PATHS = ["fast", ONEDNN]
 
 
+@pytest.fixture(autouse=True)
+def _every_layer_on_onednn(monkeypatch):
+    """The oneDNN path leaves small layers on the GEMM path (tolljax.onednn._worthwhile); the
+    layers here are small, so send every one of them to oneDNN to check its numbers."""
+    monkeypatch.setattr(onednn, "MIN_FLOPS_PER_SAMPLE", 0)
+    monkeypatch.setattr(onednn, "MIN_CHANNELS", 1)
+
+
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))

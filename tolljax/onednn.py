@@ -5,8 +5,9 @@ Why: XLA:CPU's own convolutions are slow to differentiate, and the GEMM formulat
 library PyTorch's CPU convolutions use) runs forward, input-gradient and kernel-gradient
 convolutions directly on NHWC tensors with JIT-generated AVX-512 kernels; the MNIST model's
 25→22 layer (64→128, 4×4, batch 64), forward and both gradients, takes 87 ms in oneDNN
-against 156 ms on the GEMM path. Whole steps: faster than the GEMM path for the MNIST model,
-slower for CIFAR-10's regular convolutions, hence opt-in (README, Performance).
+against 156 ms on the GEMM path, but oneDNN is slower on small layers, so only layers above
+:data:`MIN_FLOPS_PER_SAMPLE` with :data:`MIN_CHANNELS` run here. Whole train steps at batch 64:
+MNIST 0.88× the GEMM path's time, CIFAR-10 the same (README, Performance).
 
 How: each convolution geometry gets three oneDNN primitives (forward, backward-data,
 backward-weights), created once and cached; a jitted program calls them through XLA custom
@@ -287,15 +288,36 @@ def plan(g: Geometry) -> _Plan:
     return p
 
 
+# Per-sample multiply-adds×2 below which a layer stays on the GEMM path. Measured per layer
+# (forward + both gradients, batch 64, in a lax.scan): oneDNN wins on the large layers
+# (MNIST 25→22 64→128, 127 MFLOP/sample: 112 vs 172 ms; CIFAR-10 13→10 64→128,
+# 26 MFLOP/sample: 33 vs 35 ms) and loses on the small ones (CIFAR-10 10→4 128→256 stride 2,
+# 17 MFLOP/sample: 25.5 vs 21.4 ms; 4→1 256→512: 37 vs 5 ms; 1×1 layers: 2–3× slower).
+MIN_FLOPS_PER_SAMPLE = 20e6
+# Layers with fewer channels on either side (first and last layers) stay on the GEMM path:
+# CIFAR-10 32→28 3→32: 26 vs 15 ms; MNIST 25→28 transposed 64→1: 17 vs 7 ms.
+MIN_CHANNELS = 16
+
+
 def conv_supported(x_shape, k_shape, strides, pads) -> bool:
-    """Whether oneDNN has optimised (non-reference) kernels for this convolution's three
-    passes; its reference loops are orders of magnitude slower than the GEMM path."""
-    return _optimised(plan(_conv_geometry(x_shape, k_shape, strides, pads)))
+    """Whether this convolution runs on oneDNN: large enough to gain (see
+    :data:`MIN_FLOPS_PER_SAMPLE`) and with optimised (non-reference) kernels for all three
+    passes (oneDNN's reference loops are orders of magnitude slower than the GEMM path)."""
+    _require()  # oneDNN was asked for: say so if it cannot run, whatever the layer
+    g = _conv_geometry(x_shape, k_shape, strides, pads)
+    return _worthwhile(g) and _optimised(plan(g))
 
 
 def conv_transpose_supported(x_shape, k_shape, strides) -> bool:
     """As :func:`conv_supported`, for a transposed convolution."""
-    return _optimised(plan(_transposed_geometry(x_shape, k_shape, strides)))
+    _require()
+    g = _transposed_geometry(x_shape, k_shape, strides)
+    return _worthwhile(g) and _optimised(plan(g))
+
+
+def _worthwhile(g: Geometry) -> bool:
+    flops = 2 * g.out_hw[0] * g.out_hw[1] * g.kernel_hw[0] * g.kernel_hw[1] * g.cin * g.cout
+    return flops >= MIN_FLOPS_PER_SAMPLE and min(g.cin, g.cout) >= MIN_CHANNELS
 
 
 def _optimised(p: _Plan) -> bool:
