@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tolljax.errors import TollError, output_dir
+from tolljax.errors import TollError, numeric_array, output_dir
 
 
 def test_output_dir_creates_nested_folders(tmp_path):
@@ -28,3 +28,17 @@ def test_output_dir_rejects_a_folder_without_write_permission(tmp_path, monkeypa
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(TollError, match="the folder is not writable"):
         output_dir(tmp_path)
+
+
+def test_numeric_array_converts_and_names_what_is_wrong():
+    import numpy as np
+
+    hints = dict(shape_hint="pass rows", dtype_hint="pass numbers")
+    np.testing.assert_array_equal(numeric_array([[1, 2]], "X", kinds="fiu", **hints), [[1, 2]])
+    with pytest.raises(TollError, match=r"^X cannot be converted to an array \(ValueError\); pass rows$"):
+        numeric_array([[1, 2], [3]], "X", kinds="fiu", **hints)
+    with pytest.raises(TollError, match=r"^X has dtype <U1; pass numbers$"):
+        numeric_array(["a"], "X", kinds="fiu", **hints)
+    with pytest.raises(TollError, match="has dtype bool"):
+        numeric_array([True], "X", kinds="fiu", **hints)
+    assert numeric_array([True], "X", kinds="biuf", **hints).dtype == bool

@@ -60,7 +60,7 @@ import numpy as np
 import optax
 
 from tolljax.configs import PAPER_HYPERPARAMETERS
-from tolljax.errors import TollError, output_dir
+from tolljax.errors import TollError, numeric_array, output_dir
 from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
@@ -86,16 +86,10 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def _as_samples(X, what: str, *, min_rows: int = 1) -> np.ndarray:
     """``X`` as a float32 array of samples, or a :class:`TollError` naming the problem."""
-    if isinstance(X, jax.Array):
-        X = np.asarray(X)
-    try:
-        arr = np.asarray(X)
-    except Exception as exc:  # ragged lists and the like
-        raise TollError(f"{what} cannot be converted to an array ({type(exc).__name__}); pass a "
-                        "numeric array of shape (n_samples, n_features) or (n, H, W, C)") from None
-    if arr.dtype.kind not in "fiu":
-        raise TollError(f"{what} has dtype {arr.dtype}; pass a numeric (floating-point or "
-                        "integer) array")
+    arr = numeric_array(X, what, kinds="fiu",
+                        shape_hint="pass a numeric array of shape (n_samples, n_features) or "
+                                   "(n, H, W, C)",
+                        dtype_hint="pass a numeric (floating-point or integer) array")
     if arr.ndim not in (2, 4):
         hint = ("; add a channel axis for grayscale images: X[..., None]" if arr.ndim == 3 else
                 "; reshape a single sample with X.reshape(1, -1)" if arr.ndim == 1 else "")

@@ -11,6 +11,22 @@ class TollError(ValueError):
     """A problem with the user's input, data or configuration (message says how to fix it)."""
 
 
+def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str):
+    """``x`` as a NumPy array whose dtype kind is one of ``kinds`` (``np.dtype.kind`` letters),
+    else :class:`TollError`: "``what`` cannot be converted to an array (…); ``shape_hint``"
+    for ragged lists and the like, "``what`` has dtype …; ``dtype_hint``" otherwise."""
+    import numpy as np
+
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and the like
+        raise TollError(f"{what} cannot be converted to an array ({type(exc).__name__}); "
+                        f"{shape_hint}") from None
+    if arr.dtype.kind not in kinds:
+        raise TollError(f"{what} has dtype {arr.dtype}; {dtype_hint}")
+    return arr
+
+
 def output_dir(path, what: str = "--out"):
     """``path`` as a :class:`pathlib.Path` to a folder that exists (created if needed) and is
     writable, else :class:`TollError` naming ``what``.

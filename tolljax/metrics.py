@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, numeric_array
 
 # Arrhythmia (paper §4.1): "we label the expected 15 percent of samples with the highest
 # anomaly scores as anomalous"; the authors' code predicts the round(0.854·N) lowest normal.
@@ -33,14 +33,8 @@ def _traced(x) -> bool:
 
 def _host_array(x, fn: str, what: str) -> np.ndarray:
     """``x`` as a NumPy array, or a :class:`TollError` (ragged lists, non-numeric data)."""
-    try:
-        arr = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise TollError(f"{fn}: {what} cannot be converted to an array ({type(exc).__name__}); "
-                        "pass a 1-D numeric array") from None
-    if arr.dtype.kind not in "biuf":
-        raise TollError(f"{fn}: {what} has dtype {arr.dtype}; pass a numeric array")
-    return arr
+    return numeric_array(x, f"{fn}: {what}", kinds="biuf", shape_hint="pass a 1-D numeric array",
+                         dtype_hint="pass a numeric array")
 
 
 def _check(fn: str, scores, labels):
