@@ -408,20 +408,34 @@ def _flip_io(kernel):
     return jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
 
 
-def _ct_forward(x, kernel, strides):
-    g = _transposed_geometry(x.shape, kernel.shape, strides)
+def _ct_apply(x, w, strides):
+    """The forward pass on ``w = _flip_io(kernel)``, the regular convolution's kernel."""
+    g = _transposed_geometry(x.shape, _flip_io_shape(w.shape), strides)
     p = plan(g)
     y_shape = (g.n, *g.in_hw, g.cin)
     name = _target("ct_fwd", g, lambda x_, w_, y_: p.backward_data(x_, w_, y_),
-                   (x.shape, kernel.shape), (y_shape,))  # _flip_io keeps the byte size
-    return _ffi.call(name, _sds(y_shape), x, _flip_io(kernel))
+                   (x.shape, w.shape), (y_shape,))
+    return _ffi.call(name, _sds(y_shape), x, w)
+
+
+def _flip_io_shape(shape):
+    kh, kw, a, b = shape
+    return kh, kw, b, a
+
+
+def _ct_forward(x, kernel, strides):
+    return _ct_apply(x, _flip_io(kernel), strides)
+
+
+def _ct_forward_with_residuals(x, kernel, strides):
+    w = _flip_io(kernel)  # kept for the backward pass, which needs the same flipped copy
+    return _ct_apply(x, w, strides), (x, w)
 
 
 def _ct_backward(strides, res, dy):
-    x, kernel = res
-    g = _transposed_geometry(x.shape, kernel.shape, strides)
+    x, w = res
+    g = _transposed_geometry(x.shape, _flip_io_shape(w.shape), strides)
     p = plan(g)
-    w = _flip_io(kernel)
     bd = _target("ct_bd", g, p.forward, (dy.shape, w.shape), (x.shape,))
     bw = _target("ct_bw", g, lambda x_, dy_, dw_: p.backward_weights(dy_, x_, dw_),
                  (x.shape, dy.shape), (w.shape,))
@@ -429,8 +443,6 @@ def _ct_backward(strides, res, dy):
 
 
 conv_transpose_full = jax.custom_vjp(_ct_forward, nondiff_argnums=(2,))
-conv_transpose_full.defvjp(lambda x, kernel, strides: (_ct_forward(x, kernel, strides),
-                                                       (x, kernel)),
-                           _ct_backward)
+conv_transpose_full.defvjp(_ct_forward_with_residuals, _ct_backward)
 conv_transpose_full.__doc__ = """The full flax-convention transposed convolution, float32:
 ``(n − 1)·s + k`` per axis (the caller pads or crops for its padding)."""
