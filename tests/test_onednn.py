@@ -42,19 +42,22 @@ def test_every_layer_of_the_models_runs_on_optimised_onednn_kernels(dataset, mon
 
 
 @needs_onednn
-def test_only_layers_large_enough_to_gain_run_on_onednn():
-    """Per-layer measurements (tolljax.onednn.MIN_FLOPS_PER_SAMPLE): the large MNIST and
-    CIFAR-10 layers go to oneDNN; small, 1×1, first and last layers stay on the GEMM path."""
+def test_only_layers_of_shapes_where_it_gains_run_on_onednn():
+    """Per-layer measurements (tolljax.onednn.MIN_OUTPUT_PIXELS): layers with a spatial output
+    and a k×k kernel go to oneDNN, first layers with 3 channels included; 1×1 outputs, 1×1
+    kernels and single-channel sides stay on the GEMM path."""
     conv = lambda n, cin, cout, k, s: onednn.conv_supported((64, n, n, cin), (k, k, cin, cout),
                                                             (s, s), ((0, 0), (0, 0)))
     convt = lambda n, cin, cout, k, s: onednn.conv_transpose_supported(
         (64, n, n, cin), (k, k, cin, cout), (s, s))
     assert conv(25, 64, 128, 4, 1) and conv(22, 128, 256, 4, 2) and conv(13, 64, 128, 4, 1)
-    assert convt(22, 128, 64, 4, 1) and convt(28, 32, 32, 5, 1) and convt(10, 128, 64, 4, 1)
-    assert not conv(10, 128, 256, 4, 2) and not conv(4, 256, 512, 4, 1)  # small outputs
-    assert not conv(32, 32, 32, 1, 1) and not conv(1, 512, 512, 1, 1)  # 1×1
-    assert not conv(32, 3, 32, 5, 1) and not conv(28, 1, 64, 4, 1)  # first layers
-    assert not convt(25, 64, 1, 4, 1) and not convt(1, 64, 256, 4, 1)  # last / 1×1 input
+    assert conv(28, 32, 64, 4, 2) and conv(32, 3, 32, 5, 1) and conv(10, 128, 256, 4, 2)
+    assert convt(22, 128, 64, 4, 1) and convt(28, 32, 32, 5, 1) and convt(13, 64, 32, 4, 2)
+    assert convt(4, 256, 128, 4, 2)
+    assert not conv(4, 256, 512, 4, 1) and not convt(1, 64, 256, 4, 1)  # 1×1 outputs
+    assert not conv(7, 256, 512, 4, 2)  # 2×2 output: under MIN_OUTPUT_PIXELS
+    assert not conv(32, 32, 32, 1, 1) and not conv(1, 512, 512, 1, 1)  # 1×1 kernels
+    assert not conv(28, 1, 64, 4, 1) and not convt(25, 64, 1, 4, 1)  # single channel
 
 
 @needs_onednn

@@ -32,7 +32,8 @@ CPU_PATHS = ["fast", ONEDNN]
 def _every_layer_on_onednn(monkeypatch):
     """The oneDNN path leaves small layers on the GEMM path (tolljax.onednn._worthwhile); the
     layers here are small, so send every one of them to oneDNN to check its numbers."""
-    monkeypatch.setattr(onednn, "MIN_FLOPS_PER_SAMPLE", 0)
+    monkeypatch.setattr(onednn, "MIN_OUTPUT_PIXELS", 1)
+    monkeypatch.setattr(onednn, "MIN_KERNEL_TAPS", 1)
     monkeypatch.setattr(onednn, "MIN_CHANNELS", 1)
 
 

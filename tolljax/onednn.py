@@ -48,7 +48,8 @@ _ENGINE_CPU, _STREAM_IN_ORDER = 1, 1
 _FORWARD_TRAINING, _CONVOLUTION_DIRECT = 64, 1
 _ARG_SRC, _ARG_DST, _ARG_WEIGHTS = 1, 17, 33
 _ARG_DIFF_SRC, _ARG_DIFF_DST, _ARG_DIFF_WEIGHTS = 129, 145, 161
-_QUERY_IMPL_INFO_STR, _QUERY_WEIGHTS_MD, _QUERY_SCRATCHPAD_MD = 8, 131, 136
+_QUERY_IMPL_INFO_STR, _QUERY_SCRATCHPAD_MD = 8, 136
+_QUERY_WEIGHTS_MD, _QUERY_DIFF_WEIGHTS_MD = 131, 132
 _ARG_SCRATCHPAD, _SCRATCHPAD_USER = 80, 1
 _Dims = C.c_int64 * 12                         # dnnl_dims_t
 _P = C.c_void_p
@@ -77,6 +78,7 @@ class _Dnnl:
         self.lib = lib = C.CDLL(path)
         lib.dnnl_primitive_desc_query_md.restype = _P
         lib.dnnl_memory_desc_get_size.restype = C.c_size_t
+        lib.dnnl_memory_desc_equal.restype = C.c_int
         self.engine = _P()
         self.check(lib.dnnl_engine_create(C.byref(self.engine), _ENGINE_CPU, C.c_size_t(0)),
                    "engine creation")
@@ -228,53 +230,93 @@ class _Plan:
                 src, w, None, dst, st, dl, pl, pr, d.attr), f"convolution forward for {g}")
             return pd
 
-        # Forward on oneDNN's preferred (blocked) kernel layout, reordered from the plain
-        # kernel at each call (≤ 0.8 ms for the largest kernel); the two backward passes on the
-        # plain kernel, where oneDNN's GEMM-based kernels measured faster than its blocked ones
-        # for the large layers (MNIST 10→7 512-channel layer: kernel gradient 48 vs 110 ms).
-        pd_fwd = forward_pd(d.md([g.cout, g.cin, *g.kernel_hw], _TAG_ANY))
-        self.w_blocked = _P(lib.dnnl_primitive_desc_query_md(
-            pd_fwd, C.c_int(_QUERY_WEIGHTS_MD), C.c_int(0)))
-        self.w_blocked_floats = -(-lib.dnnl_memory_desc_get_size(self.w_blocked) // 4)
-        hint = forward_pd(w_plain)
-        pd_bd, pd_bw, pd_reorder = _P(), _P(), _P()
+        # All three passes on oneDNN's preferred (blocked) kernel layout, reordered from and to
+        # the plain HWIO kernel at each call (≤ 0.8 ms for the largest kernel). On plain
+        # kernels oneDNN 3.2 picks its GEMM-based backward kernels, which measured up to 4×
+        # slower (CIFAR-10 transposed 28→32 32→32 5×5, batch 64: kernel gradient 30.6 vs
+        # 6.9 ms, input gradient 18.3 vs 7.5 ms) and nowhere more than 2 % faster on the
+        # layers that run here.
+        w_any = d.md([g.cout, g.cin, *g.kernel_hw], _TAG_ANY)
+        pd_fwd, pd_bd, pd_bw = _P(), _P(), _P()
+        d.check(lib.dnnl_convolution_forward_primitive_desc_create(
+            C.byref(pd_fwd), eng, C.c_int(_FORWARD_TRAINING), C.c_int(_CONVOLUTION_DIRECT),
+            src, w_any, None, dst, st, dl, pl, pr, d.attr), f"convolution forward for {g}")
         d.check(lib.dnnl_convolution_backward_data_primitive_desc_create(
-            C.byref(pd_bd), eng, C.c_int(_CONVOLUTION_DIRECT), src, w_plain, dst, st, dl,
-            pl, pr, hint, d.attr), f"convolution backward-data for {g}")
+            C.byref(pd_bd), eng, C.c_int(_CONVOLUTION_DIRECT), src, w_any, dst, st, dl,
+            pl, pr, pd_fwd, d.attr), f"convolution backward-data for {g}")
         d.check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
-            C.byref(pd_bw), eng, C.c_int(_CONVOLUTION_DIRECT), src, w_plain, None, dst, st,
-            dl, pl, pr, hint, d.attr), f"convolution backward-weights for {g}")
-        d.check(lib.dnnl_reorder_primitive_desc_create(
-            C.byref(pd_reorder), w_plain, eng, self.w_blocked, eng, d.attr), "kernel reorder")
+            C.byref(pd_bw), eng, C.c_int(_CONVOLUTION_DIRECT), src, w_any, None, dst, st,
+            dl, pl, pr, pd_fwd, d.attr), f"convolution backward-weights for {g}")
         self.implementations = {name: d.implementation(pd) for name, pd in
                                 (("forward", pd_fwd), ("backward_data", pd_bd),
                                  ("backward_weights", pd_bw))}
-        self._fwd, self._bd, self._bw, self._reorder = (
-            d.primitive(pd) for pd in (pd_fwd, pd_bd, pd_bw, pd_reorder))
-        self._pds = (pd_fwd, hint, pd_bd, pd_bw, pd_reorder)  # kept alive with the plan
+        self._fwd, self._bd, self._bw = (d.primitive(pd) for pd in (pd_fwd, pd_bd, pd_bw))
         self._scratch = {name: d.scratchpad(pd) for name, pd in
-                         (("fwd", pd_fwd), ("bd", pd_bd), ("bw", pd_bw), ("reorder", pd_reorder))}
-        self.src, self.dst, self.w_plain = src, dst, w_plain
-        self._thread = threading.local()
+                         (("fwd", pd_fwd), ("bd", pd_bd), ("bw", pd_bw))}
+        self._w_fwd = _Layout(d, w_plain, pd_fwd, _QUERY_WEIGHTS_MD)
+        self._w_bd = _Layout(d, w_plain, pd_bd, _QUERY_WEIGHTS_MD)
+        self._w_bw = _Layout(d, w_plain, pd_bw, _QUERY_DIFF_WEIGHTS_MD, output=True)
+        self._pds = (pd_fwd, pd_bd, pd_bw)  # kept alive with the plan
+        self.src, self.dst = src, dst
 
     def forward(self, x: int, w: int, y: int) -> None:
-        buf = getattr(self._thread, "w_blocked", None)
-        if buf is None:  # per thread: several XLA threads may run this plan at once
-            buf = self._thread.w_blocked = np.empty(self.w_blocked_floats, np.float32)
-        d, wb = self._d, buf.ctypes.data
-        d.execute(self._reorder, [(_ARG_SRC, self.w_plain, w), (_ARG_DST, self.w_blocked, wb)],
-                  self._scratch["reorder"])
-        d.execute(self._fwd, [(_ARG_SRC, self.src, x), (_ARG_WEIGHTS, self.w_blocked, wb),
-                              (_ARG_DST, self.dst, y)], self._scratch["fwd"])
+        wb = self._w_fwd.to_primitive(w)
+        self._d.execute(self._fwd, [(_ARG_SRC, self.src, x), (_ARG_WEIGHTS, self._w_fwd.md, wb),
+                                    (_ARG_DST, self.dst, y)], self._scratch["fwd"])
 
     def backward_data(self, dy: int, w: int, dx: int) -> None:
+        wb = self._w_bd.to_primitive(w)
         self._d.execute(self._bd, [(_ARG_DIFF_DST, self.dst, dy),
-                                   (_ARG_WEIGHTS, self.w_plain, w),
+                                   (_ARG_WEIGHTS, self._w_bd.md, wb),
                                    (_ARG_DIFF_SRC, self.src, dx)], self._scratch["bd"])
 
     def backward_weights(self, x: int, dy: int, dw: int) -> None:
+        wb = self._w_bw.buffer(dw)
         self._d.execute(self._bw, [(_ARG_SRC, self.src, x), (_ARG_DIFF_DST, self.dst, dy),
-                                   (_ARG_DIFF_WEIGHTS, self.w_plain, dw)], self._scratch["bw"])
+                                   (_ARG_DIFF_WEIGHTS, self._w_bw.md, wb)], self._scratch["bw"])
+        self._w_bw.from_primitive(wb, dw)
+
+
+class _Layout:
+    """The kernel layout one primitive uses (``query``: its weights or diff-weights) and the
+    reorder between it and the plain HWIO kernel, if they differ; the blocked copy lives in
+    a per-thread buffer (XLA may run a plan from several threads at once)."""
+
+    def __init__(self, d: _Dnnl, plain: _P, pd: _P, query: int, output: bool = False):
+        lib = d.lib
+        self._d, self._plain = d, plain
+        self.md = _P(lib.dnnl_primitive_desc_query_md(pd, C.c_int(query), C.c_int(0)))
+        self._reorder = None
+        if not lib.dnnl_memory_desc_equal(self.md, plain):
+            src, dst = (self.md, plain) if output else (plain, self.md)
+            pd_reorder = _P()
+            d.check(lib.dnnl_reorder_primitive_desc_create(
+                C.byref(pd_reorder), src, d.engine, dst, d.engine, d.attr), "kernel reorder")
+            self._pd, self._reorder = pd_reorder, d.primitive(pd_reorder)
+            self._scratch = d.scratchpad(pd_reorder)
+            self._floats = -(-lib.dnnl_memory_desc_get_size(self.md) // 4)
+            self._thread = threading.local()
+
+    def buffer(self, plain_ptr: int) -> int:
+        """Where the primitive reads or writes the kernel: the plain one, or a blocked copy."""
+        if self._reorder is None:
+            return plain_ptr
+        buf = getattr(self._thread, "buf", None)
+        if buf is None:
+            buf = self._thread.buf = np.empty(self._floats, np.float32)
+        return buf.ctypes.data
+
+    def to_primitive(self, plain_ptr: int) -> int:
+        ptr = self.buffer(plain_ptr)
+        if ptr != plain_ptr:
+            self._d.execute(self._reorder, [(_ARG_SRC, self._plain, plain_ptr),
+                                            (_ARG_DST, self.md, ptr)], self._scratch)
+        return ptr
+
+    def from_primitive(self, ptr: int, plain_ptr: int) -> None:
+        if ptr != plain_ptr:
+            self._d.execute(self._reorder, [(_ARG_SRC, self.md, ptr),
+                                            (_ARG_DST, self._plain, plain_ptr)], self._scratch)
 
 
 _plans: dict[Geometry, _Plan] = {}
@@ -288,20 +330,23 @@ def plan(g: Geometry) -> _Plan:
     return p
 
 
-# Per-sample multiply-adds×2 below which a layer stays on the GEMM path. Measured per layer
-# (forward + both gradients, batch 64, in a lax.scan): oneDNN wins on the large layers
-# (MNIST 25→22 64→128, 127 MFLOP/sample: 112 vs 172 ms; CIFAR-10 13→10 64→128,
-# 26 MFLOP/sample: 33 vs 35 ms) and loses on the small ones (CIFAR-10 10→4 128→256 stride 2,
-# 17 MFLOP/sample: 25.5 vs 21.4 ms; 4→1 256→512: 37 vs 5 ms; 1×1 layers: 2–3× slower).
-MIN_FLOPS_PER_SAMPLE = 20e6
-# Layers with fewer channels on either side (first and last layers) stay on the GEMM path:
-# CIFAR-10 32→28 3→32: 26 vs 15 ms; MNIST 25→28 transposed 64→1: 17 vs 7 ms.
-MIN_CHANNELS = 16
+# Which layers run here, from per-layer measurements (forward + both gradients, batch 64, in a
+# lax.scan, GEMM path vs oneDNN, ms). oneDNN wins wherever the output has some extent and the
+# kernel more than one tap: MNIST 25→22 64→128 137 vs 78, transposed 22→25 169 vs 89;
+# CIFAR-10 28→13 32→64 18.0 vs 9.6, transposed 28→32 5×5 81 vs 24, first layer 3→32 5.2 vs
+# 2.3; it ties at 4×4 outputs (CIFAR-10 10→4 128→256: 16.9 vs 17.8). It loses where the
+# convolution is one GEMM, which XLA runs faster: a 1×1 output (CIFAR-10 4→1 256→512: 3.9 vs
+# 29; transposed 1→4: 1.0 vs 2.9) or a 1×1 kernel (32×32 32→32: 2.8 vs 3.2; 1×1 512→512: 0.5
+# vs 2.5), and on single-channel sides (MNIST 1→64 first layer: 1.7 vs 2.0; 64→1 last: 5.2 vs
+# 6.2), where its kernels, vectorised over channels, run mostly empty lanes.
+MIN_OUTPUT_PIXELS = 16
+MIN_KERNEL_TAPS = 2
+MIN_CHANNELS = 2
 
 
 def conv_supported(x_shape, k_shape, strides, pads) -> bool:
-    """Whether this convolution runs on oneDNN: large enough to gain (see
-    :data:`MIN_FLOPS_PER_SAMPLE`) and with optimised (non-reference) kernels for all three
+    """Whether this convolution runs on oneDNN: of a shape where it gains (see
+    :data:`MIN_OUTPUT_PIXELS`) and with optimised (non-reference) kernels for all three
     passes (oneDNN's reference loops are orders of magnitude slower than the GEMM path)."""
     _require()  # oneDNN was asked for: say so if it cannot run, whatever the layer
     g = _conv_geometry(x_shape, k_shape, strides, pads)
@@ -316,8 +361,9 @@ def conv_transpose_supported(x_shape, k_shape, strides) -> bool:
 
 
 def _worthwhile(g: Geometry) -> bool:
-    flops = 2 * g.out_hw[0] * g.out_hw[1] * g.kernel_hw[0] * g.kernel_hw[1] * g.cin * g.cout
-    return flops >= MIN_FLOPS_PER_SAMPLE and min(g.cin, g.cout) >= MIN_CHANNELS
+    return (g.out_hw[0] * g.out_hw[1] >= MIN_OUTPUT_PIXELS
+            and g.kernel_hw[0] * g.kernel_hw[1] >= MIN_KERNEL_TAPS
+            and min(g.cin, g.cout) >= MIN_CHANNELS)
 
 
 def _optimised(p: _Plan) -> bool:
