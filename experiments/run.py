@@ -234,6 +234,7 @@ def environment() -> dict:
     import optax
 
     import tolljax
+    from tolljax import onednn, ops
 
     devices = jax.devices()
     return {
@@ -244,6 +245,9 @@ def environment() -> dict:
         "device_count": len(devices), "process_count": jax.process_count(),
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # which convolution code ran (it decides the last bits of image-model results)
+        "conv": ops.resolve_conv_impl(), "conv_transpose": ops.resolve_impl(),
+        "onednn": onednn.version(),
     }
 
 

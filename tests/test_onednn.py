@@ -1,6 +1,10 @@
-"""tolljax.onednn: the opt-in oneDNN convolutions (values are checked against flax's layers,
+"""tolljax.onednn: the oneDNN convolutions, the CPU default where installed (values are checked against flax's layers,
 for every model geometry and padding, in test_ops.py; here: kernels chosen, reproducibility,
 fallbacks and errors)."""
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +15,7 @@ from tolljax import onednn, ops
 from tolljax.errors import TollError
 from tolljax.models import build_model, sample_shape
 from tolljax.train import create_train_state, train_step
+from tests.conftest import REPO
 
 needs_onednn = pytest.mark.skipif(not onednn.available(),
                                   reason="oneDNN (onednn-cpu-gomp) is not installed")
@@ -76,6 +81,83 @@ def test_repeated_train_steps_are_bit_identical(monkeypatch):
         runs.append((state.params, metrics))
     for a, b in zip(jax.tree_util.tree_leaves(runs[0]), jax.tree_util.tree_leaves(runs[1])):
         np.testing.assert_array_equal(a, b)
+
+
+# Several XLA host devices calling oneDNN at once (each call with its own OpenMP team), as the
+# CLI runs seeds on CPU: XLA's own convolution was not reproducible this way (README,
+# Reproducibility). Four repeats of two steps of the MNIST model, one seed per device.
+_CONCURRENT = """
+import jax, jax.numpy as jnp, numpy as np, optax
+from tolljax.models import build_model, sample_shape
+from tolljax.train import create_train_state, train_step
+assert jax.device_count() == 2
+model = build_model("mnist")
+init = lambda key: create_train_state(model, key, sample_shape("mnist"), optax.adam(1e-3))
+states = jax.vmap(init)(jax.random.split(jax.random.key(0), 2))
+x = jnp.asarray(np.random.default_rng(0).random((2, 8, *sample_shape("mnist"))), jnp.float32)
+step = jax.pmap(lambda s, x: train_step(s, x, 1.0))
+runs = []
+for _ in range(4):
+    s = states
+    for _ in range(2):
+        s, metrics = step(s, x)
+    runs.append(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves((s.params, metrics))]))
+assert "tolljax_onednn" in step.lower(states, x).as_text()
+print("differing repeats:", sum(not np.array_equal(runs[0], r) for r in runs[1:]))
+"""
+
+
+@needs_onednn
+def test_train_steps_on_concurrent_host_devices_are_bit_identical():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           ops.ENV_VAR: "onednn", ops.CONV_ENV_VAR: "onednn"}
+    proc = subprocess.run([sys.executable, "-c", _CONCURRENT], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "differing repeats: 0" in proc.stdout, proc.stdout
+
+
+@needs_onednn
+def test_vmap_with_unbatched_operands_and_nested_axes_matches_the_fast_path(monkeypatch):
+    """Under vmap an operand batched on no axis (shared data, shared kernel) is read in place
+    at every index (vmap_method="expand_dims", stride 0), values and gradients as the fast
+    path's; two nested vmap axes, each batching another operand."""
+    monkeypatch.setattr(onednn, "MIN_OUTPUT_PIXELS", 1)
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((3, 4, 9, 9, 16)), jnp.float32)      # (a, n, ...)
+    k = jnp.asarray(0.1 * rng.standard_normal((2, 3, 3, 16, 16)), jnp.float32)  # (b, ...)
+
+    def grads(impl, conv):
+        f = lambda x, k: jnp.sum(conv(x, k, 2, impl) ** 2)
+        g = jax.value_and_grad(f, argnums=(0, 1))
+        # outer axis over kernels only, inner over inputs only
+        return jax.jit(jax.vmap(jax.vmap(g, (0, None)), (None, 0)))(x, k)
+
+    for conv in (ops.conv, ops.conv_transpose):
+        got, want = grads("onednn", conv), grads("fast", conv)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    hlo = jax.jit(jax.vmap(lambda k: ops.conv(x[0], k, 2, "onednn"))).lower(k).as_text()
+    # x reaches the call once, with a unit vmap axis, not copied per kernel
+    assert "(tensor<1x4x9x9x16xf32>, tensor<2x3x3x16x16xf32>) -> tensor<2x4x4x4x16xf32>" in hlo
+
+
+@needs_onednn
+def test_image_scores_in_chunks_match_the_fast_path(monkeypatch):
+    """tolljax.train.score on oneDNN: 2.5 chunks of real batches (not per-sample vmaps, which
+    would copy the kernels per sample), equal to the fast path's scores."""
+    from tolljax.train import score
+    model = build_model("mnist")
+    state = create_train_state(model, jax.random.key(0), sample_shape("mnist"), optax.adam(1e-3))
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = jnp.asarray(np.random.default_rng(4).random((20, *sample_shape("mnist"))), jnp.float32)
+    scores = {}
+    for impl in ("onednn", "fast"):
+        monkeypatch.setenv(ops.ENV_VAR, impl)
+        monkeypatch.setenv(ops.CONV_ENV_VAR, impl)
+        scores[impl] = jax.jit(lambda v, x: score(model.apply, v, x, 10.0, chunk=8))(variables, x)
+    np.testing.assert_allclose(scores["onednn"], scores["fast"], rtol=1e-5)
 
 
 @needs_onednn

@@ -177,10 +177,14 @@ def test_phase_decomposition_matches_lax_conv_transpose(n, k, s):
     assert rel_err(got, want) <= TOL
 
 
+@pytest.mark.parametrize("impl", CPU_PATHS)
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
-def test_cpu_fast_path_uses_no_xla_convolution(name):
+def test_cpu_paths_use_no_xla_convolution(name, impl, monkeypatch):
     # XLA:CPU's convolution is not run-to-run deterministic with several host devices (ops
-    # module doc); the fast path must express every layer, forward and backward, as GEMMs.
+    # module doc); the CPU paths express every layer, forward and backward, as GEMMs or
+    # oneDNN calls.
+    monkeypatch.setenv(ops.ENV_VAR, impl)
+    monkeypatch.setenv(ops.CONV_ENV_VAR, impl)
     model = build_model(name)
     shape = sample_shape(name)
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
@@ -193,7 +197,7 @@ def test_cpu_fast_path_uses_no_xla_convolution(name):
 
     hlo = jax.jit(jax.grad(loss)).lower(variables["params"], variables["batch_stats"],
                                         x).as_text()
-    assert "stablehlo.dot_general" in hlo
+    assert ("stablehlo.dot_general" if impl == "fast" else "tolljax_onednn") in hlo
     assert "stablehlo.convolution" not in hlo
 
 
@@ -383,12 +387,17 @@ def test_models_build_every_convolution_with_ops_layers(dataset):
 def test_selection_by_backend(monkeypatch):
     monkeypatch.delenv(ops.ENV_VAR, raising=False)
     monkeypatch.delenv(ops.CONV_ENV_VAR, raising=False)
-    assert ops.resolve_impl("auto", backend="cpu") == "fast"
-    assert ops.resolve_impl("auto", backend="gpu") == "plain"
-    assert ops.resolve_impl("auto", backend="tpu") == "plain"
-    assert ops.resolve_conv_impl("auto", backend="cpu") == "fast"
-    assert ops.resolve_conv_impl("auto", backend="cuda") == "plain"
-    assert ops.resolve_impl() == ("fast" if jax.default_backend() == "cpu" else "plain")
+    available = onednn.available
+    for installed, cpu_impl in ((True, "onednn"), (False, "fast")):
+        monkeypatch.setattr(onednn, "available", lambda: installed)
+        assert ops.resolve_impl("auto", backend="cpu") == cpu_impl
+        assert ops.resolve_conv_impl("auto", backend="cpu") == cpu_impl
+        assert ops.resolve_impl("auto", backend="gpu") == "plain"
+        assert ops.resolve_impl("auto", backend="tpu") == "plain"
+        assert ops.resolve_conv_impl("auto", backend="cuda") == "plain"
+    monkeypatch.setattr(onednn, "available", available)
+    on_cpu = "onednn" if available() else "fast"
+    assert ops.resolve_impl() == (on_cpu if jax.default_backend() == "cpu" else "plain")
     for impl in ("plain", "fast", "matmul"):  # explicit choices ignore the backend
         assert ops.resolve_impl(impl, backend="gpu") == impl
 
@@ -415,7 +424,7 @@ def test_environment_override(monkeypatch):
 
 def test_module_uses_the_selected_implementation(monkeypatch):
     calls = []
-    for name in ("plain", "fast", "matmul"):
+    for name in ("plain", "fast", "matmul", "onednn"):
         fn = ops.IMPL_FUNCTIONS[name]
         monkeypatch.setitem(ops.IMPL_FUNCTIONS, name,
                             lambda *a, _n=name, _f=fn: calls.append(_n) or _f(*a))
@@ -428,7 +437,8 @@ def test_module_uses_the_selected_implementation(monkeypatch):
     ops.ConvTranspose(5, 4, impl="fast").apply(variables, x)
     monkeypatch.delenv(ops.ENV_VAR)
     layer.apply(variables, x)
-    assert calls == ["matmul", "fast", "fast" if jax.default_backend() == "cpu" else "plain"]
+    assert calls == ["matmul", "fast", ops.resolve_impl()]
+    assert ops.resolve_impl() in (("onednn", "fast") if jax.default_backend() == "cpu" else ("plain",))
 
 
 PADDING_GEOMETRIES = (((2, 5, 6, 3), 3, 2), ((2, 7, 7, 3), 4, 1), ((2, 4, 5, 2), 2, 3))

@@ -8,6 +8,7 @@ import pytest
 import scipy.io
 
 from experiments.run import main
+from tolljax import onednn, ops
 from tolljax.data import shipped_file
 from tests.conftest import REPO, SHARED_DATA
 
@@ -289,6 +290,10 @@ def test_one_image_class_is_compared_with_its_own_row_of_the_paper(tmp_path, cap
     assert res["runs"][0]["normal_class"] == 3 and res["runs"][0]["paper"] == digit3
     assert res["summary"]["paper"] == digit3
     assert f"{digit3:.2f} %" in capsys.readouterr().out
+    env = res["environment"]  # which convolution code produced these numbers
+    assert env["conv"] == ops.resolve_conv_impl() and env["conv_transpose"] == ops.resolve_impl()
+    assert env["onednn"] == onednn.version()
+    assert (env["onednn"] is None) == (not onednn.available())
 
 
 # ------------------------------------------------------------- long real-data checks (-m slow)

@@ -7,8 +7,10 @@ import pytest
 
 from tolljax.errors import TollError
 from tolljax.models import build_model
-from tolljax.train import (ProtocolConfig, compile_protocol, create_train_state,
+from tolljax.train import (ProtocolConfig, compile_protocol, create_train_state, map_in_chunks,
                            sample_batch_indices, score, train_step)
+
+
 
 SHORT = dict(beta=10.0, lr=1e-3, batch_size=100, steps=60, eval_every=20, metric="f1")
 
@@ -44,6 +46,16 @@ def test_train_steps_lower_the_loss(data):
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
                                    state.batch_stats, fresh.batch_stats)
     assert min(jax.tree_util.tree_leaves(moved)) > 0
+
+
+def test_map_in_chunks_feeds_whole_batches_then_the_remainder():
+    x = jnp.arange(23.0)[:, None] * jnp.ones((1, 3))
+    seen = lambda b: b.sum(axis=1) + 1000.0 * b.shape[0]  # reveals the batch each row was in
+    rows = np.arange(23.0) * 3
+    np.testing.assert_array_equal(jax.jit(lambda x: map_in_chunks(seen, x, 5))(x),
+                                  rows + np.where(np.arange(23) < 20, 5000.0, 3000.0))
+    np.testing.assert_array_equal(map_in_chunks(seen, x[:20], 5), rows[:20] + 5000.0)
+    np.testing.assert_array_equal(map_in_chunks(seen, x, 30), rows + 23000.0)
 
 
 def test_score_is_eval_mode_and_chunking_does_not_change_it(data):

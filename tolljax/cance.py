@@ -62,8 +62,8 @@ from jax.scipy.linalg import solve_triangular
 from tolljax.errors import TollError
 from tolljax.losses import parse_norm
 from tolljax.metrics import METRICS
-from tolljax.train import (TrainState, checkpoint_keys, create_train_state, sample_batch_indices,
-                           train_step, tree_where)
+from tolljax.train import (TrainState, checkpoint_keys, create_train_state, map_in_chunks,
+                           sample_batch_indices, train_step, tree_where)
 
 # Number of reconstruction features appended to z: squared error e and cosine dissimilarity c.
 N_RECON = 2
@@ -113,9 +113,7 @@ def composite_features(apply_fn: Callable, variables: dict, x: jnp.ndarray,
         x_hat, z = apply_fn(variables, xb, train=False)
         return composite_from_outputs(xb, x_hat, z)
 
-    if x.shape[0] <= chunk:
-        return batch(x)
-    return jax.lax.map(lambda xb: batch(xb[None])[0], x, batch_size=chunk)
+    return map_in_chunks(batch, x, chunk)
 
 
 def select_features(features: jnp.ndarray, kind: str) -> jnp.ndarray:
@@ -271,9 +269,7 @@ def _ae_criterion(variables: dict, data: dict, *, model: nn.Module, config: AECo
     def err(xb):
         return squared_error(xb, model.apply(variables, xb, train=False)[0])
 
-    val_x = data["val_x"]
-    errors = (err(val_x) if val_x.shape[0] <= config.score_chunk else
-              jax.lax.map(lambda xb: err(xb[None])[0], val_x, batch_size=config.score_chunk))
+    errors = map_in_chunks(err, data["val_x"], config.score_chunk)
     return _val_criterion(config.select, METRICS[config.metric], errors, data["val_y"])
 
 

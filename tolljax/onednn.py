@@ -20,7 +20,8 @@ Conventions are :mod:`tolljax.ops`'s (NHWC, kernel ``(kh, kw, in, out)``). A tra
 convolution (flax convention) is the backward-data pass of the regular convolution that
 maps its *output* back onto its input: kernel ``flip(K)`` with in/out swapped
 (:func:`_flip_io`), VALID, stride s, which yields the full ``(n − 1)·s + k`` output.
-Leading (``vmap``) axes are looped over inside the call. float32 only.
+Leading (``vmap``) axes are looped over inside the call (an operand not batched along one is
+read in place, not broadcast). float32 only.
 """
 from __future__ import annotations
 
@@ -174,6 +175,21 @@ def available() -> bool:
     """Whether oneDNN can be loaded (the ``onednn-cpu-gomp`` wheel or
     ``$TOLLJAX_ONEDNN_LIBRARY``)."""
     return _dnnl() is not None
+
+
+class _Version(C.Structure):  # dnnl_version_t
+    _fields_ = [("major", C.c_int), ("minor", C.c_int), ("patch", C.c_int),
+                ("hash", C.c_char_p), ("cpu_runtime", C.c_uint), ("gpu_runtime", C.c_uint)]
+
+
+def version() -> str | None:
+    """The loaded oneDNN's version, e.g. ``"3.2.0"``, or None where it is not installed."""
+    d = _dnnl()
+    if d is None:
+        return None
+    d.lib.dnnl_version.restype = C.POINTER(_Version)
+    v = d.lib.dnnl_version().contents
+    return f"{v.major}.{v.minor}.{v.patch}"
 
 
 def _require() -> _Dnnl:
@@ -370,15 +386,29 @@ def _optimised(p: _Plan) -> bool:
     return not any(impl.startswith("ref") for impl in p.implementations.values())
 
 
+def _lead_strides(dims, lead: tuple[int, ...], nbytes: int) -> tuple[int, ...]:
+    """Byte strides of an operand's leading (vmap) axes; 0 along an axis where the operand
+    is unbatched (size 1 under ``vmap_method="expand_dims"``, shared by every index)."""
+    shape = (1,) * (len(lead) - len(dims)) + tuple(dims)
+    strides, step = [], nbytes
+    for size in reversed(shape):
+        strides.append(step if size > 1 else 0)
+        step *= size
+    return tuple(reversed(strides))
+
+
 def _looped(run, sizes_in: tuple[int, ...], sizes_out: tuple[int, ...]):
     """An FFI function that runs ``run(*in_ptrs, *out_ptrs)`` once per leading (vmap) index;
-    ``sizes_*``: bytes of one unbatched operand / result."""
+    ``sizes_*``: bytes of one unbatched operand / result. An operand that is not batched
+    along a vmap axis is passed once and read at every index of that axis, not copied."""
 
     def fn(ins, outs):
-        lead = int(np.prod(ins[0][1][:-4], dtype=np.int64))
-        for i in range(lead):
-            run(*(p + i * s for (p, _, _), s in zip(ins, sizes_in)),
-                *(p + i * s for (p, _, _), s in zip(outs, sizes_out)))
+        lead = tuple(outs[0][1][:-4])
+        operands = [*ins, *outs]
+        strides = [_lead_strides(dims[:-4], lead, size)
+                   for (_, dims, _), size in zip(operands, (*sizes_in, *sizes_out))]
+        for idx in np.ndindex(*lead):
+            run(*(p + sum(i * s for i, s in zip(idx, st)) for (p, _, _), st in zip(operands, strides)))
 
     return fn
 
@@ -415,7 +445,7 @@ def _conv_forward(x, kernel, strides, pads):
     p = plan(g)
     y_shape = (g.n, *g.out_hw, g.cout)
     name = _target("conv_fwd", g, p.forward, (x.shape, kernel.shape), (y_shape,))
-    return _ffi.call(name, _sds(y_shape), x, kernel)
+    return _ffi.call(name, _sds(y_shape), x, kernel, vmap_method="expand_dims")
 
 
 def _conv_backward(strides, pads, res, dy):
@@ -426,7 +456,8 @@ def _conv_backward(strides, pads, res, dy):
     bd = _target("conv_bd", g, lambda w_, dy_, dx_: p.backward_data(dy_, w_, dx_),
                  (kernel.shape, dy.shape), (x.shape,))
     bw = _target("conv_bw", g, p.backward_weights, (x.shape, dy.shape), (kernel.shape,))
-    return _ffi.call(bd, _sds(x.shape), kernel, dy), _ffi.call(bw, _sds(kernel.shape), x, dy)
+    return (_ffi.call(bd, _sds(x.shape), kernel, dy, vmap_method="expand_dims"),
+            _ffi.call(bw, _sds(kernel.shape), x, dy, vmap_method="expand_dims"))
 
 
 conv = jax.custom_vjp(_conv_forward, nondiff_argnums=(2, 3))
@@ -461,7 +492,7 @@ def _ct_apply(x, w, strides):
     y_shape = (g.n, *g.in_hw, g.cin)
     name = _target("ct_fwd", g, lambda x_, w_, y_: p.backward_data(x_, w_, y_),
                    (x.shape, w.shape), (y_shape,))
-    return _ffi.call(name, _sds(y_shape), x, w)
+    return _ffi.call(name, _sds(y_shape), x, w, vmap_method="expand_dims")
 
 
 def _flip_io_shape(shape):
@@ -485,7 +516,8 @@ def _ct_backward(strides, res, dy):
     bd = _target("ct_bd", g, p.forward, (dy.shape, w.shape), (x.shape,))
     bw = _target("ct_bw", g, lambda x_, dy_, dw_: p.backward_weights(dy_, x_, dw_),
                  (x.shape, dy.shape), (w.shape,))
-    return _ffi.call(bd, _sds(x.shape), dy, w), _flip_io(_ffi.call(bw, _sds(w.shape), x, dy))
+    return (_ffi.call(bd, _sds(x.shape), dy, w, vmap_method="expand_dims"),
+            _flip_io(_ffi.call(bw, _sds(w.shape), x, dy, vmap_method="expand_dims")))
 
 
 conv_transpose_full = jax.custom_vjp(_ct_forward, nondiff_argnums=(2,))

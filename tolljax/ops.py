@@ -92,21 +92,27 @@ def _resolve(impl: str, choices: tuple[str, ...], env_var: str, backend: str | N
         impl = env
     if impl == "auto":
         backend = jax.default_backend() if backend is None else backend
-        impl = "fast" if backend == "cpu" else "plain"
+        if backend != "cpu":
+            impl = "plain"
+        else:  # oneDNN where its library is installed (Linux x86-64), else the GEMM path
+            impl = "onednn" if onednn.available() else "fast"
     return impl
 
 
 def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
-    """The transposed-convolution implementation ``impl`` stands for: plain, fast or matmul.
+    """The transposed-convolution implementation ``impl`` stands for: plain, fast, matmul or
+    onednn.
 
     ``"auto"`` reads ``$TOLLJAX_CONV_TRANSPOSE`` and, if unset or ``auto``, chooses by
-    ``backend`` (default ``jax.default_backend()``): ``"fast"`` on CPU, ``"plain"`` elsewhere.
+    ``backend`` (default ``jax.default_backend()``): on CPU ``"onednn"`` where its library is
+    installed (:func:`tolljax.onednn.available`), else ``"fast"``; ``"plain"`` elsewhere.
     """
     return _resolve(impl, IMPLS, ENV_VAR, backend)
 
 
 def resolve_conv_impl(impl: str = "auto", backend: str | None = None) -> str:
-    """As :func:`resolve_impl`, for regular convolutions (``$TOLLJAX_CONV``; plain or fast)."""
+    """As :func:`resolve_impl`, for regular convolutions (``$TOLLJAX_CONV``; plain, fast or
+    onednn)."""
     return _resolve(impl, CONV_IMPLS, CONV_ENV_VAR, backend)
 
 

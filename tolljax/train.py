@@ -98,21 +98,37 @@ def train_step(state: TrainState, batch: jnp.ndarray, beta: float | jnp.ndarray,
     return state, {"loss": loss, "latent_norm": jnp.mean(jnp.linalg.norm(z, axis=-1))}
 
 
+def map_in_chunks(fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray,
+                  chunk: int) -> jnp.ndarray:
+    """``fn(x)`` computed ``chunk`` rows at a time: a ``lax.map`` over the full chunks, then
+    the remainder; ``fn`` maps a batch to per-row results (leading axis = batch).
+
+    Each chunk is one real batch, not ``chunk`` vmapped single samples (``lax.map``'s
+    ``batch_size``): the per-sample form sends batch-1 convolutions to the layers and, for
+    custom calls such as :mod:`tolljax.onednn`'s, copies the weights per sample.
+    """
+    n = x.shape[0]
+    if n <= chunk:
+        return fn(x)
+    full = n - n % chunk
+    out = jax.lax.map(fn, x[:full].reshape(n // chunk, chunk, *x.shape[1:]))
+    out = out.reshape(full, *out.shape[2:])
+    return out if full == n else jnp.concatenate([out, fn(x[full:])])
+
+
 def score(apply_fn: Callable, variables: dict, x: jnp.ndarray, beta: float | jnp.ndarray,
           norm: Norm = 2, chunk: int = 1000) -> jnp.ndarray:
     """Anomaly scores of ``x`` in eval mode (BatchNorm running statistics), paper eq. 1.
 
-    Samples are scored ``chunk`` at a time (``lax.map``) so that scoring 10,000 images does
-    not hold all their activations at once.
+    Samples are scored ``chunk`` at a time (:func:`map_in_chunks`) so that scoring 10,000
+    images does not hold all their activations at once.
     """
 
     def score_batch(xb):
         x_hat, z = apply_fn(variables, xb, train=False)
         return toll_score(xb, x_hat, z, beta, norm)
 
-    if x.shape[0] <= chunk:
-        return score_batch(x)
-    return jax.lax.map(lambda xb: score_batch(xb[None])[0], x, batch_size=chunk)
+    return map_in_chunks(score_batch, x, chunk)
 
 
 def sample_batch_indices(key: jax.Array, n_valid: int | jnp.ndarray, n_rows: int,
