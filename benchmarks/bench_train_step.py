@@ -28,12 +28,12 @@ steps for a stable time).
 float32, so those rows' ratios compare different arithmetic.
 
 ``--conv-transpose plain,fast`` times tolljax once per transposed-convolution implementation
-(``tolljax.ops``; default ``auto``: the fast path on CPU); ``--conv plain,fast`` likewise for
+(``tolljax.ops``; default ``auto``: oneDNN on CPU where installed, else the GEMM fast path);
+``--conv plain,fast`` likewise for
 regular convolutions, where the model builds them with ``tolljax.ops.Conv`` (the row label
 says ``conv xla`` where the model uses flax's ``nn.Conv``). The plain transposed convolution
 is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
-``--steps``/``--repeats``. ``onednn`` (both flags) is the opt-in oneDNN path
-(``pip install ".[onednn]"``, ``tolljax.onednn``).
+``--steps``/``--repeats``. ``onednn`` (both flags) is the oneDNN path (``tolljax.onednn``).
 
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]

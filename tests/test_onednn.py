@@ -60,7 +60,8 @@ def test_only_layers_of_shapes_where_it_gains_run_on_onednn():
     assert convt(22, 128, 64, 4, 1) and convt(28, 32, 32, 5, 1) and convt(13, 64, 32, 4, 2)
     assert convt(4, 256, 128, 4, 2)
     assert not conv(4, 256, 512, 4, 1) and not convt(1, 64, 256, 4, 1)  # 1×1 outputs
-    assert not conv(7, 256, 512, 4, 2)  # 2×2 output: under MIN_OUTPUT_PIXELS
+    assert not conv(10, 256, 512, 4, 1) and convt(7, 512, 256, 4, 1)  # regular: cout ≥ 512
+    assert not conv(7, 256, 256, 4, 2)  # 2×2 output: under MIN_OUTPUT_PIXELS
     assert not conv(32, 32, 32, 1, 1) and not conv(1, 512, 512, 1, 1)  # 1×1 kernels
     assert not conv(28, 1, 64, 4, 1) and not convt(25, 64, 1, 4, 1)  # single channel
 

@@ -1,19 +1,23 @@
-"""oneDNN convolutions inside XLA:CPU programs: the opt-in ``impl="onednn"`` of :mod:`tolljax.ops`.
+"""oneDNN convolutions inside XLA:CPU programs: ``impl="onednn"`` of :mod:`tolljax.ops`, the
+CPU default wherever the library is installed.
 
 Why: XLA:CPU's own convolutions are slow to differentiate, and the GEMM formulation in
 :mod:`tolljax.ops` spends most of its time in XLA's GEMMs and im2col gathers. oneDNN (the
 library PyTorch's CPU convolutions use) runs forward, input-gradient and kernel-gradient
-convolutions directly on NHWC tensors with JIT-generated AVX-512 kernels; the MNIST model's
-25→22 layer (64→128, 4×4, batch 64), forward and both gradients, takes 87 ms in oneDNN
-against 156 ms on the GEMM path, but oneDNN is slower on small layers, so only layers above
-:data:`MIN_FLOPS_PER_SAMPLE` with :data:`MIN_CHANNELS` run here. Whole train steps at batch 64:
-MNIST 0.88× the GEMM path's time, CIFAR-10 the same (README, Performance).
+convolutions directly on NHWC tensors with JIT-generated AVX-512 kernels: forward and both
+gradients of CIFAR-10's transposed 28→32 5×5 layer at batch 64 take 24 ms against 81 ms on
+the GEMM path (PyTorch: 32 ms). Layers that are one GEMM (1×1 kernels or outputs) and
+single-channel sides stay on the GEMM path (:data:`MIN_OUTPUT_PIXELS`), as do regular
+convolutions with ≥ 512 output channels (:data:`CONV_GEMM_OUT_CHANNELS`). Whole train steps at
+batch 64 (scan×5): MNIST 0.80×, CIFAR-10 0.60× the GEMM path's time (README, Performance).
 
 How: each convolution geometry gets three oneDNN primitives (forward, backward-data,
-backward-weights), created once and cached; a jitted program calls them through XLA custom
-calls (:mod:`tolljax._ffi`: a ctypes trampoline, no compiled extension), with zero-copy
-access to XLA's buffers. The library is the ``onednn-cpu-gomp`` wheel (oneDNN 3.2, GNU
-OpenMP threading; Apache-2.0), loaded with ctypes; the constants below are from its headers
+backward-weights), created once and cached, all on oneDNN's preferred blocked kernel layout
+(the plain HWIO kernel is reordered to it, and the kernel gradient back, at each call); a
+jitted program calls them through XLA custom calls (:mod:`tolljax._ffi`: a ctypes
+trampoline, no compiled extension), with zero-copy access to XLA's buffers. The library is
+the ``onednn-cpu-gomp`` wheel (oneDNN 3.2, GNU OpenMP threading; Apache-2.0; a dependency on
+Linux x86-64), loaded with ctypes; the constants below are from its headers
 (``dnnl_types.h``, ``dnnl_common_types.h``).
 
 Conventions are :mod:`tolljax.ops`'s (NHWC, kernel ``(kh, kw, in, out)``). A transposed
@@ -358,6 +362,12 @@ def plan(g: Geometry) -> _Plan:
 MIN_OUTPUT_PIXELS = 16
 MIN_KERNEL_TAPS = 2
 MIN_CHANNELS = 2
+# Regular (not transposed) convolutions with this many output channels stay on the GEMM path:
+# its im2col GEMM does 2·cout FLOPs per gathered patch element, which hides the gather (MNIST
+# 10→7 256→512: 130 vs 150 ms), while at 256 oneDNN still wins or ties (MNIST 22→10 128→256:
+# 88 vs 68 ms; CIFAR-10 10→4: 14.6 vs 15.1). The transposed layers' GEMM path differs (sub-pixel
+# phases, overlap-adds): there oneDNN wins at 512 too (MNIST 7→10 512→256: 151 vs 142).
+CONV_GEMM_OUT_CHANNELS = 512
 
 
 def conv_supported(x_shape, k_shape, strides, pads) -> bool:
@@ -366,7 +376,7 @@ def conv_supported(x_shape, k_shape, strides, pads) -> bool:
     passes (oneDNN's reference loops are orders of magnitude slower than the GEMM path)."""
     _require()  # oneDNN was asked for: say so if it cannot run, whatever the layer
     g = _conv_geometry(x_shape, k_shape, strides, pads)
-    return _worthwhile(g) and _optimised(plan(g))
+    return g.cout < CONV_GEMM_OUT_CHANNELS and _worthwhile(g) and _optimised(plan(g))
 
 
 def conv_transpose_supported(x_shape, k_shape, strides) -> bool:

@@ -1,4 +1,5 @@
-"""Convolutions for the Appendix-B autoencoders: XLA's plain layers and a CPU fast path.
+"""Convolutions for the Appendix-B autoencoders: XLA's plain layers and two CPU paths (the GEMM
+"fast" path here, oneDNN in :mod:`tolljax.onednn`).
 
 Why: on CPU, XLA differentiates convolutions slowly. The kernel gradient of a transposed
 convolution is the worst case — 12 s for the MNIST decoder's 512→256 layer (7×7 → 10×10,
@@ -46,15 +47,16 @@ as an alternative.
 
 Selection: :class:`ConvTranspose` and :class:`Conv` are drop-in replacements for flax's
 ``nn.ConvTranspose`` / ``nn.Conv`` (same parameter names, shapes, creation order and
-initialisers, so parameters interchange) that pick the implementation by backend — the fast
-path on CPU, XLA's plain layer on GPU/TPU, whose convolution kernels handle these layers and
-their gradients natively (a design default, not measured here). Override per module with
-``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` / ``$TOLLJAX_CONV``
+initialisers, so parameters interchange) that pick the implementation by backend. On CPU:
+``onednn`` where its library is installed (a dependency on Linux x86-64): oneDNN
+convolutions inside the XLA program (:mod:`tolljax.onednn`), with layers that are one GEMM
+(1×1 kernels or outputs) and single-channel sides on the fast path; elsewhere (macOS, ARM)
+the fast path itself. On GPU/TPU: XLA's plain layer, whose convolution kernels handle these
+layers and their gradients natively (a design default, not measured here). Override per
+module with ``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` / ``$TOLLJAX_CONV``
 (``plain|fast|onednn|auto``; the transposed convolution also accepts ``matmul``); read at
-trace time. ``onednn`` (opt-in, CPU, ``pip install "tolljax[onednn]"``) runs the layers as
-oneDNN convolutions inside the XLA program (:mod:`tolljax.onednn`; small layers stay on
-the fast path). It is not the default: it gains on the MNIST model (batch-64 step 0.88× the
-fast path's), ties on CIFAR-10 and needs a 160 MB library (README, Performance).
+trace time. Batch-64 train steps on a 2-core CPU: oneDNN MNIST 0.80× and CIFAR-10 0.60× the
+fast path's time (README, Performance).
 """
 from __future__ import annotations
 
@@ -661,8 +663,9 @@ class ConvTranspose(_ConvBase):
 
     Parameters ``kernel`` ``(kh, kw, in, features)`` and ``bias`` ``(features,)`` as flax's
     layer (created in the same order, same default initialisers: a given key gives identical
-    values); the same output for every padding. ``impl``: ``"auto"`` (``fast`` on CPU, ``plain``
-    on GPU/TPU; ``$TOLLJAX_CONV_TRANSPOSE`` overrides), ``"plain"``, ``"fast"``, ``"matmul"``.
+    values); the same output for every padding. ``impl``: ``"auto"`` (:func:`resolve_impl`:
+    ``onednn`` or ``fast`` on CPU, ``plain`` on GPU/TPU; ``$TOLLJAX_CONV_TRANSPOSE``
+    overrides), ``"plain"``, ``"fast"``, ``"matmul"``, ``"onednn"``.
     Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an explicit
     ``precision`` always takes the plain layer.
     """
@@ -676,8 +679,8 @@ class Conv(_ConvBase):
     """2-D ``flax.linen.Conv`` (no dilation, one feature group) with a CPU fast path.
 
     Same parameters, creation order and initialisers as flax's layer. ``impl``: ``"auto"``
-    (``fast`` on CPU, ``plain`` on GPU/TPU; ``$TOLLJAX_CONV`` overrides), ``"plain"``,
-    ``"fast"``. Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an
+    (:func:`resolve_conv_impl`: ``onednn`` or ``fast`` on CPU, ``plain`` on GPU/TPU;
+    ``$TOLLJAX_CONV`` overrides), ``"plain"``, ``"fast"``, ``"onednn"``. Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an
     explicit ``precision`` always takes the plain layer.
     """
 
