@@ -1,7 +1,7 @@
 """GEMM floor of a train step: its matrix products alone, XLA vs PyTorch, next to the whole steps.
 
 Every matrix product (``dot_general``) of tolljax's train step — forward, input gradients and
-kernel gradients, as the CPU fast path (``tolljax.ops``) lowers the convolutions — is read from
+kernel gradients, as the GEMM path (``tolljax.ops``, impl ``fast``) lowers the convolutions — is read from
 the step's jaxpr and timed on its own, with the same operand shapes and transposes:
 
 * XLA: the product alone in a jitted ``lax.scan`` of ``--reps`` iterations (so that buffers are
@@ -60,7 +60,8 @@ def _subjaxprs(eqn):
 def step_gemms(dataset: str, batch_size: int) -> list[dict]:
     """The train step's matrix products: 2-D operand shapes (before any transpose), which
     operand is transposed, and how often each runs per step (scan lengths multiplied)."""
-    _set_impls("auto", "auto")  # the default path (on CPU: GEMMs); step_flops sets "plain"
+    _set_impls("fast", "fast")  # the GEMM path (oneDNN, the CPU default, has no XLA GEMMs
+    # for most layers); step_flops sets "plain"
     model = build_model(dataset)
     state = jax.eval_shape(lambda: create_train_state(
         model, jax.random.key(0), sample_shape(dataset), optax.adam(1e-3)))
@@ -148,7 +149,8 @@ def bench_model(dataset: str, batch_size: int, reps: int, repeats: int, scan: in
     # whole steps first, on a fresh heap (before the products' large buffers come and go)
     batch = np.random.default_rng(0).standard_normal(
         (batch_size, *sample_shape(dataset))).astype(np.float32)
-    steps = {"tolljax": JaxRunner(dataset, batch, scan=scan), "torch": TorchRunner(dataset, batch)}
+    steps = {"tolljax": JaxRunner(dataset, batch, "fast", "fast", scan=scan),
+             "torch": TorchRunner(dataset, batch)}
     for r in steps.values():
         for _ in range(2):
             r.step()
