@@ -352,7 +352,7 @@ def _int_list(flag: str, spec: str) -> list[int]:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     """The run's configuration from the flags; :class:`TollError` names the first bad flag."""
-    from tolljax.losses import parse_norm
+    from experiments.run import norm_flag
 
     if args.data_dir is None:
         raise TollError("--data-dir is required: the folder with the MNIST IDX files "
@@ -382,9 +382,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise TollError(f"--batch-size must be even and >= 4, got {args.batch_size}")
     if args.test_limit is not None and args.test_limit < 2:  # a normal and an anomaly at least
         raise TollError(f"--test-limit must be at least 2, got {args.test_limit}")
-    order = parse_norm(args.norm)
-    norm = "inf" if order == float("inf") else str(int(order))
-    return {"classes": classes, "weights": weights, "norm": norm, "seeds": args.seeds,
+    return {"classes": classes, "weights": weights, "norm": norm_flag(args.norm), "seeds": args.seeds,
             "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "feature_dim": args.feature_dim, "test_limit": args.test_limit,
             "data_dir": args.data_dir}

@@ -168,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def norm_flag(value) -> str:
+    """``--norm``'s value as the canonical "1" | "2" | "inf"; a bad one is an error naming the
+    flag."""
+    try:
+        order = parse_norm(value)
+    except TollError as e:
+        raise TollError(f"--norm: {e}") from None
+    return "inf" if order == float("inf") else str(int(order))
+
+
 def resolve_config(args: argparse.Namespace) -> dict:
     """The paper's configuration for ``args.dataset`` with the user's flags applied."""
     config = get_config(args.dataset)
@@ -175,8 +185,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
                  "batch_size": args.batch_size, "steps": args.steps,
                  "eval_every": args.eval_every, "norm": args.norm}
     config.update({k: v for k, v in overrides.items() if v is not None})
-    order = parse_norm(config["norm"])
-    config["norm"] = "inf" if order == float("inf") else str(int(order))
+    config["norm"] = norm_flag(config["norm"])
     if config["seeds"] < 1:
         raise TollError(f"--seeds must be at least 1, got {config['seeds']}")
     if args.vmap_width is not None and args.vmap_width < 1:

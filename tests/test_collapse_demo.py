@@ -73,6 +73,7 @@ def test_cli_writes_results_and_rejects_bad_arguments(mnist_dir, tmp_path, capsy
     (["--weights", "0,a"], "--weights takes comma-separated numbers"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--feature-dim", "0"], "--feature-dim must be at least 1"),
+    (["--norm", "fro"], "--norm: unknown latent norm 'fro'"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--classes", "a"], "--classes takes comma-separated integers"),
     (["--classes", "1,1"], "names a digit twice"),

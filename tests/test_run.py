@@ -55,7 +55,7 @@ def _nan(x):
 
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["--norm", "3"], "unknown latent norm '3'"),
+    (["--norm", "3"], "--norm: unknown latent norm '3'"),
     (["--batch-size", "300"], "only 232 normal training samples but --batch-size 300"),
     (["--steps", "30"], "not a multiple of --eval-every"),
     (["--seeds", "0"], "--seeds must be at least 1"),
@@ -88,7 +88,8 @@ def test_cli_process_exit_code_and_no_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "error: unknown latent norm 'fro'; choose 1, 2 or inf (paper Table 8)"
+    assert proc.stderr.strip() == ("error: --norm: unknown latent norm 'fro'; choose 1, 2 or inf "
+                                   "(paper Table 8)")
 
 
 def test_distributed_without_a_cluster_or_coordinator_is_a_one_line_error():
