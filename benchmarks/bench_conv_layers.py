@@ -21,7 +21,6 @@ rule; the last line sums each column. This is the measurement the rule was set f
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -137,20 +136,6 @@ def time_torch(layer: Layer, batch: int, first: bool, reps: int, rounds: int) ->
     return best * 1e3
 
 
-@contextlib.contextmanager
-def every_layer_on_onednn():
-    """The size rule off: every layer oneDNN can run optimised goes to oneDNN."""
-    rule = ("MIN_OUTPUT_PIXELS", "MIN_KERNEL_TAPS", "MIN_CHANNELS", "CONV_GEMM_OUT_CHANNELS")
-    saved = {name: getattr(onednn, name) for name in rule}
-    for name in rule:
-        setattr(onednn, name, 1 << 30 if name == "CONV_GEMM_OUT_CHANNELS" else 1)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(onednn, name, value)
-
-
 def onednn_takes(layer: Layer, batch: int) -> bool:
     """Whether ``impl="onednn"`` runs this layer on oneDNN under the size rule."""
     shape = (batch, layer.in_hw, layer.in_hw, layer.cin)
@@ -186,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, layer in enumerate(model_layers(dataset)):
             first = i == 0
             takes = onednn_takes(layer, args.batch)
-            with every_layer_on_onednn():
+            with onednn.every_layer():
                 t = {"onednn": time_tolljax(layer, args.batch, "onednn", first, args.reps, args.rounds)}
             t["fast"] = time_tolljax(layer, args.batch, "fast", first, args.reps, args.rounds)
             t["torch"] = time_torch(layer, args.batch, first, args.reps, args.rounds)

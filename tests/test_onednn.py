@@ -64,6 +64,22 @@ def test_only_layers_of_shapes_where_it_gains_run_on_onednn():
     assert not conv(7, 256, 256, 4, 2)  # 2×2 output: under MIN_OUTPUT_PIXELS
     assert not conv(32, 32, 32, 1, 1) and not conv(1, 512, 512, 1, 1)  # 1×1 kernels
     assert not conv(28, 1, 64, 4, 1) and not convt(25, 64, 1, 4, 1)  # single channel
+    with onednn.every_layer():  # the rule off, then restored
+        assert conv(32, 32, 32, 1, 1) and conv(10, 256, 512, 4, 1) and convt(25, 64, 1, 4, 1)
+    assert not conv(32, 32, 32, 1, 1) and not conv(10, 256, 512, 4, 1)
+
+
+def repeated_runs(step, state0, x, repeats: int, steps: int = 2) -> list[np.ndarray]:
+    """``repeats`` times ``steps`` train steps from ``state0``: each run's parameters and last
+    metrics, flattened into one array (also used by the subprocess script below)."""
+    runs = []
+    for _ in range(repeats):
+        state = state0
+        for _ in range(steps):
+            state, metrics = step(state, x)
+        leaves = jax.tree_util.tree_leaves((state.params, metrics))
+        runs.append(np.concatenate([np.ravel(a) for a in leaves]))
+    return runs
 
 
 @needs_onednn
@@ -73,15 +89,8 @@ def test_repeated_train_steps_are_bit_identical(monkeypatch):
     state0 = create_train_state(model, jax.random.key(0), sample_shape("cifar10"),
                                 optax.adam(1e-3))
     x = jnp.asarray(np.random.default_rng(0).random((8, *sample_shape("cifar10"))), jnp.float32)
-    step = jax.jit(lambda s, x: train_step(s, x, 1.0))
-    runs = []
-    for _ in range(2):
-        state = state0
-        for _ in range(2):
-            state, metrics = step(state, x)
-        runs.append((state.params, metrics))
-    for a, b in zip(jax.tree_util.tree_leaves(runs[0]), jax.tree_util.tree_leaves(runs[1])):
-        np.testing.assert_array_equal(a, b)
+    runs = repeated_runs(jax.jit(lambda s, x: train_step(s, x, 1.0)), state0, x, 2)
+    np.testing.assert_array_equal(runs[0], runs[1])
 
 
 # Several XLA host devices calling oneDNN at once (each call with its own OpenMP team), as the
@@ -91,18 +100,14 @@ _CONCURRENT = """
 import jax, jax.numpy as jnp, numpy as np, optax
 from tolljax.models import build_model, sample_shape
 from tolljax.train import create_train_state, train_step
+from tests.test_onednn import repeated_runs
 assert jax.device_count() == 2
 model = build_model("mnist")
 init = lambda key: create_train_state(model, key, sample_shape("mnist"), optax.adam(1e-3))
 states = jax.vmap(init)(jax.random.split(jax.random.key(0), 2))
 x = jnp.asarray(np.random.default_rng(0).random((2, 8, *sample_shape("mnist"))), jnp.float32)
 step = jax.pmap(lambda s, x: train_step(s, x, 1.0))
-runs = []
-for _ in range(4):
-    s = states
-    for _ in range(2):
-        s, metrics = step(s, x)
-    runs.append(np.concatenate([np.ravel(a) for a in jax.tree_util.tree_leaves((s.params, metrics))]))
+runs = repeated_runs(step, states, x, 4)
 assert "tolljax_onednn" in step.lower(states, x).as_text()
 print("differing repeats:", sum(not np.array_equal(runs[0], r) for r in runs[1:]))
 """

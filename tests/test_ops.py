@@ -29,13 +29,11 @@ CPU_PATHS = ["fast", ONEDNN]
 
 
 @pytest.fixture(autouse=True)
-def _every_layer_on_onednn(monkeypatch):
+def _every_layer_on_onednn():
     """The oneDNN path leaves small layers on the GEMM path (tolljax.onednn._worthwhile); the
     layers here are small, so send every one of them to oneDNN to check its numbers."""
-    monkeypatch.setattr(onednn, "MIN_OUTPUT_PIXELS", 1)
-    monkeypatch.setattr(onednn, "MIN_KERNEL_TAPS", 1)
-    monkeypatch.setattr(onednn, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(onednn, "CONV_GEMM_OUT_CHANNELS", 1 << 30)
+    with onednn.every_layer():
+        yield
 
 
 def rel_err(a, b) -> float:

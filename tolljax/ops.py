@@ -559,14 +559,19 @@ def _conv_uses_transposed(x_shape, k_shape, strides) -> bool:
     return cout * hp * wp < cin * ho * wo and 2 * hp * wp <= 3 * ho * wo
 
 
+def _conv_pads(x_shape, k_shape, strides, padding: Padding):
+    """A regular convolution's ``padding`` as explicit ``(lo, hi)`` pairs (SAME as lax/flax)."""
+    return _explicit(padding, lambda mode: lax.padtype_to_pads(x_shape[1:3], k_shape[:2],
+                                                              strides, mode))
+
+
 def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
               padding: Padding = "VALID") -> jnp.ndarray:
     """Same values and gradients as :func:`conv_plain`, as GEMMs (module doc); any padding:
     the input is padded (or cropped) first, then convolved VALID."""
     _check(x, kernel)
     strides = _pair(stride)
-    pads = _explicit(padding, lambda mode: lax.padtype_to_pads(
-        x.shape[1:3], kernel.shape[:2], strides, mode))
+    pads = _conv_pads(x.shape, kernel.shape, strides, padding)
     x = _pad_hw(x, pads)
     if _conv_uses_transposed(x.shape, kernel.shape, strides):
         # The transposed conv with (0, 0) padding of its input crops k − 1 from each end of
@@ -583,8 +588,7 @@ def conv_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     only its reference loops, take :func:`conv_fast`."""
     _check(x, kernel)
     strides = _pair(stride)
-    pads = _explicit(padding, lambda mode: lax.padtype_to_pads(
-        x.shape[1:3], kernel.shape[:2], strides, mode))
+    pads = _conv_pads(x.shape, kernel.shape, strides, padding)
     cropped = _pad_hw(x, [(min(lo, 0), min(hi, 0)) for lo, hi in pads])
     zero_pads = tuple((max(lo, 0), max(hi, 0)) for lo, hi in pads)
     if (x.dtype != jnp.float32 or kernel.dtype != jnp.float32
