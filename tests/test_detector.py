@@ -12,6 +12,7 @@ from tolljax import TollDetector, TollError
 from tolljax.detector import _best_f1_threshold
 from tolljax.metrics import auroc
 from tolljax.models import count_params
+from tolljax.train import checkpoint_keys, sample_batch_indices
 
 STEPS = 60  # 3 checkpoints: enough to exercise selection, fast on 2 cores
 
@@ -314,6 +315,57 @@ def test_threshold_from_unscorable_rows_is_an_error_and_keeps_the_state(small):
         det.fit(X8, X_val=X_val, y_val=y_val)
     np.testing.assert_array_equal(det.score_samples(X8), before)  # the old model is kept
     assert det.threshold_ == threshold
+
+
+def test_unscorable_selection_rows_are_named_when_no_checkpoint_can_be_selected(small):
+    # Every checkpoint's AUROC on X_val is NaN (rows 5-7 overflow), while the loss is finite.
+    det = TollDetector(**{**small.get_params(), "selection": "auroc"})
+    X_val = np.concatenate([X8[:5], UNSCORABLE])
+    with pytest.raises(TollError, match=r"no checkpoint could be selected: none had a finite "
+                       r"AUROC on the selection rows: the model gives non-finite scores to 3 "
+                       r"rows of X_val \(rows \[5, 6, 7\]\)"):
+        det.fit(X8, X_val=X_val, y_val=np.array([0] * 5 + [1] * 3))
+    # selection='loss' scores the normal rows of X_val only: indices are X_val's, not theirs.
+    det.set_params(selection="loss")
+    X_val = np.concatenate([UNSCORABLE[:1], X8[:2], UNSCORABLE[1:]])
+    with pytest.raises(TollError, match=r"finite mean held-out score on the selection rows: the "
+                       r"model gives non-finite scores to 2 rows of X_val \(rows \[0, 3\]\)"):
+        det.fit(X8, X_val=X_val, y_val=np.array([0, 0, 0, 0, 1]))
+    # Label-free: the held-out rows of X select; row numbers are X's.
+    held_out = np.sort(np.random.default_rng(0).permutation(50)[:10])  # val_fraction 0.2, seed 0
+    X = X8.copy()
+    X[held_out[3]] = UNSCORABLE[0]
+    with pytest.raises(TollError, match=rf"to 1 rows of X \(rows \[{held_out[3]}\]\)"):
+        det.fit(X)
+    assert not hasattr(det, "threshold_") and not hasattr(det, "variables_")  # nothing fitted
+
+
+def test_divergence_after_a_checkpoint_keeps_the_best_checkpoint_before_it():
+    # Row 50 is finite but so large that any batch holding it makes the BatchNorm statistics,
+    # and so the loss, non-finite: training fails at the first step that draws it.
+    X = np.concatenate([X8, np.full((1, 8), 1e30, np.float32)])
+    params = dict(steps=40, eval_every=1, hidden=(16,), z_dim=4, batch_size=4, selection="loss",
+                  threshold=1.0)
+    det = TollDetector(**params)
+    with pytest.warns(RuntimeWarning, match=r"the loss became non-finite at step (\d+); kept "
+                      r"the best checkpoint before it \(step (\d+)\)") as record:
+        det.fit(X, X_val=X8[:10])
+    bad, best = det.nonfinite_step_, det.best_step_
+    assert f"step {bad}; kept the best checkpoint before it (step {best})" in str(record[0].message)
+
+    # The reported step is the first whose batch draws row 50 (same keys as the fit).
+    keys = checkpoint_keys(jax.random.split(jax.random.key(0))[1], 40, 1).reshape(40)
+    holds_row_50 = [bool((sample_batch_indices(k, 51, 51, 4) == 50).any()) for k in keys]
+    assert 1 < bad == holds_row_50.index(True) + 1
+    # Nothing from the failed step on is selected or reported as a loss.
+    assert det.history_["train_loss"][bad - 1:] == [None] * (40 - bad + 1)
+    assert det.history_["selection"][bad - 1:] == [None] * (40 - bad + 1)
+    # The kept checkpoint is the best before the failure (lowest mean held-out score) ...
+    before = det.history_["selection"][:bad - 1]
+    assert best == 1 + int(np.argmin(before)) and best < bad
+    # ... and is that step's model: a fit stopped there (same seed, same draws) scores alike.
+    stopped = TollDetector(**{**params, "steps": best}).fit(X, X_val=X8[:10])
+    np.testing.assert_array_equal(det.score_samples(X8), stopped.score_samples(X8))
 
 
 def test_save_to_an_unusable_path_is_a_toll_error(small, tmp_path):

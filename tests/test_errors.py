@@ -1,8 +1,9 @@
 import os
 
+import numpy as np
 import pytest
 
-from tolljax.errors import TollError, numeric_array, output_dir
+from tolljax.errors import TollError, index_list, numeric_array, output_dir
 
 
 def test_output_dir_creates_nested_folders(tmp_path):
@@ -42,3 +43,11 @@ def test_numeric_array_converts_and_names_what_is_wrong():
     with pytest.raises(TollError, match="has dtype bool"):
         numeric_array([True], "X", kinds="fiu", **hints)
     assert numeric_array([True], "X", kinds="biuf", **hints).dtype == bool
+
+
+def test_index_list_shows_the_first_indices_and_marks_more():
+    assert index_list(np.array([2, 3, 4])) == "[2, 3, 4]"
+    assert index_list(np.arange(5)) == "[0, 1, 2, 3, 4]"
+    assert index_list(np.arange(6)) == "[0, 1, 2, 3, 4]..."
+    assert index_list(np.array([7, 9], np.int64), shown=1) == "[7]..."
+    assert index_list([]) == "[]"

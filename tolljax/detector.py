@@ -60,7 +60,7 @@ import numpy as np
 import optax
 
 from tolljax.configs import PAPER_HYPERPARAMETERS
-from tolljax.errors import TollError, numeric_array, output_dir
+from tolljax.errors import TollError, index_list, numeric_array, output_dir
 from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
@@ -112,8 +112,8 @@ def _as_samples(X, what: str, *, min_rows: int = 1) -> np.ndarray:
     if not finite.all():
         rows = np.flatnonzero(~finite.reshape(out.shape[0], -1).all(axis=1))
         raise TollError(f"{what} contains {int(out.size - finite.sum())} NaN/inf values (or "
-                        f"values beyond the float32 range) in rows {rows[:5].tolist()}"
-                        f"{'...' if rows.size > 5 else ''}; clean or impute the data first")
+                        f"values beyond the float32 range) in rows {index_list(rows)}; "
+                        "clean or impute the data first")
     return out
 
 
@@ -565,14 +565,17 @@ class TollDetector:
             holdout = np.sort(perm[:n_hold])
             train_rows, sel_x = X[np.sort(perm[n_hold:])], X[holdout]
             sel_y = np.zeros(n_hold, np.int32)
+            sel_rows = ("X", holdout)  # where the selection rows come from, for error messages
         elif selection == "loss":
             train_rows = X
-            sel_x = X_val if y_val is None else X_val[y_val == 0]
-            if sel_x.shape[0] == 0:
+            sel_index = np.arange(X_val.shape[0]) if y_val is None else np.flatnonzero(y_val == 0)
+            if sel_index.size == 0:
                 raise TollError("selection='loss' uses the normal rows of X_val, but y_val has none")
-            sel_y = np.zeros(sel_x.shape[0], np.int32)
+            sel_x, sel_y = X_val[sel_index], np.zeros(sel_index.size, np.int32)
+            sel_rows = ("X_val", sel_index)
         else:
             train_rows, sel_x, sel_y = X, X_val, y_val
+            sel_rows = ("X_val", np.arange(X_val.shape[0]))
 
         n_train = train_rows.shape[0]
         if self.batch_size is None:
@@ -602,12 +605,21 @@ class TollDetector:
         out = jax.device_get(out)
         bad = int(out["nonfinite_step"])
         best_step = int(out["best_step"])
+        if best_step == 0 and bad >= 0:
+            raise TollError(f"training failed before the first checkpoint: the loss became "
+                            f"non-finite at step {bad}; lower lr or beta, or try standardize=True")
         if best_step == 0:
-            reason = (f"the loss became non-finite at step {bad}" if bad >= 0 else
-                      "no checkpoint had a finite selection value (the model could not score "
-                      "every selection row)")
-            raise TollError(f"training failed before the first checkpoint: {reason}; lower lr "
-                            "or beta, or try standardize=True")
+            # The loss stayed finite, so the selection rows are what the model cannot score;
+            # name them where the initial model (kept as best) already fails on them.
+            which, index = sel_rows
+            unscorable = index[~np.isfinite(_raw_scores(model, hyper, out["variables"], sel_x,
+                                                        mean, scale, int(self.score_chunk)))]
+            value = {"loss": "mean held-out score", "auroc": "AUROC", "f1": "F1"}[selection]
+            rows = (f": the model gives non-finite scores to {unscorable.size} rows of {which} "
+                    f"(rows {index_list(unscorable)})" if unscorable.size else "")
+            raise TollError(f"no checkpoint could be selected: none had a finite {value} on the "
+                            f"selection rows{rows}; remove or rescale the rows the model cannot "
+                            "score, or try standardize=True")
         if bad >= 0:
             warnings.warn(f"TollDetector: the loss became non-finite at step {bad}; kept the best "
                           f"checkpoint before it (step {best_step}). Lower lr or beta, or try "
@@ -629,9 +641,9 @@ class TollDetector:
                 # No threshold can be placed among scores that are not numbers; these rows
                 # trained or selected the model, so the fit itself is unusable.
                 raise TollError(f"the trained model gives non-finite scores to {bad_rows.size} "
-                                f"rows of {which} (rows {bad_rows[:5].tolist()}"
-                                f"{'...' if bad_rows.size > 5 else ''}), so no threshold can be "
-                                "set; rescale the data or try standardize=True, lower lr or beta")
+                                f"rows of {which} (rows {index_list(bad_rows)}), so no threshold "
+                                "can be set; rescale the data or try standardize=True, lower lr "
+                                "or beta")
             if which == "X":
                 threshold = float(np.quantile(ref.astype(np.float64),
                                               1.0 - float(self.contamination)))
@@ -705,7 +717,7 @@ class TollDetector:
             # anomalous rather than raising: one such row must not stop a batch from being
             # scored, and the warning says which rows and why.
             warnings.warn(f"TollDetector: {bad.size} rows of X get non-finite scores (rows "
-                          f"{bad[:5].tolist()}{'...' if bad.size > 5 else ''}; values too large "
+                          f"{index_list(bad)}; values too large "
                           "for the model's float32 arithmetic); scored as +inf (anomalous)",
                           RuntimeWarning, stacklevel=3)
             scores = np.where(np.isfinite(scores), scores, np.float32(np.inf))

@@ -27,6 +27,12 @@ def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str)
     return arr
 
 
+def index_list(indices, shown: int = 5) -> str:
+    """The first ``shown`` of ``indices`` as a list, ``…`` marking more: "[2, 3, 4]",
+    "[0, 1, 2, 3, 4]...", for messages that name offending rows."""
+    return f"{[int(i) for i in indices[:shown]]}{'...' if len(indices) > shown else ''}"
+
+
 def output_dir(path, what: str = "--out"):
     """``path`` as a :class:`pathlib.Path` to a folder that exists (created if needed) and is
     writable, else :class:`TollError` naming ``what``.

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tolljax.errors import TollError, numeric_array
+from tolljax.errors import TollError, index_list, numeric_array
 
 # Arrhythmia (paper §4.1): "we label the expected 15 percent of samples with the highest
 # anomaly scores as anomalous"; the authors' code predicts the round(0.854·N) lowest normal.
@@ -61,9 +61,8 @@ def _check(fn: str, scores, labels):
             bad = np.flatnonzero(~np.isfinite(scores.astype(np.float32)))
         if bad.size:
             raise TollError(f"{fn}: scores contain {bad.size} NaN/inf values (or values beyond "
-                            f"the float32 range) at positions {bad[:5].tolist()}"
-                            f"{'...' if bad.size > 5 else ''}; a diverged or overflowing model "
-                            "cannot be evaluated, drop or fix those samples")
+                            f"the float32 range) at positions {index_list(bad)}; a diverged or "
+                            "overflowing model cannot be evaluated, drop or fix those samples")
     if not _traced(labels) and not np.isin(labels, (0, 1)).all():
         raise TollError(f"{fn}: labels must be 0 (normal) or 1 (anomaly) only")
     return scores, labels

@@ -7,7 +7,7 @@ import numpy as np
 import scipy.io
 
 from tolljax.data.split import AnomalySplit, shipped_file
-from tolljax.errors import TollError
+from tolljax.errors import TollError, index_list
 
 ARRHYTHMIA_FEATURES = 274
 ARRHYTHMIA_FILE = "arrhythmia.mat"
@@ -95,16 +95,14 @@ def load_arrhythmia(data_dir: str | Path | None = None) -> AnomalySplit:
     if not np.all(np.isfinite(x)):
         rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
         raise TollError(f"{path}: X contains {int((~np.isfinite(x)).sum())} NaN/inf values "
-                        f"(rows {rows[:5].tolist()}{'...' if len(rows) > 5 else ''}); clean or "
-                        "impute the data before training")
+                        f"(rows {index_list(rows)}); clean or impute the data before training")
     # The split is float32: larger finite values would become inf there and be reported as
     # NaN/inf values the file does not contain.
     too_big = np.abs(x) > np.finfo(np.float32).max
     if too_big.any():
         rows = np.flatnonzero(too_big.any(axis=1))
         raise TollError(f"{path}: X holds {int(too_big.sum())} values beyond the float32 range "
-                        f"(|x| > 3.4e38, rows {rows[:5].tolist()}{'...' if len(rows) > 5 else ''}); "
-                        "rescale the data before training")
+                        f"(|x| > 3.4e38, rows {index_list(rows)}); rescale the data before training")
     normal_perm = np.load(shipped_file("randomized_normal_indices_arrhythmia.npy"))
     anomalous_perm = np.load(shipped_file("randomized_anomalous_indices_arrhythmia.npy"))
     return split_arrhythmia(x, y, normal_perm, anomalous_perm)
