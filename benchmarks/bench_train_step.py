@@ -35,11 +35,19 @@ says ``conv xla`` where the model uses flax's ``nn.Conv``). The plain transposed
 is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
 ``--steps``/``--repeats``. ``onednn`` (both flags) is the oneDNN path (``tolljax.onednn``).
 
+On a GPU PyTorch runs on CUDA too (``--torch-device``, default: where JAX runs), timed to the
+end of its kernels (``torch.cuda.synchronize``). ``--precision default`` keeps JAX's default
+float32 matmul precision, TF32 tensor cores on Ampere and newer GPUs, and allows TF32 in
+PyTorch as well; ``highest`` is true float32 on both. The MFU column divides the achieved
+rate by the device's datasheet peak for that arithmetic (:mod:`benchmarks.peaks`; CPUs and
+unknown GPUs: ``--peak-tflops``).
+
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
         [--conv-transpose auto|plain|fast|matmul|onednn[,...]]
         [--conv auto|plain|fast|onednn[,...]]
-        [--dtype float32|bfloat16[,...]] [--scan 5] [--json OUT]
+        [--dtype float32|bfloat16[,...]] [--scan 5] [--torch-device auto|cpu|cuda]
+        [--precision default|highest] [--peak-tflops T] [--json OUT]
 
 MNIST at its paper batch (1000) takes seconds per step on a 2-core CPU: use a small ``--steps``
 or leave it out with ``--batches 64`` (``--batches 64 paper`` keeps the order you give).
@@ -68,7 +76,7 @@ import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks import torch_models  # noqa: E402
+from benchmarks import peaks, torch_models  # noqa: E402
 from tolljax import ops  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
 from tolljax.models import build_model, count_params, sample_shape  # noqa: E402
@@ -132,7 +140,7 @@ class JaxRunner:
                  conv: str = "auto", seed: int = 0, scan: int = 1, dtype: str = "float32"):
         hp = PAPER_HYPERPARAMETERS[dataset]
         _set_impls(conv_transpose, conv)
-        self.steps_per_call = scan
+        self.steps_per_call, self.dtype = scan, dtype
         self.label = (_label(dataset, conv_transpose, conv) + ("" if dtype == "float32" else f" {dtype}")
                       + (f" scan×{scan}" if scan > 1 else ""))
         model = build_model(dataset, dtype=jnp.dtype(dtype))
@@ -182,21 +190,27 @@ def step_flops(dataset: str, batch_size: int) -> float:
 
 
 class TorchRunner:
-    def __init__(self, dataset: str, batch: np.ndarray, seed: int = 0):
+    def __init__(self, dataset: str, batch: np.ndarray, seed: int = 0, device: str = "cpu"):
         hp = PAPER_HYPERPARAMETERS[dataset]
         torch.manual_seed(seed)
-        self.model = torch_models.build(dataset)
+        self.device = torch.device(device)
+        self.model = torch_models.build(dataset).to(self.device)
         self.n_params = torch_models.count_params(self.model)
-        self.batch = torch.from_numpy(_nchw(batch))
+        self.batch = torch.from_numpy(_nchw(batch)).to(self.device)
         self._step = torch_models.make_train_step(self.model, hp["beta"], hp["lr"])
 
     def step(self):
         self._step(self.batch)
+        if self.device.type == "cuda":  # CUDA kernels run asynchronously: time them to the end
+            torch.cuda.synchronize(self.device)
 
 
 def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], steps: int,
               repeats: int, warmup: int, min_round_s: float = 0.0, scan: int = 1,
-              dtypes: tuple[str, ...] = ("float32",)) -> dict:
+              dtypes: tuple[str, ...] = ("float32",), torch_device: str = "cpu",
+              peak=lambda dtype: None) -> dict:
+    """Time every variant and PyTorch on one random batch; ``peak(dtype)`` gives the device's
+    peak FLOP/s for a row's compute dtype (None: no MFU)."""
     rng = np.random.default_rng(0)
     batch = rng.standard_normal((batch_size, *sample_shape(dataset))).astype(np.float32)
     flops = step_flops(dataset, batch_size)
@@ -204,7 +218,7 @@ def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], st
     if scan > 1:
         jax_runners += [JaxRunner(dataset, batch, ct, cv, scan=scan, dtype=dt)
                         for dt in dtypes for ct, cv in variants]
-    torch_runner = TorchRunner(dataset, batch)
+    torch_runner = TorchRunner(dataset, batch, device=torch_device)
     assert all(r.n_params == torch_runner.n_params for r in jax_runners), "parameter counts differ"
     runners = [(r.label, r) for r in jax_runners] + [("torch", torch_runner)]
     for _, r in runners:
@@ -220,9 +234,11 @@ def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], st
     for name, r in runners:
         t = times[name]
         med = statistics.median(t)
+        row_peak = peak(getattr(r, "dtype", "float32"))
         rows.append({
             "impl": name, "ms_min": 1e3 * min(t), "ms_median": 1e3 * med,
             "samples_per_s": batch_size / med, "gflops_per_s": flops / med / 1e9,
+            "mfu": None if row_peak is None else flops / med / row_peak,
             "ratio_vs_torch": med / torch_med, "ratio_vs_torch_min": min(t) / torch_min,
             "compile_s": getattr(r, "compile_s", None), "times_s": t,
         })
@@ -236,12 +252,13 @@ def _print_result(res: dict) -> None:
           f"{res['loadavg'][0]:.2f})")
     width = max(32, *(len(r["impl"]) for r in res["rows"]))
     print(f"  {'implementation':<{width}} {'ms/step min':>11} {'median':>9} {'samples/s':>10} "
-          f"{'GFLOP/s':>8} {'ratio':>6} {'(min)':>6} {'compile s':>9}")
+          f"{'GFLOP/s':>8} {'MFU':>6} {'ratio':>6} {'(min)':>6} {'compile s':>9}")
     for r in res["rows"]:
         comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        mfu = "" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         print(f"  {r['impl']:<{width}} {r['ms_min']:11.1f} {r['ms_median']:9.1f} "
-              f"{r['samples_per_s']:10.1f} {r['gflops_per_s']:8.1f} {r['ratio_vs_torch']:6.2f} "
-              f"{r['ratio_vs_torch_min']:6.2f} {comp:>9}", flush=True)
+              f"{r['samples_per_s']:10.1f} {r['gflops_per_s']:8.1f} {mfu:>6} "
+              f"{r['ratio_vs_torch']:6.2f} {r['ratio_vs_torch_min']:6.2f} {comp:>9}", flush=True)
 
 
 def _variants(dataset: str, cts: list[str], cvs: list[str]) -> list[tuple[str, str]]:
@@ -280,6 +297,17 @@ def main(argv=None) -> int:
                    help="also time each tolljax variant as this many steps in one lax.scan (as "
                         "the protocol runs them: buffers are allocated once per call, not per "
                         "step); 1 = per-call steps only")
+    p.add_argument("--torch-device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where PyTorch runs: auto = cuda when JAX runs on a GPU and PyTorch "
+                        "sees one, else cpu")
+    p.add_argument("--precision", default="default", choices=peaks.PRECISIONS,
+                   help="float32 matmuls/convolutions: default = JAX's default precision (TF32 "
+                        "tensor cores on Ampere+ GPUs; PyTorch set to allow TF32 too), highest "
+                        "= true float32 on both (jax_default_matmul_precision='highest'); no "
+                        "effect on CPU")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOP/s for MFU (default: NVIDIA's datasheet peak "
+                        "for known GPUs, benchmarks/peaks.py; none on CPU)")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     args = p.parse_args(argv)
     cts = [v.strip() for v in args.conv_transpose.split(",") if v.strip()]
@@ -295,14 +323,42 @@ def main(argv=None) -> int:
         if v not in ("float32", "bfloat16"):
             p.error(f"--dtype {v!r}: choose from float32, bfloat16")
 
+    torch_device = args.torch_device
+    if torch_device == "auto":
+        torch_device = ("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available()
+                        else "cpu")
+    elif torch_device == "cuda" and not torch.cuda.is_available():
+        p.error("--torch-device cuda: this PyTorch build sees no CUDA device")
+    tf32 = args.precision == "default"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    if args.precision == "highest":
+        jax.config.update("jax_default_matmul_precision", "highest")
+    device_kind = jax.devices()[0].device_kind
+    if args.peak_tflops is not None:
+        def peak(dtype):
+            return 1e12 * args.peak_tflops
+    else:
+        def peak(dtype):
+            tflops = peaks.peak_tflops(device_kind, dtype, args.precision)
+            return None if tflops is None else 1e12 * tflops
+
     env = {"python": platform.python_version(), "jax": jax.__version__,
            "backend": jax.default_backend(), "devices": len(jax.devices()),
+           "device_kind": device_kind, "precision": args.precision,
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+           "torch_device": torch_device, "torch_allow_tf32": tf32,
+           "peak_tflops": {dt: (None if peak(dt) is None else peak(dt) / 1e12) for dt in dtypes},
            "cpu_count": os.cpu_count(), "machine": platform.machine(),
            "loadavg_start": os.getloadavg()}
-    print(f"jax {env['jax']} ({env['backend']}, {env['devices']} device), torch {env['torch']} "
-          f"({env['torch_threads']} threads), {env['cpu_count']} CPUs, load average "
+    print(f"jax {env['jax']} ({env['backend']}: {len(jax.devices())} × {device_kind}), torch "
+          f"{env['torch']} on {torch_device} ({env['torch_threads']} threads), "
+          f"{env['cpu_count']} CPUs, load average "
           f"{' '.join(f'{x:.2f}' for x in env['loadavg_start'])}")
+    if any(v is not None for v in env["peak_tflops"].values()):
+        print("MFU against " + ", ".join(f"{dt} {v:g} TFLOP/s" for dt, v in env["peak_tflops"].items()
+                                         if v is not None)
+              + f" (precision {args.precision}; PyTorch rows against the float32 peak)")
     print(f"steps/round >= {args.steps} and >= {args.min_round_s:g} s, rounds {args.repeats}, "
           f"warm-up {args.warmup}; ratio = tolljax / torch (median; '(min)': of the minima)",
           flush=True)
@@ -316,7 +372,7 @@ def main(argv=None) -> int:
             seen.append(size)
             variants = _variants(dataset, cts, cvs)
             res = bench_one(dataset, size, variants, args.steps, args.repeats, args.warmup,
-                            args.min_round_s, args.scan, dtypes)
+                            args.min_round_s, args.scan, dtypes, torch_device, peak)
             _print_result(res)
             results.append(res)
     env["loadavg_end"] = os.getloadavg()
