@@ -190,7 +190,7 @@ def main(argv=None) -> int:
     else:
         print(" (no peak known for this device: pass --peak-tflops for MFU)")
     print(f"  mean test metric {res['summary']['mean']}")
-    if args.seeds != TABLE_SEEDS:
+    if args.seeds != TABLE_SEEDS and "--vmap-width" not in extra:
         print(f"  note: {args.seeds} seeds, not the table's {TABLE_SEEDS}: the vmap width differs "
               "from the table's run, so the extrapolation is rough")
     if args.json:

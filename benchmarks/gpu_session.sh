@@ -6,12 +6,13 @@
 #   bash benchmarks/gpu_session.sh steps            # train steps vs PyTorch CUDA (float32, bf16)
 #   bash benchmarks/gpu_session.sh more             # true float32, memory, profile of MNIST
 #   bash benchmarks/gpu_session.sh sweep [DATA_DIR] # MNIST Table-1 sweep: one class, 10 seeds
+#   bash benchmarks/gpu_session.sh sweep-width1 [DATA_DIR]  # the same, seeds not vmapped
 #
 # Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable.
 # QUICK=1 shrinks every run to seconds (to check the script on a CPU machine).
 set -euo pipefail
 
-part=${1:?"usage: gpu_session.sh steps|more|sweep [DATA_DIR]"}
+part=${1:?"usage: gpu_session.sh steps|more|sweep|sweep-width1 [DATA_DIR]"}
 data=${2:-.devicedata/mnist}
 out=${OUT:-runs/gpu}
 py=${PYTHON:-python3}
@@ -66,8 +67,15 @@ sweep)
     run sweep_bfloat16 "$py" benchmarks/bench_sweep.py --dataset mnist --data-dir "$data" \
         "${sweep_args[@]}" --dtype bfloat16 --json "$out/sweep_bfloat16.json"
     ;;
+sweep-width1)
+    # Seeds one at a time instead of vmapped: vmapping a convolution over seeds makes it a
+    # grouped convolution (one group per seed), whose cuDNN kernels may be slower.
+    unset XLA_PYTHON_CLIENT_PREALLOCATE
+    run sweep_float32_width1 "$py" benchmarks/bench_sweep.py --dataset mnist --data-dir "$data" \
+        "${sweep_args[@]}" --json "$out/sweep_float32_width1.json" -- --vmap-width 1
+    ;;
 *)
-    echo "unknown part '$part': choose steps, more or sweep" >&2
+    echo "unknown part '$part': choose steps, more, sweep or sweep-width1" >&2
     exit 2
     ;;
 esac
