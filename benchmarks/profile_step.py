@@ -5,7 +5,8 @@ them; ``bench_train_step.JaxRunner``) with ``jax.profiler`` and prints, per step
 the ``--top`` most expensive operations and the time per kind of operation (convolution
 custom calls, GEMMs, fusions, copies...), read from the trace's device lines:
 
-* GPU: the device plane's "XLA Ops" line (one event per kernel launch of an HLO op);
+* GPU: the device plane's "XLA Ops" line (one event per kernel launch of an HLO op), else
+  its stream lines (one event per CUDA kernel);
 * CPU: XLA's worker threads (thunks; the oneDNN custom calls appear as ``ffi_call``).
 
 Events are summed over all lines (on CPU several worker threads run at once, so the total can
@@ -33,7 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-from jax._src.profiler import ProfileData  # noqa: E402  (reads the XSpace protobuf)
+from jax.profiler import ProfileData  # noqa: E402  (reads the XSpace protobuf)
 
 from benchmarks.bench_train_step import MODELS, JaxRunner  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
@@ -47,9 +48,9 @@ def op_lines(data: ProfileData):
     """The trace lines holding one event per executed operation (module docstring)."""
     for plane in data.planes:
         if plane.name.startswith("/device:"):
-            for line in plane.lines:
-                if line.name == "XLA Ops":
-                    yield line
+            ops = [line for line in plane.lines if line.name == "XLA Ops"]
+            # Without an "XLA Ops" line, the CUDA streams' kernels (named by kernel, not op).
+            yield from ops or [line for line in plane.lines if line.name.startswith("Stream")]
         elif plane.name.startswith("/host:"):
             for line in plane.lines:
                 if line.name.startswith("tf_XLA") and "PjRtCpuClient" not in line.name:
