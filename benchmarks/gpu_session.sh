@@ -36,17 +36,21 @@ else
     high_steps=(--models mnist --batches paper --steps 10 --repeats 3 --scan 1)
     profile_args=(--model mnist --calls 2 --scan 5)
     memory_models=(mnist fmnist cifar10 cifar100 arrhythmia)
-    # One class of Table 1 at 400 of its 2000 steps: the protocol's cost is linear in steps
-    # (a lax.scan), and bench_sweep extrapolates to 10 classes × 2000 steps.
-    sweep_args=(--classes 0 --seeds 10 --steps 400)
+    # One class of Table 1 at 200 of its 2000 steps (10 checkpoints): the protocol's cost is
+    # linear in steps (a lax.scan), and bench_sweep extrapolates to 10 classes × 2000 steps.
+    sweep_args=(--classes 0 --seeds 10 --steps 200)
 fi
 
+# Each run gets at most $limit seconds (set per part below), so that one slow run cannot
+# take the whole 10-minute call and the part's other runs with it; timeout(1) signals the
+# run's whole process group (the CLI that bench_sweep starts too).
+limit=560
 failed=()
-run() {  # run NAME CMD...: print the command, log its output to $out/NAME.log; a failure is
-    # reported at the end and does not stop the other measurements of the part
+run() {  # run NAME CMD...: print the command, log its output to $out/NAME.log; a failure or
+    # timeout is reported at the end and does not stop the other measurements of the part
     local name=$1; shift
-    echo "== $name: $*" | tee "$out/$name.log"
-    "$@" 2>&1 | tee -a "$out/$name.log" || failed+=("$name")
+    echo "== $name (at most ${limit} s): $*" | tee "$out/$name.log"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$out/$name.log" || failed+=("$name")
 }
 
 sweep() {  # sweep NAME [bench_sweep flags...]
@@ -61,6 +65,7 @@ torch.__version__, 'cuda', torch.cuda.is_available())" > "$out/versions.txt" 2>&
 
 case "$part" in
 sweep)  # JAX alone on the GPU: its default memory preallocation (75 %)
+    limit=280
     sweep sweep_float32
     sweep sweep_bfloat16 --dtype bfloat16
     ;;
@@ -82,6 +87,7 @@ steps | steps-small | more)
             --dtype float32,bfloat16 --json "$out/train_step_small.json"
         ;;
     more)
+        limit=180
         run profile "$py" benchmarks/profile_step.py "${profile_args[@]}" --json "$out/profile.json"
         run memory "$py" benchmarks/memory.py --models "${memory_models[@]}" --conv plain \
             --json "$out/memory.json"
