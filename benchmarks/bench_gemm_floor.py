@@ -28,7 +28,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +42,8 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 from jax import lax  # noqa: E402
 
-from benchmarks.bench_train_step import (MODELS, JaxRunner, TorchRunner,  # noqa: E402
-                                         _set_impls, _timed_steps, step_flops)
+from benchmarks.bench_train_step import TorchRunner  # noqa: E402
+from benchmarks.jax_steps import MODELS, JaxRunner, set_impls, step_flops, timed_steps  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
 from tolljax.train import create_train_state, train_step  # noqa: E402
 
@@ -60,7 +59,7 @@ def _subjaxprs(eqn):
 def step_gemms(dataset: str, batch_size: int) -> list[dict]:
     """The train step's matrix products: 2-D operand shapes (before any transpose), which
     operand is transposed, and how often each runs per step (scan lengths multiplied)."""
-    _set_impls("fast", "fast")  # the GEMM path (oneDNN, the CPU default, has no XLA GEMMs
+    set_impls("fast", "fast")  # the GEMM path (oneDNN, the CPU default, has no XLA GEMMs
     # for most layers); step_flops sets "plain"
     model = build_model(dataset)
     state = jax.eval_shape(lambda: create_train_state(
@@ -158,7 +157,7 @@ def bench_model(dataset: str, batch_size: int, reps: int, repeats: int, scan: in
     for _ in range(repeats):
         for name, r in steps.items():
             k = getattr(r, "steps_per_call", 1)
-            times[name].append(1e3 * _timed_steps(r.step, max(1, 5 // k), 1.0) / k)
+            times[name].append(1e3 * timed_steps(r.step, max(1, 5 // k), 1.0) / k)
     label = steps["tolljax"].label
     del steps
     gemms = step_gemms(dataset, batch_size)
@@ -168,8 +167,8 @@ def bench_model(dataset: str, batch_size: int, reps: int, repeats: int, scan: in
         xla(), tch()  # warm-up
         g["xla_ms"], g["torch_ms"] = [], []
         for _ in range(repeats):  # alternate, so that both share the same load
-            g["xla_ms"].append(1e3 * _timed_steps(xla, 1, 0.2) / reps)
-            g["torch_ms"].append(1e3 * _timed_steps(tch, reps, 0.2))
+            g["xla_ms"].append(1e3 * timed_steps(xla, 1, 0.2) / reps)
+            g["torch_ms"].append(1e3 * timed_steps(tch, reps, 0.2))
         for side in ("xla_ms", "torch_ms"):
             g[side] = statistics.median(g[side]) * g["count"]
     return {"model": dataset, "batch": batch_size, "step_flops": step_flops(dataset, batch_size),

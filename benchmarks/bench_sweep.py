@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import peaks  # noqa: E402
-from benchmarks.bench_train_step import _set_impls, step_flops  # noqa: E402
+from benchmarks.jax_steps import set_impls, step_flops  # noqa: E402
 from tolljax.configs import get_config  # noqa: E402
 from tolljax.data import limit_split, load_dataset, num_classes  # noqa: E402
 from tolljax.models import build_model, init_variables, sample_shape  # noqa: E402
@@ -52,7 +52,7 @@ TABLE_SEEDS, TABLE_STEPS = 10, 2000
 def score_flops(dataset: str, chunk: int) -> float:
     """FLOPs to score one sample (eval-mode forward and the Toll score), from XLA's cost
     analysis of a ``chunk``-sample scoring batch with the plain layers."""
-    _set_impls("plain", "plain")
+    set_impls("plain", "plain")
     model = build_model(dataset)
     variables = jax.eval_shape(lambda: init_variables(model, jax.random.key(0),
                                                       sample_shape(dataset)))

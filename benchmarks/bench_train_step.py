@@ -61,7 +61,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -71,122 +70,19 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import flax.linen as nn  # noqa: E402
-import optax  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import peaks, torch_models  # noqa: E402
+from benchmarks.jax_steps import (MODELS, JaxRunner, impl_label, set_impls, step_flops,  # noqa: E402
+                                  timed_steps)
 from tolljax import ops  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
-from tolljax.models import build_model, count_params, sample_shape  # noqa: E402
-from tolljax.train import create_train_state, train_step  # noqa: E402
+from tolljax.models import sample_shape  # noqa: E402
 
-MODELS = ("mnist", "cifar10", "arrhythmia")
 
 
 def _nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if x.ndim == 4 else x)
-
-
-def _timed_steps(run_step, steps: int, min_seconds: float) -> float:
-    """Seconds per step, mean over ≥ ``steps`` consecutive steps lasting ≥ ``min_seconds``."""
-    start = time.perf_counter()
-    done = 0
-    while done < steps or time.perf_counter() - start < min_seconds:
-        run_step()
-        done += 1
-    return (time.perf_counter() - start) / done
-
-
-def _layer_classes(model, shape) -> dict[str, str]:
-    """Which convolution classes ``model`` builds (read from an abstract init)."""
-    seen: dict[str, str] = {}
-
-    def record(next_fun, args, kwargs, context):
-        m = context.module
-        if isinstance(m, (nn.Conv, nn.ConvTranspose, ops.Conv, ops.ConvTranspose)):
-            kind = "conv_transpose" if isinstance(m, (nn.ConvTranspose, ops.ConvTranspose)) else "conv"
-            seen[kind] = f"{type(m).__module__.split('.')[0]}.{type(m).__name__}"
-        return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
-    return seen
-
-
-def _set_impls(conv_transpose: str, conv: str) -> None:
-    """Select the implementations; read when a model is traced (``lower``)."""
-    os.environ[ops.ENV_VAR] = conv_transpose
-    os.environ[ops.CONV_ENV_VAR] = conv
-
-
-def _label(dataset: str, conv_transpose: str, conv: str) -> str:
-    """e.g. ``tolljax[convT fast, conv xla]``; layers the model does not have are left out."""
-    model = build_model(dataset)
-    classes = _layer_classes(model, sample_shape(dataset))
-    parts = []
-    if "conv_transpose" in classes:
-        parts.append(f"convT {ops.resolve_impl(conv_transpose)}")
-    if "conv" in classes:
-        parts.append(f"conv {ops.resolve_conv_impl(conv) if classes['conv'] == 'tolljax.Conv' else 'xla'}")
-    return f"tolljax[{', '.join(parts)}]" if parts else "tolljax"
-
-
-class JaxRunner:
-    """A compiled tolljax train step for one model, batch and choice of conv implementations."""
-
-    def __init__(self, dataset: str, batch: np.ndarray, conv_transpose: str = "auto",
-                 conv: str = "auto", seed: int = 0, scan: int = 1, dtype: str = "float32"):
-        hp = PAPER_HYPERPARAMETERS[dataset]
-        _set_impls(conv_transpose, conv)
-        self.steps_per_call, self.dtype = scan, dtype
-        self.label = (_label(dataset, conv_transpose, conv) + ("" if dtype == "float32" else f" {dtype}")
-                      + (f" scan×{scan}" if scan > 1 else ""))
-        model = build_model(dataset, dtype=jnp.dtype(dtype))
-        self.state = create_train_state(model, jax.random.key(seed), sample_shape(dataset),
-                                        optax.adam(hp["lr"]))
-        self.n_params = count_params(self.state.params)
-        self.batch = jnp.asarray(batch)
-        self.beta = jnp.float32(hp["beta"])
-        start = time.perf_counter()
-        self.compiled = _step_fn(scan).lower(self.state, self.batch, self.beta).compile()
-        self.compile_s = time.perf_counter() - start
-
-    def step(self):
-        self.state, metrics = self.compiled(self.state, self.batch, self.beta)
-        jax.block_until_ready((self.state, metrics))
-
-
-def _step_fn(scan: int = 1):
-    """A fresh jit of ``train_step`` (the implementations are chosen at trace time); with
-    ``scan > 1``, that many steps in one ``lax.scan``, as the protocol runs them."""
-    if scan == 1:
-        return jax.jit(lambda state, x, beta: train_step(state, x, beta), donate_argnums=0)
-
-    def steps(state, x, beta):
-        def body(s, _):
-            return train_step(s, x, beta)
-
-        return jax.lax.scan(body, state, None, length=scan)
-
-    return jax.jit(steps, donate_argnums=0)
-
-
-def step_flops(dataset: str, batch_size: int) -> float:
-    """FLOPs of one train step: XLA's cost analysis of the step compiled with XLA's plain layers.
-
-    The plain program is used because the fast path's batch chunks are loops, whose bodies
-    XLA's cost analysis counts once; at batch 64 (no chunks) the two counts agree within 1 %.
-    """
-    _set_impls("plain", "plain")
-    model = build_model(dataset)
-    state = jax.eval_shape(lambda: create_train_state(
-        model, jax.random.key(0), sample_shape(dataset), optax.adam(1e-3)))
-    x = jax.ShapeDtypeStruct((batch_size, *sample_shape(dataset)), jnp.float32)
-    cost = _step_fn().lower(state, x, jnp.float32(1.0)).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
 
 
 class TorchRunner:
@@ -228,7 +124,7 @@ def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], st
     for _ in range(repeats):  # alternate, so that all share the same load
         for name, r in runners:
             k = getattr(r, "steps_per_call", 1)
-            times[name].append(_timed_steps(r.step, -(-steps // k), min_round_s) / k)
+            times[name].append(timed_steps(r.step, -(-steps // k), min_round_s) / k)
     rows = []
     torch_med, torch_min = statistics.median(times["torch"]), min(times["torch"])
     for name, r in runners:
@@ -266,8 +162,8 @@ def _variants(dataset: str, cts: list[str], cvs: list[str]) -> list[tuple[str, s
     out, labels = [], set()
     for ct in cts:
         for cv in cvs:
-            _set_impls(ct, cv)
-            label = _label(dataset, ct, cv)
+            set_impls(ct, cv)
+            label = impl_label(dataset, ct, cv)
             if label not in labels:
                 labels.add(label)
                 out.append((ct, cv))

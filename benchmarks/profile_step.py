@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 import jax  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402  (reads the XSpace protobuf)
 
-from benchmarks.bench_train_step import MODELS, JaxRunner  # noqa: E402
+from benchmarks.jax_steps import MODELS, JaxRunner  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
 from tolljax.models import sample_shape  # noqa: E402
 
