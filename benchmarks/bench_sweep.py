@@ -102,6 +102,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
+    if args.data_dir is not None:  # the CLI runs in the repository root, not here
+        args.data_dir = str(Path(args.data_dir).resolve())
     batch = args.batch_size or get_config(args.dataset)["batch_size"]
     tabular = args.dataset == "arrhythmia"
     classes = [None] if tabular else [int(c) for c in args.classes.split(",")]
