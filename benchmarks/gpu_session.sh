@@ -8,13 +8,14 @@
 #   bash benchmarks/gpu_session.sh steps             # MNIST train step vs PyTorch CUDA, MFU
 #   bash benchmarks/gpu_session.sh more              # profile, memory, true float32 step
 #   bash benchmarks/gpu_session.sh steps-small       # CIFAR-10 and Arrhythmia train steps
+#   bash benchmarks/gpu_session.sh impls             # XLA's plain layers vs the GEMM fast path
 #   bash benchmarks/gpu_session.sh sweep-width1 [DATA_DIR]  # the sweep, seeds not vmapped
 #
 # Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable.
 # QUICK=1 shrinks every run to seconds (to check the script on a CPU machine).
 set -euo pipefail
 
-parts="sweep|steps|more|steps-small|sweep-width1"
+parts="sweep|steps|more|steps-small|impls|sweep-width1"
 part=${1:?"usage: gpu_session.sh $parts [DATA_DIR]"}
 data=${2:-.devicedata/mnist}
 out=${OUT:-runs/gpu}
@@ -27,6 +28,7 @@ if [[ ${QUICK:-0} == 1 ]]; then
     mnist_steps=(--models arrhythmia "${short[@]}")
     small_steps=(--models arrhythmia "${short[@]}")
     high_steps=(--models arrhythmia "${short[@]}" --scan 1)
+    impl_steps=(--models cifar10 "${short[@]}" --scan 1)
     profile_args=(--model arrhythmia --calls 1 --scan 2)
     memory_models=(arrhythmia)
     sweep_args=(--classes 0 --seeds 2 --steps 20 --batch-size 64 --val-limit 100 --test-limit 100)
@@ -34,6 +36,7 @@ else
     mnist_steps=(--models mnist --batches paper 64 --steps 20 --repeats 3)
     small_steps=(--models cifar10 arrhythmia --batches paper 64 --steps 20 --repeats 3)
     high_steps=(--models mnist --batches paper --steps 10 --repeats 3 --scan 1)
+    impl_steps=(--models mnist cifar10 --batches paper --steps 10 --repeats 3 --scan 1)
     profile_args=(--model mnist --calls 2 --scan 5)
     memory_models=(mnist fmnist cifar10 cifar100 arrhythmia)
     # One class of Table 1 at 200 of its 2000 steps (10 checkpoints): the protocol's cost is
@@ -74,7 +77,7 @@ sweep-width1)
     # grouped convolution (one group per seed), whose cuDNN kernels may be slower.
     sweep sweep_float32_width1 -- --vmap-width 1
     ;;
-steps | steps-small | more)
+steps | steps-small | more | impls)
     # JAX and PyTorch share the GPU in one process: allocate on demand, not 75 % up front.
     export XLA_PYTHON_CLIENT_PREALLOCATE=false
     case "$part" in
@@ -85,6 +88,10 @@ steps | steps-small | more)
     steps-small)
         run train_step_small "$py" benchmarks/bench_train_step.py "${small_steps[@]}" \
             --dtype float32,bfloat16 --json "$out/train_step_small.json"
+        ;;
+    impls)  # issue 6: keep XLA's plain layers where they are fastest; on GPUs, measure that
+        run train_step_impls "$py" benchmarks/bench_train_step.py "${impl_steps[@]}" \
+            --conv-transpose auto,fast --conv auto,fast --json "$out/train_step_impls.json"
         ;;
     more)
         limit=180
