@@ -244,13 +244,6 @@ class _Plan:
         st, dl = _Dims(*g.strides), _Dims(0, 0)
         pl, pr = _Dims(*g.pad_lo), _Dims(*g.pad_hi)
 
-        def forward_pd(w):
-            pd = _P()
-            d.check(lib.dnnl_convolution_forward_primitive_desc_create(
-                C.byref(pd), eng, C.c_int(_FORWARD_TRAINING), C.c_int(_CONVOLUTION_DIRECT),
-                src, w, None, dst, st, dl, pl, pr, d.attr), f"convolution forward for {g}")
-            return pd
-
         # All three passes on oneDNN's preferred (blocked) kernel layout, reordered from and to
         # the plain HWIO kernel at each call (≤ 0.8 ms for the largest kernel). On plain
         # kernels oneDNN 3.2 picks its GEMM-based backward kernels, which measured up to 4×
