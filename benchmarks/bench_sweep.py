@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import peaks  # noqa: E402
-from benchmarks.jax_steps import set_impls, step_flops  # noqa: E402
+from benchmarks.jax_steps import set_impls, step_flops, xla_flops  # noqa: E402
 from tolljax.configs import get_config  # noqa: E402
 from tolljax.data import limit_split, load_dataset, num_classes  # noqa: E402
 from tolljax.models import build_model, init_variables, sample_shape  # noqa: E402
@@ -58,9 +58,7 @@ def score_flops(dataset: str, chunk: int) -> float:
                                                       sample_shape(dataset)))
     x = jax.ShapeDtypeStruct((chunk, *sample_shape(dataset)), jnp.float32)
     fn = jax.jit(lambda v, x: score(model.apply, v, x, 1.0, 2, chunk))
-    cost = fn.lower(variables, x).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) / chunk
+    return xla_flops(fn.lower(variables, x)) / chunk
 
 
 def _si(value: float, unit: str) -> str:

@@ -125,6 +125,12 @@ def step_flops(dataset: str, batch_size: int) -> float:
     state = jax.eval_shape(lambda: create_train_state(
         model, jax.random.key(0), sample_shape(dataset), optax.adam(1e-3)))
     x = jax.ShapeDtypeStruct((batch_size, *sample_shape(dataset)), jnp.float32)
-    cost = step_fn().lower(state, x, jnp.float32(1.0)).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return xla_flops(step_fn().lower(state, x, jnp.float32(1.0)))
+
+
+def xla_flops(lowered) -> float:
+    """FLOPs of a lowered program by XLA's cost analysis of its compiled form (NaN where the
+    backend reports none)."""
+    cost = lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in some JAX versions
     return float(cost.get("flops", float("nan")))
