@@ -12,11 +12,31 @@
 #   bash benchmarks/gpu_session.sh sweep-width1 [DATA_DIR]  # the sweep, seeds not vmapped
 #
 # Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable.
+#
+#   bash benchmarks/gpu_session.sh all [FIRST_PART] [DATA_DIR]
+#
+# runs the parts in that order, from FIRST_PART (default: the first), as many as fit in one
+# call: BUDGET_S seconds in all (default 540, for the device tool's 600 s limit). A run's own
+# limit is cut to what is left; no part starts with less than MIN_PART_S seconds left
+# (default 60), and the command to go on from there is printed. The files go to
+# $OUT/gpu_results.tar.gz, one folder per part, rewritten after every part (a call cut short
+# still returns the parts it finished), and $OUT/summary.txt says of each part: done, its
+# failed runs, or not run.
+#
 # QUICK=1 shrinks every run to seconds (to check the script on a CPU machine).
 set -euo pipefail
 
-parts="sweep|steps|more|steps-small|impls|sweep-width1"
-part=${1:?"usage: gpu_session.sh $parts [DATA_DIR]"}
+part_list=(sweep steps more steps-small impls sweep-width1)
+parts=$(IFS='|'; echo "${part_list[*]}")
+usage="usage: gpu_session.sh {$parts} [DATA_DIR] | gpu_session.sh all [FIRST_PART] [DATA_DIR]"
+part=${1:?"$usage"}
+first=${part_list[0]}
+if [[ $part == all && $# -ge 2 && " ${part_list[*]} " == *" $2 "* ]]; then
+    first=$2; shift
+elif [[ $part == all && $# -ge 2 && ! -d $2 ]]; then
+    echo "all: '$2' is neither a part ($parts) nor a data folder" >&2
+    exit 2
+fi
 data=${2:-.devicedata/mnist}
 out=${OUT:-runs/gpu}
 py=${PYTHON:-python3}
@@ -47,13 +67,24 @@ fi
 # Each run gets at most $limit seconds (set per part below), so that one slow run cannot
 # take the whole 10-minute call and the part's other runs with it; timeout(1) signals the
 # run's whole process group (the CLI that bench_sweep starts too).
+# In `all` mode every run is also cut to what is left of the call's budget ($deadline, in
+# bash's SECONDS).
 limit=560
 failed=()
 run() {  # run NAME CMD...: print the command, log its output to $out/NAME.log; a failure or
     # timeout is reported at the end and does not stop the other measurements of the part
     local name=$1; shift
-    echo "== $name (at most ${limit} s): $*" | tee "$out/$name.log"
-    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$out/$name.log" || failed+=("$name")
+    local cap=$limit
+    if [[ -n ${deadline:-} ]] && ((deadline - SECONDS < cap)); then
+        cap=$((deadline - SECONDS))
+    fi
+    if ((cap < 10)); then
+        echo "== $name: not run, the call's budget is spent" | tee "$out/$name.log"
+        failed+=("$name")
+        return
+    fi
+    echo "== $name (at most ${cap} s): $*" | tee "$out/$name.log"
+    timeout -k 10 "$cap" "$@" 2>&1 | tee -a "$out/$name.log" || failed+=("$name")
 }
 
 sweep() {  # sweep NAME [bench_sweep flags...]
@@ -62,54 +93,98 @@ sweep() {  # sweep NAME [bench_sweep flags...]
         "${sweep_args[@]}" --json "$out/$name.json" "$@"
 }
 
-(nvidia-smi || echo "no nvidia-smi") > "$out/nvidia-smi.txt" 2>&1
-"$py" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', \
+environment() {  # the GPU and the library versions, into $out
+    (nvidia-smi || echo "no nvidia-smi") > "$out/nvidia-smi.txt" 2>&1
+    "$py" -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', \
 torch.__version__, 'cuda', torch.cuda.is_available())" > "$out/versions.txt" 2>&1 || true
+}
 
-case "$part" in
-sweep)  # JAX alone on the GPU: its default memory preallocation (75 %)
-    limit=280
-    sweep sweep_float32
-    sweep sweep_bfloat16 --dtype bfloat16
-    ;;
-sweep-width1)
-    # Seeds one at a time instead of vmapped: vmapping a convolution over seeds makes it a
-    # grouped convolution (one group per seed), whose cuDNN kernels may be slower.
-    sweep sweep_float32_width1 -- --vmap-width 1
-    ;;
-steps | steps-small | more | impls)
-    # JAX and PyTorch share the GPU in one process: allocate on demand, not 75 % up front.
-    export XLA_PYTHON_CLIENT_PREALLOCATE=false
-    case "$part" in
-    steps)
-        run train_step "$py" benchmarks/bench_train_step.py "${mnist_steps[@]}" \
-            --dtype float32,bfloat16 --json "$out/train_step.json"
+run_part() {  # run_part PART: that part's runs, files to $out
+    case "$1" in
+    sweep)  # JAX alone on the GPU: its default memory preallocation (75 %)
+        limit=280
+        sweep sweep_float32
+        sweep sweep_bfloat16 --dtype bfloat16
         ;;
-    steps-small)
-        run train_step_small "$py" benchmarks/bench_train_step.py "${small_steps[@]}" \
-            --dtype float32,bfloat16 --json "$out/train_step_small.json"
+    sweep-width1)
+        # Seeds one at a time instead of vmapped: vmapping a convolution over seeds makes it a
+        # grouped convolution (one group per seed), whose cuDNN kernels may be slower.
+        sweep sweep_float32_width1 -- --vmap-width 1
         ;;
-    impls)  # issue 6: keep XLA's plain layers where they are fastest; on GPUs, measure that
-        run train_step_impls "$py" benchmarks/bench_train_step.py "${impl_steps[@]}" \
-            --conv-transpose auto,fast --conv auto,fast --json "$out/train_step_impls.json"
-        ;;
-    more)
-        limit=180
-        run profile "$py" benchmarks/profile_step.py "${profile_args[@]}" --json "$out/profile.json"
-        run memory "$py" benchmarks/memory.py --models "${memory_models[@]}" --conv plain \
-            --json "$out/memory.json"
-        run train_step_highest "$py" benchmarks/bench_train_step.py "${high_steps[@]}" \
-            --precision highest --json "$out/train_step_highest.json"
+    steps | steps-small | more | impls)
+        # JAX and PyTorch share the GPU in one process: allocate on demand, not 75 % up front.
+        export XLA_PYTHON_CLIENT_PREALLOCATE=false
+        case "$1" in
+        steps)
+            run train_step "$py" benchmarks/bench_train_step.py "${mnist_steps[@]}" \
+                --dtype float32,bfloat16 --json "$out/train_step.json"
+            ;;
+        steps-small)
+            run train_step_small "$py" benchmarks/bench_train_step.py "${small_steps[@]}" \
+                --dtype float32,bfloat16 --json "$out/train_step_small.json"
+            ;;
+        impls)  # issue 6: keep XLA's plain layers where they are fastest; on GPUs, measure that
+            run train_step_impls "$py" benchmarks/bench_train_step.py "${impl_steps[@]}" \
+                --conv-transpose auto,fast --conv auto,fast --json "$out/train_step_impls.json"
+            ;;
+        more)
+            limit=180
+            run profile "$py" benchmarks/profile_step.py "${profile_args[@]}" --json "$out/profile.json"
+            run memory "$py" benchmarks/memory.py --models "${memory_models[@]}" --conv plain \
+                --json "$out/memory.json"
+            run train_step_highest "$py" benchmarks/bench_train_step.py "${high_steps[@]}" \
+                --precision highest --json "$out/train_step_highest.json"
+            ;;
+        esac
         ;;
     esac
-    ;;
-*)
-    echo "unknown part '$part': choose one of $parts" >&2
-    exit 2
-    ;;
-esac
+}
 
-if ((${#failed[@]})); then
-    echo "failed: ${failed[*]} (see their logs in $out)" >&2
-    exit 1
+if [[ $part != all ]]; then
+    if [[ " ${part_list[*]} " != *" $part "* ]]; then
+        echo "unknown part '$part': choose one of $parts or all" >&2
+        exit 2
+    fi
+    environment
+    run_part "$part"
+    if ((${#failed[@]})); then
+        echo "failed: ${failed[*]} (see their logs in $out)" >&2
+        exit 1
+    fi
+    exit 0
 fi
+
+# all: the parts in order, each in a subshell (a part's exports stay its own) writing to its
+# own folder of a staging directory, bundled into $out after every part.
+deadline=$((SECONDS + ${BUDGET_S:-540}))
+stage=$(mktemp -d)
+final=$out
+out=$stage
+environment
+summary=$final/summary.txt
+: > "$summary"
+started=0 status=0
+for p in "${part_list[@]}"; do
+    [[ $p == "$first" ]] && started=1
+    ((started)) || continue
+    if ((deadline - SECONDS < ${MIN_PART_S:-60})); then
+        echo "$p and the parts after it: not run, $((deadline - SECONDS)) s of the budget" \
+             "left; go on with: bash benchmarks/gpu_session.sh all $p" | tee -a "$summary"
+        status=1
+        break
+    fi
+    echo "#### part $p ($((deadline - SECONDS)) s of the budget left)"
+    mkdir -p "$stage/$p"
+    rc=0
+    (out=$stage/$p; run_part "$p"; ((${#failed[@]} == 0)) || { echo "${failed[*]}" > "$out/FAILED"; exit 1; }) || rc=$?
+    if ((rc)); then
+        echo "$p: failed runs: $(cat "$stage/$p/FAILED" 2>/dev/null || echo "exit $rc")" \
+             "(again alone: bash benchmarks/gpu_session.sh $p)" | tee -a "$summary"
+        status=1
+    else
+        echo "$p: done" | tee -a "$summary"
+    fi
+    tar -czf "$final/gpu_results.tar.gz.tmp" -C "$stage" . && mv "$final/gpu_results.tar.gz.tmp" "$final/gpu_results.tar.gz"
+done
+rm -rf "$stage"
+exit $status

@@ -1,0 +1,98 @@
+"""benchmarks/gpu_session.sh: its `all` mode runs the parts in order within a time budget.
+
+The benchmarks themselves need a GPU; here PYTHON is a stand-in that logs its arguments and
+fails where told, so the script's own logic (order, budget, failures, the bundle) is what is
+tested, in a second or two.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_session.sh"
+PARTS = ["sweep", "steps", "more", "steps-small", "impls", "sweep-width1"]
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> Path:
+    """A PYTHON that appends its arguments to calls.txt and exits 3 if they contain $FAIL_ON."""
+    script = tmp_path / "fake-python"
+    script.write_text('#!/bin/sh\n'
+                      'echo "$*" >> "$CALLS"\n'
+                      'case "$*" in *"$FAIL_ON"*) [ -n "$FAIL_ON" ] && exit 3;; esac\n'
+                      'exit 0\n')
+    script.chmod(0o755)
+    return script
+
+
+def run_script(tmp_path: Path, fake_python: Path, *args: str, **env: str):
+    out = tmp_path / "out"
+    environ = {**os.environ, "PYTHON": str(fake_python), "OUT": str(out),
+               "CALLS": str(tmp_path / "calls.txt"), "FAIL_ON": "", **env}
+    proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=environ,
+                          capture_output=True, text=True, timeout=120)
+    calls = (tmp_path / "calls.txt").read_text().splitlines() if (tmp_path / "calls.txt").exists() else []
+    return proc, out, calls
+
+
+def summary(out: Path) -> list[str]:
+    return (out / "summary.txt").read_text().splitlines()
+
+
+def test_all_runs_every_part_in_order_and_bundles_one_folder_per_part(tmp_path, fake_python):
+    proc, out, calls = run_script(tmp_path, fake_python, "all", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert summary(out) == [f"{p}: done" for p in PARTS]
+    benchmarks = [c.split()[0] for c in calls if c.startswith("benchmarks/")]
+    assert benchmarks == ["benchmarks/bench_sweep.py"] * 2 + ["benchmarks/bench_train_step.py",
+                          "benchmarks/profile_step.py", "benchmarks/memory.py"] \
+        + ["benchmarks/bench_train_step.py"] * 3 + ["benchmarks/bench_sweep.py"]
+    assert all(f"--data-dir {tmp_path}" in c for c in calls if "bench_sweep" in c)
+    with tarfile.open(out / "gpu_results.tar.gz") as tar:
+        names = {Path(n).as_posix().lstrip("./") for n in tar.getnames()}
+    assert {f"{p}" for p in PARTS} <= names
+    assert {"sweep/sweep_float32.log", "more/memory.log", "versions.txt"} <= names
+
+
+def test_all_starts_at_the_named_part(tmp_path, fake_python):
+    proc, out, _ = run_script(tmp_path, fake_python, "all", "impls")
+    assert proc.returncode == 0, proc.stderr
+    assert summary(out) == ["impls: done", "sweep-width1: done"]
+
+
+def test_a_failed_run_is_named_and_the_other_parts_still_run(tmp_path, fake_python):
+    proc, out, _ = run_script(tmp_path, fake_python, "all", FAIL_ON="memory.py")
+    assert proc.returncode == 1
+    lines = summary(out)
+    assert lines[2] == ("more: failed runs: memory "
+                        "(again alone: bash benchmarks/gpu_session.sh more)")
+    assert [line.split(":")[0] for line in lines] == PARTS
+    assert all(line.endswith("done") for i, line in enumerate(lines) if i != 2)
+
+
+def test_no_part_starts_without_enough_budget_and_the_next_command_is_printed(tmp_path,
+                                                                               fake_python):
+    proc, out, calls = run_script(tmp_path, fake_python, "all", "steps", BUDGET_S="0")
+    assert proc.returncode == 1
+    assert summary(out) == ["steps and the parts after it: not run, 0 s of the budget left; "
+                            "go on with: bash benchmarks/gpu_session.sh all steps"]
+    assert not [c for c in calls if c.startswith("benchmarks/")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["all", "stepz"], "'stepz' is neither a part"),
+    (["foo"], "unknown part 'foo'"),
+])
+def test_unknown_parts_are_named(tmp_path, fake_python, args, message):
+    proc, _, calls = run_script(tmp_path, fake_python, *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not calls
