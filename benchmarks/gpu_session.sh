@@ -129,7 +129,8 @@ run_part() {  # run_part PART: that part's runs, files to $out
             ;;
         more)
             limit=180
-            run profile "$py" benchmarks/profile_step.py "${profile_args[@]}" --json "$out/profile.json"
+            run profile "$py" benchmarks/profile_step.py "${profile_args[@]}" \
+                --json "$out/profile.json"
             run memory "$py" benchmarks/memory.py --models "${memory_models[@]}" --conv plain \
                 --json "$out/memory.json"
             run train_step_highest "$py" benchmarks/bench_train_step.py "${high_steps[@]}" \
@@ -176,7 +177,11 @@ for p in "${part_list[@]}"; do
     echo "#### part $p ($((deadline - SECONDS)) s of the budget left)"
     mkdir -p "$stage/$p"
     rc=0
-    (out=$stage/$p; run_part "$p"; ((${#failed[@]} == 0)) || { echo "${failed[*]}" > "$out/FAILED"; exit 1; }) || rc=$?
+    (
+        out=$stage/$p
+        run_part "$p"
+        ((${#failed[@]} == 0)) || { echo "${failed[*]}" > "$out/FAILED"; exit 1; }
+    ) || rc=$?
     if ((rc)); then
         echo "$p: failed runs: $(cat "$stage/$p/FAILED" 2>/dev/null || echo "exit $rc")" \
              "(again alone: bash benchmarks/gpu_session.sh $p)" | tee -a "$summary"
@@ -184,7 +189,8 @@ for p in "${part_list[@]}"; do
     else
         echo "$p: done" | tee -a "$summary"
     fi
-    tar -czf "$final/gpu_results.tar.gz.tmp" -C "$stage" . && mv "$final/gpu_results.tar.gz.tmp" "$final/gpu_results.tar.gz"
+    tar -czf "$final/gpu_results.tar.gz.tmp" -C "$stage" .
+    mv "$final/gpu_results.tar.gz.tmp" "$final/gpu_results.tar.gz"
 done
 rm -rf "$stage"
 exit $status

@@ -40,8 +40,8 @@ def run_script(tmp_path: Path, fake_python: Path, *args: str, **env: str):
                "CALLS": str(tmp_path / "calls.txt"), "FAIL_ON": "", **env}
     proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=120)
-    calls = (tmp_path / "calls.txt").read_text().splitlines() if (tmp_path / "calls.txt").exists() else []
-    return proc, out, calls
+    log = tmp_path / "calls.txt"
+    return proc, out, log.read_text().splitlines() if log.exists() else []
 
 
 def summary(out: Path) -> list[str]:
@@ -59,7 +59,7 @@ def test_all_runs_every_part_in_order_and_bundles_one_folder_per_part(tmp_path, 
     assert all(f"--data-dir {tmp_path}" in c for c in calls if "bench_sweep" in c)
     with tarfile.open(out / "gpu_results.tar.gz") as tar:
         names = {Path(n).as_posix().lstrip("./") for n in tar.getnames()}
-    assert {f"{p}" for p in PARTS} <= names
+    assert set(PARTS) <= names
     assert {"sweep/sweep_float32.log", "more/memory.log", "versions.txt"} <= names
 
 
