@@ -427,7 +427,8 @@ def _looped(run, sizes_in: tuple[int, ...], sizes_out: tuple[int, ...]):
         strides = [_lead_strides(dims[:-4], lead, size)
                    for (_, dims, _), size in zip(operands, (*sizes_in, *sizes_out))]
         for idx in np.ndindex(*lead):
-            run(*(p + sum(i * s for i, s in zip(idx, st)) for (p, _, _), st in zip(operands, strides)))
+            run(*(p + sum(i * s for i, s in zip(idx, st))
+                  for (p, _, _), st in zip(operands, strides)))
 
     return fn
 
@@ -443,8 +444,12 @@ def _target(kind: str, g: Geometry, run, in_shapes, out_shapes) -> str:
     return name
 
 
-def _sds(shape) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(shape), jnp.float32)
+def _call(name: str, out_shape, *args) -> jnp.ndarray:
+    """Target ``name`` (made by :func:`_target`) on ``args``: one float32 result. Under vmap
+    the operands keep unit axes where unbatched (``expand_dims``), which :func:`_looped`
+    reads in place at every index."""
+    return _ffi.call(name, jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32), *args,
+                     vmap_method="expand_dims")
 
 
 # ------------------------------------------------------------------- regular convolution
@@ -464,7 +469,7 @@ def _conv_forward(x, kernel, strides, pads):
     p = plan(g)
     y_shape = (g.n, *g.out_hw, g.cout)
     name = _target("conv_fwd", g, p.forward, (x.shape, kernel.shape), (y_shape,))
-    return _ffi.call(name, _sds(y_shape), x, kernel, vmap_method="expand_dims")
+    return _call(name, y_shape, x, kernel)
 
 
 def _conv_backward(strides, pads, res, dy):
@@ -475,8 +480,7 @@ def _conv_backward(strides, pads, res, dy):
     bd = _target("conv_bd", g, lambda w_, dy_, dx_: p.backward_data(dy_, w_, dx_),
                  (kernel.shape, dy.shape), (x.shape,))
     bw = _target("conv_bw", g, p.backward_weights, (x.shape, dy.shape), (kernel.shape,))
-    return (_ffi.call(bd, _sds(x.shape), kernel, dy, vmap_method="expand_dims"),
-            _ffi.call(bw, _sds(kernel.shape), x, dy, vmap_method="expand_dims"))
+    return _call(bd, x.shape, kernel, dy), _call(bw, kernel.shape, x, dy)
 
 
 conv = jax.custom_vjp(_conv_forward, nondiff_argnums=(2, 3))
@@ -511,7 +515,7 @@ def _ct_apply(x, w, strides):
     y_shape = (g.n, *g.in_hw, g.cin)
     name = _target("ct_fwd", g, lambda x_, w_, y_: p.backward_data(x_, w_, y_),
                    (x.shape, w.shape), (y_shape,))
-    return _ffi.call(name, _sds(y_shape), x, w, vmap_method="expand_dims")
+    return _call(name, y_shape, x, w)
 
 
 def _flip_io_shape(shape):
@@ -535,8 +539,7 @@ def _ct_backward(strides, res, dy):
     bd = _target("ct_bd", g, p.forward, (dy.shape, w.shape), (x.shape,))
     bw = _target("ct_bw", g, lambda x_, dy_, dw_: p.backward_weights(dy_, x_, dw_),
                  (x.shape, dy.shape), (w.shape,))
-    return (_ffi.call(bd, _sds(x.shape), dy, w, vmap_method="expand_dims"),
-            _flip_io(_ffi.call(bw, _sds(w.shape), x, dy, vmap_method="expand_dims")))
+    return _call(bd, x.shape, dy, w), _flip_io(_call(bw, w.shape, x, dy))
 
 
 conv_transpose_full = jax.custom_vjp(_ct_forward, nondiff_argnums=(2,))
