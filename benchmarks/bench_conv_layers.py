@@ -28,12 +28,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.jax_steps import intercepted_init  # noqa: E402
 from tolljax import onednn, ops  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
 
@@ -76,10 +76,7 @@ def model_layers(dataset: str) -> list[Layer]:
                                 m.features, k, s))
         return next_fun(*args, **kwargs)
 
-    model = build_model(dataset)
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                          jnp.zeros((2, *sample_shape(dataset))), train=False))
+    intercepted_init(build_model(dataset), sample_shape(dataset), record)
     return layers
 
 

@@ -3,7 +3,7 @@
 Runs the experiment CLI (``python -m experiments.run``) on part of a paper table (some normal
 classes × seeds × steps) in a fresh process, with no compilation cache, and reads its
 ``results.json``. From XLA's cost analysis (the plain-layer program, as
-``bench_train_step.step_flops``) it counts the protocol's FLOPs:
+``benchmarks.jax_steps.step_flops``) it counts the protocol's FLOPs:
 
     per seed: steps × F_train(batch) + (steps / eval_every) × n_val × F_score + n_test × F_score
 

@@ -40,6 +40,13 @@ def timed_steps(run_step, steps: int, min_seconds: float) -> float:
     return (time.perf_counter() - start) / done
 
 
+def intercepted_init(model, shape, interceptor) -> None:
+    """An abstract init of ``model`` on a batch of 2 samples of ``shape``, with every module
+    method call passed through ``interceptor`` (``flax.linen.intercept_methods``)."""
+    with nn.intercept_methods(interceptor):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
+
+
 def layer_classes(model, shape) -> dict[str, str]:
     """Which convolution classes ``model`` builds (read from an abstract init)."""
     seen: dict[str, str] = {}
@@ -51,8 +58,7 @@ def layer_classes(model, shape) -> dict[str, str]:
             seen[kind] = f"{type(m).__module__.split('.')[0]}.{type(m).__name__}"
         return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
+    intercepted_init(model, shape, record)
     return seen
 
 

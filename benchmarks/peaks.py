@@ -1,8 +1,8 @@
 """Peak arithmetic rates of accelerators, for model-FLOP utilisation (MFU) in the benchmarks.
 
 MFU = achieved FLOP/s ÷ the device's peak for the arithmetic the program runs. FLOPs are
-XLA's cost analysis of the program (:func:`bench_train_step.step_flops`), so MFU here counts
-the model's own FLOPs, not recomputation or padding.
+XLA's cost analysis of the program (:func:`benchmarks.jax_steps.step_flops`), so MFU here
+counts the model's own FLOPs, not recomputation or padding.
 
 Which peak applies depends on how float32 matmuls and convolutions run:
 

@@ -1,9 +1,9 @@
 """Where a train step's time goes: XLA's profiler over a few steps, summed per operation.
 
 Traces ``--calls`` calls of ``--scan`` train steps in one ``lax.scan`` (as the protocol runs
-them; ``bench_train_step.JaxRunner``) with ``jax.profiler`` and prints, per step, the time of
-the ``--top`` most expensive operations and the time per kind of operation (convolution
-custom calls, GEMMs, fusions, copies...), read from the trace's device lines:
+them; ``benchmarks.jax_steps.JaxRunner``) with ``jax.profiler`` and prints, per step, the
+time of the ``--top`` most expensive operations and the time per kind of operation
+(convolution custom calls, GEMMs, fusions, copies...), read from the trace's device lines:
 
 * GPU: the device plane's "XLA Ops" line (one event per kernel launch of an HLO op), else
   its stream lines (one event per CUDA kernel);
