@@ -382,8 +382,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise TollError(f"--batch-size must be even and >= 4, got {args.batch_size}")
     if args.test_limit is not None and args.test_limit < 2:  # a normal and an anomaly at least
         raise TollError(f"--test-limit must be at least 2, got {args.test_limit}")
-    return {"classes": classes, "weights": weights, "norm": norm_flag(args.norm), "seeds": args.seeds,
-            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+    return {"classes": classes, "weights": weights, "norm": norm_flag(args.norm),
+            "seeds": args.seeds, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
             "feature_dim": args.feature_dim, "test_limit": args.test_limit,
             "data_dir": args.data_dir}
 

@@ -1,6 +1,6 @@
-"""tolljax.onednn: the oneDNN convolutions, the CPU default where installed (values are checked against flax's layers,
-for every model geometry and padding, in test_ops.py; here: kernels chosen, reproducibility,
-fallbacks and errors)."""
+"""tolljax.onednn: the oneDNN convolutions, the CPU default where installed (values are
+checked against flax's layers, for every model geometry and padding, in test_ops.py; here:
+kernels chosen, reproducibility, fallbacks and errors)."""
 import os
 import subprocess
 import sys

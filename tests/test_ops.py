@@ -21,8 +21,8 @@ from tolljax.models import build_model, conv_transpose, init_variables, layer_in
 
 TOL = 1e-5
 KEY = jax.random.key(0)
-# The opt-in oneDNN path runs every check the fast path does, where the library is installed
-# (the test extra installs it on Linux x86-64).
+# The oneDNN path runs every check the fast path does, where the library is installed (a
+# dependency on Linux x86-64).
 ONEDNN = pytest.param("onednn", marks=pytest.mark.skipif(
     not onednn.available(), reason="oneDNN (onednn-cpu-gomp) is not installed"))
 CPU_PATHS = ["fast", ONEDNN]
@@ -437,7 +437,8 @@ def test_module_uses_the_selected_implementation(monkeypatch):
     monkeypatch.delenv(ops.ENV_VAR)
     layer.apply(variables, x)
     assert calls == ["matmul", "fast", ops.resolve_impl()]
-    assert ops.resolve_impl() in (("onednn", "fast") if jax.default_backend() == "cpu" else ("plain",))
+    on_this_backend = ("onednn", "fast") if jax.default_backend() == "cpu" else ("plain",)
+    assert ops.resolve_impl() in on_this_backend
 
 
 PADDING_GEOMETRIES = (((2, 5, 6, 3), 3, 2), ((2, 7, 7, 3), 4, 1), ((2, 4, 5, 2), 2, 3))

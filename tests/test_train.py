@@ -10,8 +10,6 @@ from tolljax.models import build_model
 from tolljax.train import (ProtocolConfig, compile_protocol, create_train_state, map_in_chunks,
                            sample_batch_indices, score, train_step)
 
-
-
 SHORT = dict(beta=10.0, lr=1e-3, batch_size=100, steps=60, eval_every=20, metric="f1")
 
 

@@ -684,8 +684,9 @@ class Conv(_ConvBase):
 
     Same parameters, creation order and initialisers as flax's layer. ``impl``: ``"auto"``
     (:func:`resolve_conv_impl`: ``onednn`` or ``fast`` on CPU, ``plain`` on GPU/TPU;
-    ``$TOLLJAX_CONV`` overrides), ``"plain"``, ``"fast"``, ``"onednn"``. Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an
-    explicit ``precision`` always takes the plain layer.
+    ``$TOLLJAX_CONV`` overrides), ``"plain"``, ``"fast"``, ``"onednn"``. Padding VALID, SAME
+    or explicit ``(lo, hi)`` pairs on every path; an explicit ``precision`` always takes the
+    plain layer.
     """
 
     _resolve = resolve_conv_impl
