@@ -152,6 +152,23 @@ def test_fit_predict_and_params(arrhythmia):
         det.set_params(gamma=1)
 
 
+def test_rejected_set_params_changes_nothing(small, tmp_path):
+    det = TollDetector(**small.get_params())
+    before = det.get_params()
+    with pytest.raises(TollError, match="steps=30 is not a multiple of eval_every=20"):
+        det.set_params(steps=30)  # was kept: saved without error, then refused by load()
+    with pytest.raises(TollError, match="unknown TollDetector parameter 'foo'"):
+        det.set_params(steps=40, foo=1)  # steps was set before foo was refused
+    with pytest.raises(TollError, match="lr must be a positive number"):
+        det.set_params(steps=40, lr=-1.0)
+    assert det.get_params() == before
+    assert det.set_params(hidden=[8, 4]).hidden == (8, 4)  # a list still becomes a tuple
+    # A fitted detector whose set_params was refused still saves a folder that loads.
+    with pytest.raises(TollError):
+        small.set_params(steps=30)
+    TollDetector.load(small.save(tmp_path / "d"))
+
+
 def test_diverging_training_is_a_toll_error_and_keeps_the_fitted_state(labelled, arrhythmia):
     # Same compiled program as `labelled` (β and lr are traced): no recompilation.
     det = TollDetector(steps=STEPS, contamination=0.15)
@@ -207,6 +224,8 @@ X_OK = np.zeros((4, 3), np.float32)
     (np.zeros((0, 3)), "0 samples; at least 2"),
     (np.zeros((3, 0)), "no features per sample"),
     ([[1.0, 2.0], [3.0]], "cannot be converted to an array|dtype object"),
+    (np.ma.masked_array(np.zeros((3, 2)), mask=[[0, 1], [0, 0], [1, 0]]),
+     r"X is a masked array with 2 masked entries; fill them \(X.filled\(value\)\)"),
 ])
 def test_bad_training_data_messages(X, message):
     with pytest.raises(TollError, match=message) as err:
@@ -264,6 +283,14 @@ def test_mlp_on_images_message():
     (dict(seed=-1), r"seed must be an integer in 0..2\*\*32-1, got -1"),
     (dict(seed=2**32), r"seed must be an integer in 0..2\*\*32-1"),
     (dict(seed=2**70), r"seed must be an integer in 0..2\*\*32-1"),
+    # were OverflowError from math.isfinite
+    (dict(beta=10**400), "beta must be a finite number, got 1000"),
+    (dict(lr=10**400), "lr must be a finite number"),
+    (dict(threshold=10**400), "threshold must be a finite number"),
+    # float32 would train with lr 0 (nothing learnt) or β = inf (non-finite at step 1)
+    (dict(lr=1e-50), "lr=1e-50 is 0 in the float32 arithmetic training runs in"),
+    (dict(beta=1e39), "beta=1e[+]?39 is beyond the float32 range"),
+    (dict(verbose="x"), "verbose must be True or False, got 'x'"),
 ])
 def test_bad_parameters_messages(kwargs, message):
     with pytest.raises(TollError, match=message) as err:
@@ -368,6 +395,15 @@ def test_divergence_after_a_checkpoint_keeps_the_best_checkpoint_before_it():
     np.testing.assert_array_equal(det.score_samples(X8), stopped.score_samples(X8))
 
 
+def test_failure_after_an_unselectable_checkpoint_is_not_called_before_the_first():
+    # Step 1 is a checkpoint whose held-out scores are already non-finite; the loss follows at
+    # step 2. The message used to say "before the first checkpoint".
+    det = TollDetector(lr=1e7, beta=100.0, steps=10, eval_every=1, hidden=(8,), z_dim=2)
+    with pytest.raises(TollError, match="training failed before any checkpoint had a finite "
+                                        "selection value: the loss became non-finite at step 2"):
+        det.fit(X8)
+
+
 def test_save_to_an_unusable_path_is_a_toll_error(small, tmp_path):
     (tmp_path / "a-file").write_text("")
     paths = [tmp_path / "a-file" / "sub"] + ([Path("/proc/foo")] if Path("/proc").is_dir() else [])
@@ -388,13 +424,14 @@ def _edit_saved(path, edit) -> None:
     (lambda p: p.update(input_shape=[9]),
      r"input_shape \[9\] and hyperparameters do not match the weights in variables/ "
      r"\(.*saved \(8,\), expected \(9,\)\)"),
-    (lambda p: p["hyperparameters"].update(z_dim=5), r"do not match the weights in variables/"),
+    (lambda p: (p["hyperparameters"].update(z_dim=5), p["params"].update(z_dim=5)),
+     r"do not match the weights in variables/"),
     (lambda p: p.update(threshold="abc"), "field 'threshold' must be a finite number, got 'abc'"),
     (lambda p: p.update(threshold=None), "field 'threshold' must be a finite number"),
     (lambda p: p.update(mean=[0.0] * 7, scale=[1.0] * 8),
-     "field 'mean' must be null or a list of 8 finite numbers"),
+     "field 'mean' must be null or a list of 8 finite float32 numbers"),
     (lambda p: p.update(mean=[0.0] * 8, scale=[0.0] * 8),
-     "field 'scale' must hold positive numbers"),
+     "field 'scale' must hold positive float32 numbers"),
     (lambda p: p.update(mean=[0.0] * 8), "field 'scale' is null but the other"),
     (lambda p: p["hyperparameters"].pop("beta"), "field 'hyperparameters.beta' is missing"),
     (lambda p: p["hyperparameters"].update(beta=-1),
@@ -412,6 +449,29 @@ def _edit_saved(path, edit) -> None:
     (lambda p: p.pop("history"), "field 'history' is missing"),
     (lambda p: p["params"].update(seed=-3), "field 'params' is invalid \\(seed must be"),
     (lambda p: p["params"].update(gamma=1), r"field 'params' has unknown entries \['gamma'\]"),
+    # was a KeyError from the handler of the missing field's own error
+    (lambda p: p["hyperparameters"].pop("norm"), "field 'hyperparameters.norm' is missing"),
+    # were OverflowError
+    (lambda p: p.update(threshold=10**400), "field 'threshold' must be a finite number"),
+    (lambda p: p["hyperparameters"].update(beta=10**400),
+     "field 'hyperparameters.beta' must be a non-negative number"),
+    # were accepted, and every score became +inf in float32
+    (lambda p: p["hyperparameters"].update(beta=1e300),
+     "field 'hyperparameters.beta' is unusable: beta=1e[+]?300 is beyond the float32 range"),
+    (lambda p: p.update(mean=[1e300] * 8, scale=[1.0] * 8),
+     "field 'mean' must be null or a list of 8 finite float32 numbers"),
+    (lambda p: p.update(mean=[0.0] * 8, scale=[1e-300] * 8),
+     "field 'scale' must hold positive float32 numbers"),
+    # params and the saved model disagreeing were accepted (get_params() then misdescribed it)
+    (lambda p: p["params"].update(z_dim=7),
+     "field 'hyperparameters.z_dim' is 4 but the saved params give 7"),
+    (lambda p: p["params"].update(beta=3.0),
+     "field 'hyperparameters.beta' is 10.0 but the saved params give 3.0"),
+    (lambda p: p["params"].update(model="mnist"), "field 'params' do not fit the saved model"),
+    (lambda p: p["params"].update(standardize=True),
+     "field 'params' say standardize=True but mean and scale are null"),
+    (lambda p: p["params"].update(batch_size=64),
+     "field 'hyperparameters.batch_size' is 40 but the saved params give 64"),
 ])
 def test_load_of_an_edited_file_names_the_file_and_field(small, tmp_path, edit, message):
     path = small.save(tmp_path / "d")
@@ -419,6 +479,16 @@ def test_load_of_an_edited_file_names_the_file_and_field(small, tmp_path, edit, 
     with pytest.raises(TollError, match=message) as err:
         TollDetector.load(path)
     assert str(path / "toll_detector.json") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bfloat16_and_unmasked_input_score_as_float32(small):
+    import ml_dtypes
+
+    X = X8[:6].astype(ml_dtypes.bfloat16)  # was "has dtype bfloat16; pass a floating-point ..."
+    np.testing.assert_array_equal(small.score_samples(X),
+                                  small.score_samples(X.astype(np.float32)))
+    np.testing.assert_array_equal(small.score_samples(np.ma.masked_array(X8[:6])),
+                                  small.score_samples(X8[:6]))
 
 
 def test_load_of_an_unedited_small_detector_scores_the_same(small, tmp_path):
@@ -442,9 +512,18 @@ def test_load_messages(tmp_path, labelled):
     (path / "toll_detector.json").write_text(json.dumps({**payload, "format_version": 99}))
     with pytest.raises(TollError, match="newer tolljax"):
         TollDetector.load(path)
+    for version in (None, "2", 0.5, True, 0):  # were all accepted
+        (path / "toll_detector.json").write_text(json.dumps({**payload, "format_version": version}))
+        with pytest.raises(TollError, match="damaged or not a saved TollDetector .*format_version"):
+            TollDetector.load(path)
     (path / "toll_detector.json").write_text("{broken")
     with pytest.raises(TollError, match="damaged or not a saved TollDetector"):
         TollDetector.load(path)
+    for bad in (None, 5, ""):  # were TypeError from pathlib
+        with pytest.raises(TollError, match=r"TollDetector.load: path must be a folder path"):
+            TollDetector.load(bad)
+        with pytest.raises(TollError, match=r"TollDetector.save: path must be a folder path"):
+            labelled.save(bad)
 
 
 def test_exported_from_the_package():

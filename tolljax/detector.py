@@ -13,7 +13,8 @@ Input and model
     hyperparameters; ``(n, 32, 32, 3)`` → the CIFAR-10 model and hyperparameters
     (``model="fmnist"`` / ``"cifar100"`` pick those datasets' defaults instead). Feed the
     images preprocessed as in the paper (see ``tolljax.data``).
-  Any explicit ``beta``, ``z_dim``, ``lr``, ``batch_size`` overrides the default.
+  Any explicit ``beta``, ``z_dim``, ``lr``, ``batch_size`` overrides the default; a default
+  batch larger than the training rows is lowered to their number.
   ``standardize=True`` standardises every feature (tabular) or channel (images) with the mean
   and std of the training data; off by default, as in the paper (raw Arrhythmia features).
 
@@ -47,6 +48,7 @@ import functools
 import json
 import math
 import numbers
+import os
 import shutil
 import time
 import warnings
@@ -136,10 +138,35 @@ def _positive_int(name: str, value) -> int:
     return int(value)
 
 
+def _finite_float(value) -> float | None:
+    """``value`` as a finite Python float, or None (bools, non-numbers, NaN/inf, and integers
+    too large for a float, on which ``math.isfinite`` raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
+
+
 def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    out = _finite_float(value)
+    if out is None:
         raise TollError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return out
+
+
+def _float32_problem(name: str, value: float) -> str | None:
+    """Why ``value`` cannot be the float32 ``name`` training runs with (it would become inf or
+    0 there, and train on nothing or overflow at once), or None."""
+    with np.errstate(over="ignore"):  # the overflow is what is reported
+        as32 = np.float32(value)
+    if not np.isfinite(as32):
+        return f"{name}={value!r} is beyond the float32 range training runs in"
+    if value != 0 and as32 == 0:
+        return f"{name}={value!r} is 0 in the float32 arithmetic training runs in"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +252,14 @@ def _standardize(X: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | Non
     return X if mean is None else ((X - mean) / scale).astype(np.float32)
 
 
+def _folder(path, method: str) -> Path:
+    """``path`` (a str or os.PathLike) as an absolute folder path, else :class:`TollError`."""
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise TollError(f"TollDetector.{method}: path must be a folder path (str or "
+                        f"pathlib.Path), got {path!r}")
+    return Path(path).expanduser().resolve()
+
+
 def _plain(value):
     """numpy scalars → Python numbers, tuples → lists (for JSON)."""
     if isinstance(value, (bool, np.bool_)):
@@ -270,12 +305,11 @@ class _SavedConfig:
     def real(self, field: str, source: dict | None = None, prefix: str = "", *,
              positive: bool = False, nonnegative: bool = False) -> float:
         value = self.get(field, source, prefix)
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or (positive and value <= 0)
-                or (nonnegative and value < 0)):
+        out = _finite_float(value) if isinstance(value, (int, float)) else None
+        if out is None or (positive and out <= 0) or (nonnegative and out < 0):
             what = "a positive" if positive else "a non-negative" if nonnegative else "a finite"
             raise self.error(prefix + field, f"must be {what} number, got {value!r}")
-        return float(value)
+        return out
 
     def choice(self, field: str, choices: Sequence[str], source: dict | None = None,
                prefix: str = ""):
@@ -314,14 +348,17 @@ class _SavedConfig:
         if not isinstance(hyper, dict):
             raise self.error("hyperparameters", f"must be an object, got {hyper!r}")
         p = "hyperparameters."
-        self.real("beta", hyper, p, nonnegative=True)
-        self.real("lr", hyper, p, positive=True)
+        for key, sign in (("beta", dict(nonnegative=True)), ("lr", dict(positive=True))):
+            problem = _float32_problem(key, self.real(key, hyper, p, **sign))
+            if problem:
+                raise self.error(p + key, f"is unusable: {problem}")
         for key in ("z_dim", "batch_size", "steps", "eval_every"):
             self.integer(key, hyper, p, minimum=1)
+        norm = self.get("norm", hyper, p)
         try:
-            parse_norm(self.get("norm", hyper, p))
+            parse_norm(norm)
         except TollError:
-            raise self.error(p + "norm", f"must be 1, 2 or inf, got {hyper['norm']!r}") from None
+            raise self.error(p + "norm", f"must be 1, 2 or inf, got {norm!r}") from None
         self.choice("init", INIT_SCHEMES, hyper, p)
         if name == "mlp":
             hidden = self.get("hidden", hyper, p)
@@ -330,6 +367,30 @@ class _SavedConfig:
                 raise self.error(p + "hidden", f"must be a non-empty list of positive integers, "
                                  f"got {hidden!r}")
         return name, shape, hyper
+
+    def check_params_match(self, det: "TollDetector", name: str, shape: tuple[int, ...],
+                           hyper: dict, standardized: bool) -> None:
+        """``params`` (the constructor arguments) must resolve, as :meth:`TollDetector.fit`
+        resolves them, to the saved model: a file edited on one side only would leave
+        ``get_params()`` describing another model than the one that scores."""
+        try:
+            resolved_name, resolved = det._resolve(shape)
+        except TollError as exc:
+            raise self.error("params", f"do not fit the saved model ({exc})") from None
+        if resolved_name != name:
+            raise self.error("params", f"give model {resolved_name!r} but model_name is {name!r}")
+        for key, value in resolved.items():
+            saved = hyper.get(key)
+            if key == "batch_size" and det.batch_size is None:
+                ok = saved <= value  # fit lowers the default batch to the training rows
+            else:
+                ok = saved == value
+            if not ok:
+                raise self.error("hyperparameters." + key, f"is {saved!r} but the saved params "
+                                 f"give {value!r}")
+        if bool(det.standardize) != standardized:
+            raise self.error("params", f"say standardize={bool(det.standardize)} but mean and "
+                             f"scale are {'null' if not standardized else 'set'}")
 
     def standardization(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``(mean, scale)``: both null, or one finite value per feature (tabular) / channel."""
@@ -342,12 +403,14 @@ class _SavedConfig:
             ok = isinstance(value, list) and all(
                 not isinstance(v, bool) and isinstance(v, (int, float)) for v in value)
             arr = np.asarray(value, np.float64) if ok else None
-            if arr is None or arr.shape != (shape[-1],) or not np.isfinite(arr).all():
-                raise self.error(field, f"must be null or a list of {shape[-1]} finite numbers "
-                                 f"(one per {'feature' if len(shape) == 1 else 'channel'})")
-            if field == "scale" and not (arr > 0).all():
-                raise self.error(field, "must hold positive numbers")
-            out.append(arr.astype(np.float32))
+            with np.errstate(over="ignore"):  # beyond float32 is reported below
+                arr32 = None if arr is None else arr.astype(np.float32)
+            if arr is None or arr.shape != (shape[-1],) or not np.isfinite(arr32).all():
+                raise self.error(field, f"must be null or a list of {shape[-1]} finite float32 "
+                                 f"numbers (one per {'feature' if len(shape) == 1 else 'channel'})")
+            if field == "scale" and not (arr32 > 0).all():
+                raise self.error(field, "must hold positive float32 numbers")
+            out.append(arr32)
         if (out[0] is None) != (out[1] is None):
             raise self.error("scale" if out[1] is None else "mean",
                              "is null but the other standardisation field is not")
@@ -423,12 +486,15 @@ class TollDetector:
 
     def set_params(self, **params) -> "TollDetector":
         """Set constructor arguments (scikit-learn API); takes effect at the next ``fit``."""
-        for name, value in params.items():
+        for name in params:
             if name not in self._PARAM_NAMES:
                 raise TollError(f"unknown TollDetector parameter {name!r}; valid: "
                                 f"{', '.join(self._PARAM_NAMES)}")
-            setattr(self, name, tuple(value) if name == "hidden" and isinstance(value, list) else value)
-        self._check_params()
+        # Checked on a new instance first, so that a rejected value leaves this one unchanged
+        # (and a detector that was saved without error always loads).
+        checked = type(self)(**{**self.get_params(), **params})
+        for name in params:
+            setattr(self, name, getattr(checked, name))
         return self
 
     def __repr__(self) -> str:
@@ -443,6 +509,11 @@ class TollDetector:
             raise TollError(f"beta must be a finite number >= 0, got {self.beta!r}")
         if self.lr is not None and _real("lr", self.lr) <= 0:
             raise TollError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("beta", "lr"):
+            problem = None if getattr(self, name) is None else _float32_problem(
+                name, float(getattr(self, name)))
+            if problem:
+                raise TollError(problem)
         for name in ("z_dim", "batch_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))
@@ -458,8 +529,9 @@ class TollDetector:
         parse_norm(self.norm)
         if self.init not in INIT_SCHEMES:
             raise TollError(f"unknown init {self.init!r}; choose one of {INIT_SCHEMES}")
-        if not isinstance(self.standardize, (bool, np.bool_)):
-            raise TollError(f"standardize must be True or False, got {self.standardize!r}")
+        for name in ("standardize", "verbose"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TollError(f"{name} must be True or False, got {getattr(self, name)!r}")
         c = self.contamination
         if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 < c <= 0.5:
             raise TollError(f"contamination must be in (0, 0.5], got {c!r}; it is the expected "
@@ -606,8 +678,10 @@ class TollDetector:
         bad = int(out["nonfinite_step"])
         best_step = int(out["best_step"])
         if best_step == 0 and bad >= 0:
-            raise TollError(f"training failed before the first checkpoint: the loss became "
-                            f"non-finite at step {bad}; lower lr or beta, or try standardize=True")
+            when = ("before the first checkpoint" if bad <= hyper["eval_every"] else
+                    "before any checkpoint had a finite selection value")
+            raise TollError(f"training failed {when}: the loss became non-finite at step {bad}; "
+                            "lower lr or beta, or try standardize=True")
         if best_step == 0:
             # The loss stayed finite, so the selection rows are what the model cannot score;
             # name them where the initial model (kept as best) already fails on them.
@@ -742,7 +816,7 @@ class TollDetector:
         BatchNorm statistics) and ``toll_detector.json`` (constructor arguments, resolved
         hyperparameters, preprocessing statistics, threshold, selection history)."""
         self._check_fitted("save")
-        path = Path(path).expanduser().resolve()
+        path = _folder(path, "save")
         if path.exists():
             if not path.is_dir():
                 raise TollError(f"cannot save to {path}: it is a file; pass a folder path")
@@ -792,7 +866,7 @@ class TollDetector:
         """A detector saved with :meth:`save`; it scores bitwise identically."""
         import orbax.checkpoint as ocp
 
-        path = Path(path).expanduser().resolve()
+        path = _folder(path, "load")
         config_file = path / _CONFIG_FILE
         if not config_file.is_file() or not (path / _VARIABLES_DIR).is_dir():
             raise TollError(f"no saved TollDetector in {path} (needs {_CONFIG_FILE} and "
@@ -801,8 +875,10 @@ class TollDetector:
             payload = json.loads(config_file.read_text())
             if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
                 raise ValueError("not a TollDetector file")
-            version = payload.get("format_version", 0)
-            if isinstance(version, (int, float)) and version > _FORMAT_VERSION:
+            version = payload.get("format_version")
+            if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+                raise ValueError(f"format_version {version!r} is not a version number")
+            if version > _FORMAT_VERSION:
                 raise TollError(f"{config_file} was written by a newer tolljax "
                                 f"({payload.get('tolljax')}); upgrade tolljax to load it")
         except TollError:
@@ -816,6 +892,7 @@ class TollDetector:
         det = cfg.detector(cls)
         name, shape, hyper = cfg.model()
         mean, scale = cfg.standardization(shape)
+        cfg.check_params_match(det, name, shape, hyper, mean is not None)
         threshold = cfg.real("threshold")
         selection = cfg.choice("selection", SELECTIONS[1:])
         best_step, nonfinite_step = cfg.integer("best_step"), cfg.integer("nonfinite_step")

@@ -12,17 +12,27 @@ class TollError(ValueError):
 
 
 def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str):
-    """``x`` as a NumPy array whose dtype kind is one of ``kinds`` (``np.dtype.kind`` letters),
-    else :class:`TollError`: "``what`` cannot be converted to an array (…); ``shape_hint``"
-    for ragged lists and the like, "``what`` has dtype …; ``dtype_hint``" otherwise."""
+    """``x`` as a NumPy array whose dtype kind is one of ``kinds`` (``np.dtype.kind`` letters;
+    "f" includes ml_dtypes' floats such as bfloat16), else :class:`TollError`: "``what``
+    cannot be converted to an array (…); ``shape_hint``" for ragged lists and the like,
+    "``what`` is a masked array …" where entries are masked (a mask would be dropped
+    silently), "``what`` has dtype …; ``dtype_hint``" otherwise."""
     import numpy as np
 
+    if np.ma.isMaskedArray(x) and np.ma.is_masked(x):
+        raise TollError(f"{what} is a masked array with {int(np.ma.count_masked(x))} masked "
+                        "entries; fill them (X.filled(value)) or drop those rows first")
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
         raise TollError(f"{what} cannot be converted to an array ({type(exc).__name__}); "
                         f"{shape_hint}") from None
-    if arr.dtype.kind not in kinds:
+    kind = arr.dtype.kind
+    if kind == "V" and "f" in kinds:  # bfloat16 & co. (ml_dtypes) report kind "V"
+        import jax.numpy as jnp
+
+        kind = "f" if jnp.issubdtype(arr.dtype, jnp.floating) else kind
+    if kind not in kinds:
         raise TollError(f"{what} has dtype {arr.dtype}; {dtype_hint}")
     return arr
 
