@@ -20,11 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.run import (build_parser, environment, resolve_config, summarize,
-                             use_all_cores, use_compile_cache, write_json, _device_data, _fmt)
-from tolljax.errors import TollError, output_dir
+from experiments.run import (build_parser, environment, out_of_memory_exit, resolve_config,
+                             summarize, use_all_cores, use_compile_cache, write_json,
+                             _device_data, _fmt)
+from tolljax.errors import TollError, check_float32, output_dir
 
 DEFAULT_BETAS = "0,1,10,100,1000,10000"
+
+
+# What to lower when a run does not fit in memory (a sweep refuses run.py's --vmap-width).
+OOM_ADVICE = ("lower --batch-size or --seeds, use --val-limit/--test-limit on CPU, or on a "
+              "shared GPU raise XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 def parse_betas(spec: str) -> list[float]:
@@ -34,6 +40,10 @@ def parse_betas(spec: str) -> list[float]:
         raise TollError(f"--betas takes comma-separated numbers, got {spec!r}") from None
     if not betas or any(not np.isfinite(b) or b < 0 for b in betas):
         raise TollError(f"--betas must be finite numbers >= 0, got {spec!r}")
+    if len(set(betas)) < len(betas):
+        raise TollError(f"--betas {spec!r} names a β twice; each β runs once")
+    for b in betas:
+        check_float32("--betas: β", b)
     return betas
 
 
@@ -87,6 +97,8 @@ def plot(path: Path, betas, means, stds, config, paper_points) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.errorbar(shown, means, yerr=stds, marker="o", capsize=3, label="tolljax (mean ± std over seeds)")
     for beta, value, table in paper_points:
+        if beta not in betas and beta <= 0:  # no place for it on the log axis
+            continue
         ax.scatter([shown[betas.index(beta)] if beta in betas else beta], [value], marker="*",
                    s=140, color="crimson", zorder=3, label=f"paper, β={beta:g} ({table})")
     ax.set_xscale("log")
@@ -118,9 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normal-class", type=int, default=None,
                         help="image datasets: the normal class (default 8)")
     parser.set_defaults(dataset="mnist", seeds=3)
-    for action in parser._actions:  # run.py's flags that a sweep refuses: not in --help
-        if action.dest in UNUSED_FLAGS:
+    own_help = {"dataset": "dataset name (default: mnist, the paper's figure)",
+                "seeds": "number of seeds, 0..N-1 (default: 3, as the paper's figure)",
+                "out": "output folder (default: runs/beta_sweep_<dataset>[_<class>])",
+                "quiet": "no progress lines: print only errors, warnings and the result table"}
+    for action in parser._actions:
+        if action.dest in UNUSED_FLAGS:  # run.py's flags that a sweep refuses: not in --help
             action.help = argparse.SUPPRESS
+        action.help = own_help.get(action.dest, action.help)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     use_all_cores(args.host_devices)
@@ -140,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # XLA reports device OOM as a runtime error of its own type
+        return out_of_memory_exit(exc, OOM_ADVICE)
     from experiments.paper import paper_value
 
     paper_points = [(b, *paper_value(config["dataset"], config["classes"][0], beta=b))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tolljax.errors import TollError, output_dir
+from tolljax.errors import TollError, check_float32, output_dir
 
 # Per dataset defaults. Arrhythmia: the Toll MLP (z = 16) as CANCE's AE. MNIST: the CANCE
 # budget AE (`small`, z = 16) — the Appendix-B Toll model is `--ae-model paper`.
@@ -43,6 +43,11 @@ DEFAULTS = {
                   nce_eval_every=100, standardize="none", metric="auroc", seeds=5),
 }
 VARIANT_ORDER = ("recon", "latent", "cnce", "cance")
+
+
+# What to lower when a run does not fit in memory (experiments.run's advice names its flags).
+OOM_ADVICE = ("lower --ae-batch, --nce-batch or --noise-ratio, use --val-limit/--test-limit on "
+              "CPU, or on a shared GPU raise XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     from tolljax import cance
+    from tolljax.train import seed_array
     from experiments.run import _classes
 
     d = dict(DEFAULTS[args.dataset])
@@ -133,6 +139,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
              subset_seed=args.subset_seed, seed_offset=args.seed_offset,
              data_dir=args.data_dir)
     d["all_classes"], d["classes"] = _classes(args.dataset, args.classes)
+    # As experiments.run: seeds outside int32 are refused, not wrapped (key(2**32) == key(0)).
+    seed_array(range(args.seed_offset, args.seed_offset + d["seeds"]))
     budget = []
     if args.val_limit is not None:
         budget.append(f"validation subset {args.val_limit}")
@@ -173,6 +181,7 @@ def check_flags(args: argparse.Namespace, d: dict) -> None:
                         ("--noise-lr", args.noise_lr)):
         if not (np.isfinite(value) and value > 0):
             raise TollError(f"{flag} must be a finite number > 0, got {value}")
+        check_float32(flag, value)
     # Each loss weight belongs to one stage-1 loss; given with the other it would be ignored.
     if args.beta is not None:
         if args.ae_loss != "toll":
@@ -180,12 +189,14 @@ def check_flags(args: argparse.Namespace, d: dict) -> None:
                             "(the cance loss weighs its covariance term with --cov-weight)")
         if not (np.isfinite(args.beta) and args.beta >= 0):
             raise TollError(f"--beta must be a finite number >= 0, got {args.beta}")
+        check_float32("--beta", args.beta)
     if args.cov_weight is not None:
         if args.ae_loss != "cance":
             raise TollError("--cov-weight weighs the covariance term of --ae-loss cance; "
                             "--ae-loss toll weighs its latent norm with --beta")
         if not (np.isfinite(args.cov_weight) and args.cov_weight >= 0):
             raise TollError(f"--cov-weight must be a finite number >= 0, got {args.cov_weight}")
+        check_float32("--cov-weight", args.cov_weight)
     for flag, value in (("--val-limit", args.val_limit), ("--test-limit", args.test_limit)):
         if value is not None and value < 2:  # a stratified subset needs a normal and an anomaly
             raise TollError(f"{flag} must be at least 2, got {value}")
@@ -554,7 +565,7 @@ def failure_warnings(cfg: dict, results: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.run import environment, use_compile_cache, write_json
+    from experiments.run import environment, out_of_memory_exit, use_compile_cache, write_json
 
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -568,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # XLA reports device OOM as a runtime error of its own type
+        return out_of_memory_exit(exc, OOM_ADVICE)
     results["timings"]["total_s"] = time.perf_counter() - start
     from experiments import paper_cance
 

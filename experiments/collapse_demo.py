@@ -41,6 +41,11 @@ import numpy as np
 from tolljax.errors import TollError, output_dir
 
 
+# What to lower when a run does not fit in memory (experiments.run's advice names its flags).
+OOM_ADVICE = ("lower --batch-size or --seeds, use --test-limit on CPU, or on a shared GPU raise "
+              "XLA_PYTHON_CLIENT_MEM_FRACTION")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.collapse_demo",
                                 description="FITYMI-style classifier with and without the "
@@ -389,7 +394,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments.run import environment, write_json
+    from experiments.run import environment, out_of_memory_exit, write_json
 
     start = time.perf_counter()
     args = build_parser().parse_args(argv)
@@ -400,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # XLA reports device OOM as a runtime error of its own type
+        return out_of_memory_exit(exc, OOM_ADVICE)
     results["timings"]["total_s"] = time.perf_counter() - start
     write_json(out / "results.json", {"config": cfg, "command": [
         "python", "-m", "experiments.collapse_demo", *(sys.argv[1:] if argv is None else argv)],

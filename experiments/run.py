@@ -213,6 +213,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or isinstance(exc, MemoryError)
 
 
+def out_of_memory_exit(exc: BaseException, advice: str = OOM_ADVICE) -> int:
+    """Every runner's exit for ``exc`` raised by its work: an out-of-memory error becomes the
+    one-line message with ``advice`` (the runner's own flags) and exit status 3; anything else
+    propagates (a bug to see in full)."""
+    if not is_out_of_memory(exc):
+        raise exc
+    print(f"error: out of device memory ({str(exc).splitlines()[0][:160]}); {advice}",
+          file=sys.stderr)
+    return 3
+
+
 def _classes(dataset: str, spec: str | None) -> tuple[list, list]:
     """All normal classes of ``dataset`` and the ones selected by ``--classes``."""
     from tolljax.data import IMAGE_DATASETS, num_classes
@@ -610,11 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # XLA reports device OOM as a runtime error of its own type
-        if not is_out_of_memory(exc):
-            raise
-        print(f"error: out of device memory ({str(exc).splitlines()[0][:160]}); {OOM_ADVICE}",
-              file=sys.stderr)
-        return 3
+        return out_of_memory_exit(exc)
     results["timings"]["total_s"] = time.perf_counter() - start
     if not primary:
         return 0

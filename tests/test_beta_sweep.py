@@ -37,6 +37,8 @@ def test_bad_betas(spec):
     (["--normal-class", "3", "--dataset", "arrhythmia"], "arrhythmia has one fixed normal set"),
     (["--dataset", "mnist", "--normal-class", "12"], "--normal-class 12: mnist has normal classes"),
     (["--betas", "0,-1"], "--betas"),
+    (["--betas", "10,1e1"], "--betas '10,1e1' names a β twice"),  # ran β=10 twice
+    (["--betas", "1,1e39"], "--betas: β=1e+39 is beyond the float32 range"),
     (["--out", "/proc/nope"], "--out /proc/nope: cannot create the folder"),
     (["--out", "FILE"], "is a file, not a folder"),
 ])
@@ -50,3 +52,25 @@ def test_flags_the_sweep_does_not_use_are_rejected(tmp_path, capsys, argv, messa
                  "--compile-cache", "off", "--quiet", *out, *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_states_the_sweeps_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # were experiments.run's: arrhythmia, "paper: 10", runs/<dataset>
+    assert "dataset name (default: mnist" in text and "(default: 3, as the paper's figure)" in text
+    assert "runs/beta_sweep_<dataset>[_<class>]" in text and "runs/<dataset>)" not in text
+
+
+def test_out_of_memory_is_one_line_with_the_sweeps_flags(tmp_path, capsys, monkeypatch):
+    import experiments.beta_sweep as cli
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4396003383288 bytes.")
+
+    monkeypatch.setattr(cli, "sweep", exhausted)  # was a traceback with exit status 1
+    assert cli.main(["--dataset", "arrhythmia", "--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of device memory") and len(err.splitlines()) == 1
+    assert "lower --batch-size or --seeds" in err and "--vmap-width" not in err  # refused here

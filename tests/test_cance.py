@@ -431,6 +431,8 @@ def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, 
     (["--ae-lr", "0"], "--ae-lr must be a finite number > 0"),
     (["--nce-lr", "nan"], "--nce-lr must be a finite number > 0"),
     (["--noise-lr", "-1"], "--noise-lr must be a finite number > 0"),
+    (["--nce-lr", "1e-50"], "--nce-lr=1e-50 is 0 in the float32 arithmetic"),
+    (["--ae-loss", "toll", "--beta", "1e39"], "--beta=1e+39 is beyond the float32 range"),
     (["--nce-hidden", "0,5"], "--nce-hidden widths must be at least 1"),
     (["--nce-hidden=-4"], "--nce-hidden widths must be at least 1"),
     (["--nce-hidden", "a"], "--nce-hidden takes comma-separated widths"),
@@ -445,6 +447,9 @@ def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, 
     (["--out", "/proc/nope"], "--out /proc/nope: cannot create the folder"),
     (["--out", "FILE"], "is a file, not a folder"),
     (["--dataset", "mnist"], "--dataset mnist needs --data-dir"),
+    (["--variants", "recon,recon"], "variants 'recon,recon' name a variant twice"),
+    # ran with key(2**32) == key(0): seed 0's numbers recorded as seed 4294967296's
+    (["--seed-offset", "4294967296"], "seeds must fit in 32-bit integers, got [4294967296]"),
 ])
 def test_runner_rejects_bad_flags_in_one_line(tmp_path, capsys, argv, message):
     """Bad flags fail before training, as one `error:` line naming the flag (exit 2)."""
@@ -456,6 +461,19 @@ def test_runner_rejects_bad_flags_in_one_line(tmp_path, capsys, argv, message):
     assert main(["--seeds", "1", "--ae-steps", "20", "--ae-eval-every", "20", *out, *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_runner_out_of_memory_is_one_line_with_its_own_flags(tmp_path, capsys, monkeypatch):
+    import experiments.cance as cli
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 44783208096 bytes.")
+
+    monkeypatch.setattr(cli, "run", exhausted)  # was a traceback with exit status 1
+    assert cli.main(["--out", str(tmp_path)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of device memory") and len(err.splitlines()) == 1
+    assert "lower --ae-batch, --nce-batch or --noise-ratio" in err and "--vmap-width" not in err
 
 
 def test_runner_reports_a_diverged_autoencoder_as_failed(tmp_path, capsys):

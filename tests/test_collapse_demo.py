@@ -122,3 +122,16 @@ def test_diverged_seeds_report_no_auroc(mnist_dir, tmp_path, capsys):
     assert saved["summary"]["1.0"]["logit_auroc"]["mean"] is None
     assert saved["summary"]["1.0"]["logit_auroc"]["pairs"] == 0
     assert "| 1 | n/a ± n/a | n/a ± n/a |" in (out / "results.md").read_text()
+
+
+def test_out_of_memory_is_one_line_with_the_demos_flags(tmp_path, capsys, monkeypatch):
+    import experiments.collapse_demo as cli
+
+    def exhausted(*args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 44199213216 bytes.")
+
+    monkeypatch.setattr(cli, "run", exhausted)  # was a traceback with exit status 1
+    assert cli.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of device memory") and len(err.splitlines()) == 1
+    assert "lower --batch-size or --seeds, use --test-limit" in err and "--vmap-width" not in err

@@ -3,7 +3,7 @@ import os
 import numpy as np
 import pytest
 
-from tolljax.errors import TollError, index_list, numeric_array, output_dir
+from tolljax.errors import TollError, check_float32, index_list, numeric_array, output_dir
 
 
 def test_output_dir_creates_nested_folders(tmp_path):
@@ -51,3 +51,30 @@ def test_index_list_shows_the_first_indices_and_marks_more():
     assert index_list(np.arange(6)) == "[0, 1, 2, 3, 4]..."
     assert index_list(np.array([7, 9], np.int64), shown=1) == "[7]..."
     assert index_list([]) == "[]"
+
+
+@pytest.mark.parametrize("value, message", [
+    (1e39, r"^--x=1e\+39 is beyond the float32 range"),
+    (-3.5e38, "beyond the float32 range"),
+    (1e-46, r"^--x=1e-46 is 0 in the float32 arithmetic"),  # below the smallest subnormal
+])
+def test_check_float32_refuses_values_float32_makes_inf_or_0(value, message):
+    with pytest.raises(TollError, match=message):
+        check_float32("--x", value)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-45, 1e-3, 3.4e38, float(np.finfo(np.float32).max)])
+def test_check_float32_accepts_values_float32_keeps(value):
+    check_float32("--x", value)  # 1e-45 is float32's smallest subnormal: not 0
+
+
+def test_numeric_array_takes_bfloat16_as_float_and_refuses_masked_entries():
+    import ml_dtypes
+
+    arr = numeric_array(np.ones(3, ml_dtypes.bfloat16), "x", kinds="f", shape_hint="", dtype_hint="")
+    assert arr.dtype == ml_dtypes.bfloat16
+    with pytest.raises(TollError, match="x has dtype bfloat16"):  # where floats are not asked for
+        numeric_array(np.ones(3, ml_dtypes.bfloat16), "x", kinds="iu", shape_hint="", dtype_hint="")
+    with pytest.raises(TollError, match="x is a masked array with 1 masked entries"):
+        numeric_array(np.ma.masked_array([1.0, 2.0], mask=[0, 1]), "x", kinds="f",
+                      shape_hint="", dtype_hint="")

@@ -59,6 +59,7 @@ def _nan(x):
     (["--batch-size", "300"], "only 232 normal training samples but --batch-size 300"),
     (["--steps", "30"], "not a multiple of --eval-every"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--lr", "1e-50"], "--lr=1e-50 is 0 in the float32 arithmetic training runs in"),
     (["--data-dir", "{tmp}/nowhere"], "arrhythmia data file not found"),
     (["--data-dir", "{nan}"], "X contains 1 NaN/inf values (rows [10])"),
     (["--data-dir", "{narrow}"], "273 features per row, expected 274"),

@@ -146,6 +146,8 @@ def test_selection_keeps_the_first_of_tied_maxima_and_its_parameters():
     (dict(batch_size=0), "--batch-size must be a positive integer"),
     (dict(beta=-1.0), "--beta must be"),
     (dict(lr=float("nan")), "--lr must be"),
+    (dict(lr=1e-50), "--lr=1e-50 is 0 in the float32 arithmetic"),  # trained nothing, silently
+    (dict(beta=1e39), "--beta=1e[+]39 is beyond the float32 range"),  # "every run failed"
     (dict(norm="3"), "unknown latent norm"),
     (dict(metric="accuracy"), "unknown metric"),
 ])

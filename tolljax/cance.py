@@ -710,6 +710,8 @@ def parse_variants(spec: str | Sequence[str]) -> list[str]:
     bad = [v for v in names if v not in VARIANTS]
     if bad or not names:
         raise TollError(f"unknown variant(s) {bad or spec!r}; choose from {', '.join(VARIANTS)}")
+    if len(set(names)) < len(names):
+        raise TollError(f"variants {spec!r} name a variant twice; each runs once")
     return names
 
 

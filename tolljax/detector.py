@@ -62,7 +62,8 @@ import numpy as np
 import optax
 
 from tolljax.configs import PAPER_HYPERPARAMETERS
-from tolljax.errors import TollError, index_list, numeric_array, output_dir
+from tolljax.errors import (TollError, check_float32, index_list, numeric_array,
+                            output_dir)
 from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
@@ -155,18 +156,6 @@ def _real(name: str, value) -> float:
     if out is None:
         raise TollError(f"{name} must be a finite number, got {value!r}")
     return out
-
-
-def _float32_problem(name: str, value: float) -> str | None:
-    """Why ``value`` cannot be the float32 ``name`` training runs with (it would become inf or
-    0 there, and train on nothing or overflow at once), or None."""
-    with np.errstate(over="ignore"):  # the overflow is what is reported
-        as32 = np.float32(value)
-    if not np.isfinite(as32):
-        return f"{name}={value!r} is beyond the float32 range training runs in"
-    if value != 0 and as32 == 0:
-        return f"{name}={value!r} is 0 in the float32 arithmetic training runs in"
-    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -349,9 +338,10 @@ class _SavedConfig:
             raise self.error("hyperparameters", f"must be an object, got {hyper!r}")
         p = "hyperparameters."
         for key, sign in (("beta", dict(nonnegative=True)), ("lr", dict(positive=True))):
-            problem = _float32_problem(key, self.real(key, hyper, p, **sign))
-            if problem:
-                raise self.error(p + key, f"is unusable: {problem}")
+            try:
+                check_float32(key, self.real(key, hyper, p, **sign))
+            except TollError as exc:
+                raise self.error(p + key, f"is unusable: {exc}") from None
         for key in ("z_dim", "batch_size", "steps", "eval_every"):
             self.integer(key, hyper, p, minimum=1)
         norm = self.get("norm", hyper, p)
@@ -510,10 +500,8 @@ class TollDetector:
         if self.lr is not None and _real("lr", self.lr) <= 0:
             raise TollError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("beta", "lr"):
-            problem = None if getattr(self, name) is None else _float32_problem(
-                name, float(getattr(self, name)))
-            if problem:
-                raise TollError(problem)
+            if getattr(self, name) is not None:
+                check_float32(name, float(getattr(self, name)))
         for name in ("z_dim", "batch_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -37,6 +37,20 @@ def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str)
     return arr
 
 
+def check_float32(name: str, value: float) -> None:
+    """:class:`TollError` where ``value`` cannot be the float32 hyperparameter ``name``
+    training runs with: it would become inf there (an overflow at the first step) or 0 (an lr
+    that trains nothing)."""
+    import numpy as np
+
+    with np.errstate(over="ignore"):  # the overflow is what is reported
+        as32 = np.float32(value)
+    if not np.isfinite(as32):
+        raise TollError(f"{name}={value!r} is beyond the float32 range training runs in")
+    if value != 0 and as32 == 0:
+        raise TollError(f"{name}={value!r} is 0 in the float32 arithmetic training runs in")
+
+
 def index_list(indices, shown: int = 5) -> str:
     """The first ``shown`` of ``indices`` as a list, ``…`` marking more: "[2, 3, 4]",
     "[0, 1, 2, 3, 4]...", for messages that name offending rows."""

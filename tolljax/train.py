@@ -24,7 +24,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, check_float32
 from tolljax.losses import Norm, parse_norm, toll_score
 from tolljax.metrics import METRICS
 from tolljax.models import init_variables
@@ -64,6 +64,8 @@ class ProtocolConfig:
             raise TollError(f"--beta must be a finite number >= 0, got {self.beta}")
         if not np.isfinite(self.lr) or self.lr <= 0:
             raise TollError(f"--lr must be a positive number, got {self.lr}")
+        check_float32("--beta", float(self.beta))
+        check_float32("--lr", float(self.lr))
 
     @property
     def num_checkpoints(self) -> int:
