@@ -157,3 +157,8 @@ def test_figures_out_must_be_a_folder(tmp_path, capsys):
         figures.make_all(a_file)
     with pytest.raises(TheoryInputError, match="cannot create the folder"):
         figures.make_all(a_file / "sub")
+
+
+def test_mahalanobis_sq_refuses_points_that_are_not_2d():
+    with pytest.raises(TheoryInputError, match=r"x must be N × 2 points, got \(4, 3\)"):
+        figure2.mahalanobis_sq(np.ones((4, 3)))  # the third column was dropped silently

@@ -262,9 +262,26 @@ def test_bad_times_and_scalars_are_rejected():
 
 
 def test_non_centred_data_is_rejected_by_covariance():
-    X = np.random.default_rng(0).standard_normal((2, 500)) + 3.0
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2, 500)) + 3.0
     with pytest.raises(TheoryInputError, match="zero-mean"):
         linear.covariance(X)
+    for n in (5, 20, 25):  # were accepted: the old bound could not reject for n <= 25
+        with pytest.raises(TheoryInputError, match="zero-mean"):
+            linear.covariance(100.0 + rng.standard_normal((2, n)))
+    with pytest.raises(TheoryInputError, match="zero-mean"):
+        linear.covariance(np.full((2, 4), 0.5))  # a constant non-zero row
+
+
+def test_zero_mean_data_is_accepted_by_covariance_at_every_size():
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 5, 20, 200):
+        for _ in range(200):  # genuinely zero-mean samples: none is refused
+            X = rng.standard_normal((3, n))
+            np.testing.assert_allclose(linear.covariance(X), X @ X.T / n, rtol=1e-12)
+    centred = rng.standard_normal((2, 7))
+    linear.covariance(centred - centred.mean(axis=1, keepdims=True))  # exactly centred
+    linear.covariance(np.zeros((2, 4)))
     with pytest.raises(TheoryInputError, match="NaN"):
         linear.covariance(np.array([[1.0, np.nan], [0.0, 1.0]]))
 
@@ -357,3 +374,16 @@ def test_step_budget_is_validated_and_enough_budget_solves():
     # not a side effect of throw=False.
     W1 = linear.solve_lemma1(W, S, 1.0, max_steps=_SMALL_BUDGET)
     np.testing.assert_allclose(W1, W * np.exp(-1.0), rtol=1e-12)
+
+
+def test_review_cases_of_bad_input_are_named():
+    S, W = np.eye(2), np.ones((1, 2))
+    # was an OverflowError from inside JAX
+    with pytest.raises(TheoryInputError, match=r"max_steps must be an integer <= 2147483647"):
+        linear.solve_lemma1(W, S, [1.0], max_steps=2**70)
+    # was taken as β = 1 (integer arguments already refused booleans)
+    with pytest.raises(TheoryInputError, match="beta must be a real number, got True"):
+        linear.theorem2_rhs(W, W.T, S, True)
+    # the message said "(the size of S)"; lemma1_loss takes X
+    with pytest.raises(TheoryInputError, match=r"m = 3 \(the number of rows of X\), got \(1, 4\)"):
+        linear.lemma1_loss(np.ones((1, 4)), np.random.default_rng(0).standard_normal((3, 5)))

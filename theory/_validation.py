@@ -75,7 +75,10 @@ def real_matrix(name: str, A: Any) -> np.ndarray:
 
 
 def real_scalar(name: str, value: Any, *, nonnegative: bool = True) -> float:
-    """A finite real number (``>= 0`` unless ``nonnegative=False``) as a Python float."""
+    """A finite real number (``>= 0`` unless ``nonnegative=False``) as a Python float; not a
+    boolean (``beta=True`` is a mistake, not β = 1, as :func:`integer` refuses it too)."""
+    if isinstance(value, (bool, np.bool_)) or np.asarray(value).dtype.kind == "b":
+        raise TheoryInputError(f"{name} must be a real number, got {_short(value)}")
     arr = _float64(name, value, "a real number")
     if arr.ndim != 0:
         raise TheoryInputError(f"{name} must be a scalar, got shape {arr.shape}")
@@ -87,8 +90,8 @@ def real_scalar(name: str, value: Any, *, nonnegative: bool = True) -> float:
     return v
 
 
-def integer(name: str, value: Any, *, minimum: int = 0) -> int:
-    """An integer ``>= minimum`` as a Python int (a seed, a count, a step budget).
+def integer(name: str, value: Any, *, minimum: int = 0, maximum: int | None = None) -> int:
+    """An integer in ``minimum..maximum`` as a Python int (a seed, a count, a step budget).
 
     Floats are refused rather than truncated (``seed=1.5`` is a mistake, not seed 1), and so
     are booleans, which Python would otherwise treat as 0 / 1.
@@ -101,6 +104,8 @@ def integer(name: str, value: Any, *, minimum: int = 0) -> int:
         raise TheoryInputError(f"{name} must be an integer, got {_short(value)}") from None
     if v < minimum:
         raise TheoryInputError(f"{name} must be an integer >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise TheoryInputError(f"{name} must be an integer <= {maximum}, got {v}")
     return v
 
 
@@ -134,10 +139,11 @@ def check_square(name: str, shape: Tuple[int, ...]) -> None:
         raise TheoryInputError(f"{name} must be a square m × m matrix, got shape {tuple(shape)}")
 
 
-def check_encoder(name: str, W_shape: Tuple[int, ...], m: int) -> None:
+def check_encoder(name: str, W_shape: Tuple[int, ...], m: int, m_from: str = "the size of S") -> None:
+    """``m_from`` says where m comes from, for the message (S's size, or X's rows)."""
     if len(W_shape) != 2 or W_shape[1] != m:
         raise TheoryInputError(
-            f"shape mismatch: {name} must be d × m with m = {m} (the size of S), got {tuple(W_shape)}")
+            f"shape mismatch: {name} must be d × m with m = {m} ({m_from}), got {tuple(W_shape)}")
 
 
 def check_decoder(name: str, W2_shape: Tuple[int, ...], W1_shape: Tuple[int, ...],

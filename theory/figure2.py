@@ -176,4 +176,6 @@ def sample(n: int, seed: int = 0) -> np.ndarray:
 def mahalanobis_sq(x: ArrayLike) -> np.ndarray:
     """``xᵀ Σ⁻¹ x`` for points ``x`` (N × 2): the density's level-set function."""
     x = real_matrix("x", x)
+    if x.shape[1] != 2:  # the other columns would be dropped without a word
+        raise TheoryInputError(f"shape mismatch: x must be N × 2 points, got {x.shape}")
     return x[:, 0] ** 2 / VARIANCES[0] + x[:, 1] ** 2 / VARIANCES[1]
