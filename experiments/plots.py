@@ -49,6 +49,9 @@ def class_tag(normal_class) -> str:
 
 
 def _check_scores(tag: str, scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    for what, arr, kinds in (("scores", scores, "fiu"), ("labels", labels, "biuf")):
+        if arr.dtype.kind not in kinds:  # text would fail inside NumPy's float conversion
+            raise TollError(f"{what} for class {tag} have dtype {arr.dtype}; expected numbers")
     if scores.ndim == 1:
         scores = scores[None]
     if scores.ndim != 2 or scores.shape[1] == 0:
@@ -63,6 +66,9 @@ def _check_scores(tag: str, scores: np.ndarray, labels: np.ndarray) -> tuple[np.
                         f"{scores.shape}; expected labels of shape ({scores.shape[1]},)")
     if not np.isin(labels, (0, 1)).all():
         raise TollError(f"labels for class {tag} must be 0 (normal) or 1 (anomaly)")
+    if labels.min() == labels.max():  # no ROC curve, no normal-vs-anomalous histogram
+        raise TollError(f"labels for class {tag} are all {int(labels[0])}; the test set needs "
+                        "normal (0) and anomalous (1) samples")
     return scores.astype(np.float32), labels.astype(np.int8)
 
 
@@ -172,6 +178,9 @@ def check_results(path: Path, results: dict) -> None:
     for key in ("beta", "z_dim", "lr", "batch_size", "steps", "eval_every"):
         if key in config and not _is_number(config[key]):
             raise _bad(path, f"config.{key}", "a number", config[key])
+    every = config.get("eval_every")
+    if every is not None and not (isinstance(every, int) and every >= 1):  # the curves' x axis
+        raise _bad(path, "config.eval_every", "a positive integer", every)
     if not isinstance(results["metric"], str):
         raise _bad(path, "metric", "a string (auroc or f1)", results["metric"])
     summary = results.get("summary")
@@ -194,6 +203,14 @@ def check_results(path: Path, results: dict) -> None:
                        f"({len(run['best_step'])})", run["best_val_metric"])
         for key in ("val_curve", "loss_curve"):
             _numbers(path, f"runs[{i}].{key}", run[key], 2)
+        # One entry (or curve) per seed, and both curves on the same checkpoints.
+        n = len(run["seeds"])
+        for key in ("test_metric", "best_step", "val_curve", "loss_curve"):
+            if len(run[key]) != n:
+                raise _bad(path, f"runs[{i}].{key}", f"one entry per seed ({n} seeds)", run[key])
+        if len(run["val_curve"][0]) != len(run["loss_curve"][0]):
+            raise _bad(path, f"runs[{i}].loss_curve", f"curves of the val_curve's "
+                       f"{len(run['val_curve'][0])} checkpoints", run["loss_curve"])
 
 
 def _array(values) -> np.ndarray:
@@ -407,6 +424,10 @@ def _runs_with_scores(results: dict, scores: dict) -> list[tuple[dict, str, np.n
     for run, label in zip(results["runs"], _labels(results)):
         tag = class_tag(run["normal_class"])
         if tag in scores:
+            if scores[tag][0].shape[0] != len(run["seeds"]):
+                raise TollError(f"{SCORES_FILE} has scores of {scores[tag][0].shape[0]} seeds for "
+                                f"class {tag}, {RESULTS_FILE} {len(run['seeds'])}; they come from "
+                                "different runs: re-run python -m experiments.run")
             out.append((run, label, *scores[tag]))
     return out
 

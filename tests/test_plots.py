@@ -99,7 +99,7 @@ def test_multiclass_results_with_a_failed_seed(tmp_path):
 
 def test_missing_class_in_scores_is_noted(tmp_path):
     _fake_results(tmp_path / "res", classes=range(3), with_scores=False)
-    save_scores(tmp_path / "res", 1, np.array([[0.1, 0.9, 0.3]]), np.array([0, 1, 0]))
+    save_scores(tmp_path / "res", 1, np.array([[0.1, 0.9, 0.3]] * 3), np.array([0, 1, 0]))
     notes = []
     paths = make_plots(tmp_path / "res", formats=["png"], log=notes.append)
     assert any("class(es) 0, 2" in n for n in notes)
@@ -154,6 +154,26 @@ def test_bad_inputs_raise_toll_errors(tmp_path):
     (tmp_path / "res" / plots.SCORES_FILE).write_bytes(b"garbage")
     with pytest.raises(TollError, match="cannot read"):
         load_scores(tmp_path / "res")
+    with pytest.raises(TollError, match="labels for class 0 are all 0; the test set needs"):
+        save_scores(tmp_path, 0, np.zeros((2, 3)), np.zeros(3))
+
+
+@pytest.mark.parametrize("arrays, message", [
+    # was "ValueError: could not convert string to float" from NumPy
+    (dict(scores_0=np.array([["a", "b", "c"]]), labels_0=np.array([0, 1, 0])),
+     "scores for class 0 have dtype <U1; expected numbers"),
+    (dict(scores_0=np.zeros((3, 3)), labels_0=np.array(["0", "1", "0"])),
+     "labels for class 0 have dtype <U1; expected numbers"),
+    # scores of 3 seeds beside a results.json of 1 seed were plotted as if they matched
+    (dict(scores_0=np.zeros((3, 3)), labels_0=np.array([0, 1, 0])),
+     "scores.npz has scores of 3 seeds for class 0, results.json 1"),
+])
+def test_scores_file_that_does_not_fit_is_one_line(tmp_path, capsys, arrays, message):
+    _fake_results(tmp_path / "res", classes=[0], seeds=1, with_scores=False)
+    np.savez(tmp_path / "res" / plots.SCORES_FILE, **arrays)
+    assert main([str(tmp_path / "res"), "--formats", "png"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("edit, field", [
@@ -170,6 +190,15 @@ def test_bad_inputs_raise_toll_errors(tmp_path):
     (lambda r: r.update(metric=["auroc"]), "metric"),
     (lambda r: r.update(runs=5), "runs"),
     (lambda r: r["runs"].__setitem__(0, "abc"), "runs[0]"),
+    # these were plotted without a word: curves of fewer seeds, curves on other checkpoints,
+    # negative or fractional step axes
+    (lambda r: r["runs"][0].update(val_curve=r["runs"][0]["val_curve"][:1]), "runs[0].val_curve"),
+    (lambda r: r["runs"][0].update(loss_curve=[row[:-1] for row in r["runs"][0]["loss_curve"]]),
+     "runs[0].loss_curve"),
+    (lambda r: r["runs"][0].update(test_metric=r["runs"][0]["test_metric"][:2]),
+     "runs[0].test_metric"),
+    (lambda r: r["config"].update(eval_every=-20), "config.eval_every"),
+    (lambda r: r["config"].update(eval_every=0.5), "config.eval_every"),
 ])
 def test_hand_edited_results_name_the_file_and_field(tmp_path, capsys, edit, field):
     """A results.json the plots cannot use fails as one line naming the file and the field,
