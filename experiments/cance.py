@@ -155,6 +155,12 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return d
 
 
+# The NCE stage's flags (by argparse dest): unused when only the recon variant runs.
+NCE_FLAGS = {"nce_steps": "--nce-steps", "nce_batch": "--nce-batch", "nce_lr": "--nce-lr",
+             "noise_lr": "--noise-lr", "noise_ratio": "--noise-ratio",
+             "nce_hidden": "--nce-hidden", "nce_eval_every": "--nce-eval-every",
+             "fixed_noise": "--fixed-noise"}
+
 # Flags that must be ≥ 1 (stage lengths, batch sizes, widths) and their config keys.
 POSITIVE_FLAGS = {"--seeds": "seeds", "--z-dim": "z_dim", "--ae-steps": "ae_steps",
                   "--ae-batch": "ae_batch", "--ae-eval-every": "ae_eval_every",
@@ -168,6 +174,19 @@ def check_flags(args: argparse.Namespace, d: dict) -> None:
     for flag, key in POSITIVE_FLAGS.items():
         if d[key] < 1:
             raise TollError(f"{flag} must be at least 1, got {d[key]}")
+    # Flags a run would not use are refused, not ignored (as everywhere in experiments/).
+    given = {a.dest for a in build_parser()._actions
+             if a.dest != "help" and getattr(args, a.dest) != a.default}
+    if args.fixed_noise and "noise_lr" in given:
+        raise TollError("--noise-lr trains the noise distribution, which --fixed-noise keeps "
+                        "fixed; drop one of them")
+    from tolljax.cance import parse_variants
+
+    if set(parse_variants(args.variants)) == {"recon"}:
+        nce = sorted(given & set(NCE_FLAGS))
+        if nce:
+            raise TollError(f"{NCE_FLAGS[nce[0]]} configures the NCE stage, which --variants "
+                            "recon does not run")
     if d["decoder_steps"] < 0:
         raise TollError(f"--decoder-steps must be >= 0, got {d['decoder_steps']}")
     for steps, every in (("ae_steps", "ae_eval_every"), ("decoder_steps", "ae_eval_every"),

@@ -210,13 +210,14 @@ def run(cfg: dict, log=print) -> dict:
     evaluate_seeds = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None, None)))
     splits = {c: load_mnist(cfg["data_dir"], c) for c in cfg["classes"]}
     half = cfg["batch_size"] // 2
-    for c, split in splits.items():
-        n = split.train.shape[0]
-        if 3 * half > n:  # each step draws 3·batch/2 distinct images: normals + 2 per anomaly
-            raise TollError(f"--batch-size {cfg['batch_size']}: class {c} has only {n} training "
-                            f"images, and a batch draws {3 * half} distinct ones (half normal, "
-                            "half synthetic anomalies made from two images each); use "
-                            f"--batch-size <= {2 * (n // 3)}")
+    # Each step draws 3·batch/2 distinct images (normals + 2 per anomaly): the smallest
+    # class bounds the batch, so the advice holds for every class of the run.
+    c, n = min(((c, split.train.shape[0]) for c, split in splits.items()), key=lambda cn: cn[1])
+    if 3 * half > n:
+        raise TollError(f"--batch-size {cfg['batch_size']}: class {c} has only {n} training "
+                        f"images, and a batch draws {3 * half} distinct ones (half normal, "
+                        "half synthetic anomalies made from two images each); use "
+                        f"--batch-size <= {2 * (n // 3)}")
     rows = max(split.train.shape[0] for split in splits.values())
     seeds = list(range(cfg["seeds"]))
     keys = [jax.random.split(jax.random.key(seed)) for seed in seeds]

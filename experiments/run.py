@@ -80,7 +80,9 @@ def start_distributed(coordinator: str | None, num_processes: int | None,
     if any(given) and not all(given):
         raise TollError("--coordinator, --num-processes and --process-id go together (or give "
                         "none of them and let jax.distributed.initialize() detect the cluster)")
-    if num_processes is not None and not (num_processes >= 1 and 0 <= process_id < num_processes):
+    if num_processes is not None and num_processes < 1:
+        raise TollError(f"--num-processes must be at least 1, got {num_processes}")
+    if num_processes is not None and not 0 <= process_id < num_processes:
         raise TollError(f"--process-id must be in 0..{num_processes - 1} for --num-processes "
                         f"{num_processes}, got {process_id}")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -585,7 +587,7 @@ def report(config: dict, results: dict, log=print) -> None:
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     argv = list(sys.argv[1:] if argv is None else argv)
-    method = argparse.ArgumentParser(add_help=False)
+    method = argparse.ArgumentParser(prog="python -m experiments.run", add_help=False)
     method.add_argument("--method", default="toll", choices=METHODS)
     chosen, rest = method.parse_known_args(argv)
     if chosen.method == "cance":  # CANCE has its own runner and flags (experiments/cance.py)

@@ -448,6 +448,10 @@ def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, 
     (["--out", "FILE"], "is a file, not a folder"),
     (["--dataset", "mnist"], "--dataset mnist needs --data-dir"),
     (["--variants", "recon,recon"], "variants 'recon,recon' name a variant twice"),
+    # were ignored without a word
+    (["--fixed-noise", "--noise-lr", "0.01"], "--noise-lr trains the noise distribution"),
+    (["--variants", "recon", "--nce-steps", "40"],
+     "--nce-steps configures the NCE stage, which --variants recon does not run"),
     # ran with key(2**32) == key(0): seed 0's numbers recorded as seed 4294967296's
     (["--seed-offset", "4294967296"], "seeds must fit in 32-bit integers, got [4294967296]"),
 ])

@@ -135,3 +135,17 @@ def test_out_of_memory_is_one_line_with_the_demos_flags(tmp_path, capsys, monkey
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: out of device memory") and len(err.splitlines()) == 1
     assert "lower --batch-size or --seeds, use --test-limit" in err and "--vmap-width" not in err
+
+
+def test_batch_size_advice_holds_for_every_class(mnist_dir, tmp_path, capsys):
+    """The advised limit is the smallest class's (it named the first class too small, whose
+    limit could still fail on a smaller class later)."""
+    import re
+
+    sizes = {c: collapse_demo.load_mnist(str(mnist_dir), c).train.shape[0] for c in (1, 2, 3)}
+    assert collapse_demo.main(["--data-dir", str(mnist_dir), "--classes", "1,2,3",
+                               "--batch-size", "100000", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    cls, limit = re.search(r"class (\d+) has only \d+ .* --batch-size <= (\d+)", err).groups()
+    smallest = min(sizes, key=sizes.get)
+    assert int(cls) == smallest and int(limit) == 2 * (sizes[smallest] // 3)

@@ -263,6 +263,8 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
     (["--coordinator", "localhost:1", "--num-processes", "2"], "go together"),
     (["--coordinator", "localhost:1", "--num-processes", "2", "--process-id", "2"],
      "must be in 0..1"),
+    (["--coordinator", "localhost:1", "--num-processes", "0", "--process-id", "0"],
+     "--num-processes must be at least 1, got 0"),  # was "--process-id must be in 0..-1"
 ])
 def test_distributed_flag_errors(flags, message, capsys):
     assert main(["--steps", "20", "--eval-every", "20", *flags]) == 2
@@ -328,3 +330,9 @@ def test_real_mnist_digit_8_collapse_term_beats_plain_reconstruction(tmp_path):
                      "--beta", beta, "--out", str(out), "--quiet", "--compile-cache", "off"]) == 0
         auroc[beta] = json.loads((out / "results.json").read_text())["summary"]["mean"]
     assert auroc["1000"] > 93.0 and auroc["0"] < 88.0, auroc
+
+
+def test_unknown_method_usage_names_the_module(capsys):
+    with pytest.raises(SystemExit):
+        main(["--method", "foo"])
+    assert capsys.readouterr().err.startswith("usage: python -m experiments.run")  # was run.py
