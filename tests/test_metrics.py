@@ -25,6 +25,18 @@ def test_auroc_matches_sklearn_with_ties(n, levels):
     assert abs(float(auroc(scores, labels)) - roc_auc_score(labels, scores)) < 1e-6
 
 
+@pytest.mark.parametrize("n", [65_535, 66_000, 200_000])
+def test_auroc_beyond_the_int32_count_matches_sklearn(n):
+    # 2·wins passes 2**31 from ~65,536 samples: the int32 sum wrapped (AUROC -0.97 at 66,000).
+    rng = np.random.default_rng(n)
+    labels = (rng.random(n) < 0.5).astype(int)
+    scores = (labels + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    scores[: n // 10] = np.round(scores[: n // 10], 1)  # ties
+    assert float(auroc(scores, labels)) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert float(jax.jit(auroc)(scores, labels)) == pytest.approx(roc_auc_score(labels, scores),
+                                                                 abs=1e-6)
+
+
 def test_auroc_extremes_and_all_ties():
     labels = np.array([0, 0, 1, 1])
     assert float(auroc(np.array([0.0, 1.0, 2.0, 3.0]), labels)) == 1.0

@@ -77,11 +77,13 @@ def _nan_unless_finite(value: jnp.ndarray, scores: jnp.ndarray) -> jnp.ndarray:
 def auroc(scores: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     """Area under the ROC curve, ties counted as one half (as ``sklearn.metrics.roc_auc_score``).
 
-    Computed as the Mann–Whitney statistic P(s_anomalous > s_normal) + ½ P(equal) with
-    integer counts, so it is exact up to the final division even for 10,000 samples in
-    float32. Shapes are static (jit-friendly); both classes must be present (host calls raise
-    :class:`TollError` otherwise; traced calls give NaN). NaN/inf scores: see the module
-    docstring.
+    Computed as the Mann–Whitney statistic P(s_anomalous > s_normal) + ½ P(equal): up to
+    65,535 samples from an exact int32 count of wins (2·wins ≤ n²/2 < 2³¹), with one rounding
+    when it is divided in float32; beyond that, an int32 sum would wrap, so the per-anomaly
+    win fractions are averaged in float32 instead. Scores are compared in float32 (the models'
+    precision): scores that differ only below float32 resolution count as ties. Shapes are
+    static (jit-friendly); both classes must be present (host calls raise :class:`TollError`
+    otherwise; traced calls give NaN). NaN/inf scores: see the module docstring.
     """
     scores, labels = _check("auroc", scores, labels)
     if not _traced(labels) and np.unique(labels).size < 2:
@@ -95,10 +97,16 @@ def auroc(scores: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     normal_sorted = jnp.sort(jnp.where(is_anomaly, jnp.inf, scores))
     below = jnp.searchsorted(normal_sorted, scores, side="left", method="sort")
     at_or_below = jnp.searchsorted(normal_sorted, scores, side="right", method="sort")
+    n = scores.shape[0]
     n_anomalous = jnp.sum(is_anomaly)
-    n_normal = scores.shape[0] - n_anomalous
-    twice_wins = jnp.sum(jnp.where(is_anomaly, below + at_or_below, 0))
-    value = twice_wins.astype(jnp.float32) / (2.0 * n_anomalous * n_normal).astype(jnp.float32)
+    n_normal = n - n_anomalous
+    twice_wins = jnp.where(is_anomaly, below + at_or_below, 0)  # each ≤ 2·n_normal
+    if n * n // 2 < 2**31:  # static: the total 2·wins ≤ 2·n_anomalous·n_normal ≤ n²/2 fits
+        value = (jnp.sum(twice_wins).astype(jnp.float32)
+                 / (2.0 * n_anomalous * n_normal).astype(jnp.float32))
+    else:  # the int32 total would wrap (it gave -0.97 at n = 66,000)
+        fractions = twice_wins.astype(jnp.float32) / (2.0 * n_normal)
+        value = jnp.sum(fractions) / n_anomalous
     return _nan_unless_finite(value, scores)
 
 
@@ -107,7 +115,8 @@ def f1_top_fraction(scores: jnp.ndarray, labels: jnp.ndarray,
     """F1 of the anomalous class when the ``round(normal_fraction·N)`` lowest scores are
     predicted normal and the rest anomalous (paper §4.1, Table 4; authors' code).
 
-    Ties are broken by sample order (stable sort), as ``numpy.argsort(kind="stable")``.
+    Ties are broken by sample order (stable sort), as ``numpy.argsort(kind="stable")``; scores
+    are compared in float32, as in :func:`auroc`.
     Returns 0 when there are no true or predicted anomalies. ``normal_fraction`` is a Python
     number in [0, 1] (it fixes a static count). NaN/inf scores: see the module docstring.
     """
