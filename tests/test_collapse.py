@@ -129,7 +129,18 @@ def test_gradient_reaches_encoder_parameters():
     ({"target": jnp.zeros(3)}, "target shape (3,)"),
     ({"norm": 3}, "unknown latent norm 3"),
     ({"weights": jnp.ones(2)}, "weights must have shape (3,)"),
+    # a NaN weight made the total NaN and the loss a silent 0.0; negative ones were unchecked
+    ({"weights": jnp.array([1.0, jnp.nan, 0.0])}, "weights must be finite and >= 0; those at positions [1]"),
+    ({"weights": jnp.array([1.0, -1.0, 0.0])}, "weights must be finite and >= 0; those at positions [1]"),
 ])
 def test_errors(kwargs, message):
-    with pytest.raises(TollError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(TollError, match=message.replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
         collapse_loss(F, **kwargs)
+
+
+def test_traced_invalid_weights_give_nan_and_valid_ones_the_host_value():
+    loss = jax.jit(lambda w: collapse_loss(F, weights=w))
+    assert np.isnan(float(loss(jnp.array([1.0, -1.0, 0.0]))))
+    w = jnp.array([1.0, 0.0, 1.0])
+    assert float(loss(w)) == float(collapse_loss(F, weights=w))

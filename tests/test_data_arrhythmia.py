@@ -40,6 +40,18 @@ def _write_mat(path, x, y):
     scipy.io.savemat(str(path / "arrhythmia.mat"), {"X": x, "y": y.reshape(-1, 1)})
 
 
+def test_a_sparse_x_loads_as_its_dense_matrix(tmp_path, arrhythmia):
+    import scipy.sparse
+
+    mat = scipy.io.loadmat(str(shipped_file("arrhythmia.mat")))
+    # was "X is a cell array, not a numeric matrix"
+    scipy.io.savemat(str(tmp_path / "arrhythmia.mat"),
+                     {"X": scipy.sparse.csc_matrix(mat["X"]), "y": mat["y"]})
+    again = load_arrhythmia(tmp_path)
+    np.testing.assert_array_equal(again.train, arrhythmia.train)
+    np.testing.assert_array_equal(again.test_x, arrhythmia.test_x)
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "not found"),
     ("corrupt", "cannot read"),

@@ -447,6 +447,42 @@ def test_error_cifar_missing_truncated_and_foreign_pickles(tmp_path, rng):
         img.load_images("cifar100", data_dir=c100, normal_class=0, val_indices=[0])
 
 
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_cifar_pickles_of_any_protocol_load(protocol):
+    # Protocol 5 (pickle.HIGHEST_PROTOCOL) stores arrays via numpy's _frombuffer, and protocol
+    # 2 an empty bytes value via bytes(): both were refused as foreign globals.
+    from tolljax.data.cifar import CIFAR10, _batch_arrays, unpickle
+
+    rows = np.arange(2 * 3072, dtype=np.int64).astype(np.uint8).reshape(2, 3072)
+    batch = unpickle(pickle.dumps({b"data": rows, b"labels": [3, 7], b"batch_label": b""},
+                                  protocol=protocol), "data_batch_1")
+    data, labels = _batch_arrays(batch, CIFAR10, "data_batch_1")
+    np.testing.assert_array_equal(data, rows)
+    assert labels.tolist() == [3, 7] and batch[b"batch_label"] == b""
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({1: 2}, r"has no data / labels entry \(keys: 1\)"),  # was a TypeError building the message
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]},
+     "labels are float64, expected integer class numbers"),  # was "2 labels for 2 images"
+])
+def test_cifar_batch_errors_name_the_problem(batch, message):
+    from tolljax.data.cifar import CIFAR10, _batch_arrays, unpickle
+
+    with pytest.raises(TollError, match=message):
+        _batch_arrays(unpickle(pickle.dumps(batch, protocol=2), "data_batch_1"), CIFAR10,
+                      "data_batch_1")
+
+
+def test_idx_header_whose_size_overflows_int64_is_a_toll_error():
+    from tolljax.data.idx import parse_idx
+
+    # 2**31 × 2**31 × 4 wrapped to 0 in int64: the reshape failed inside NumPy
+    header = bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big")
+    with pytest.raises(TollError, match="truncated: the header declares shape"):
+        parse_idx(header, magic=IDX_IMAGES_MAGIC)
+
+
 def test_error_normal_class(tmp_path, small_mnist):
     write_mnist(tmp_path, *small_mnist)
     # The CLIs name the option differently (run.py --classes, beta_sweep --normal-class), so

@@ -276,6 +276,8 @@ def test_mnist_batch_stats_cover_every_bn_layer(mnist_vars):
 def test_unknown_dataset_or_init_raises_toll_error():
     with pytest.raises(TollError, match="unknown dataset"):
         build_model("svhn")
+    with pytest.raises(TollError, match=r"unknown dataset \['mnist'\]"):  # was "unhashable"
+        build_model(["mnist"])
     with pytest.raises(TollError, match="unknown init scheme"):
         build_model("mnist", init="xavier")
     with pytest.raises(TollError, match="z-dim"):

@@ -15,8 +15,9 @@ from typing import Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, index_list
 
 Norm = Union[int, float, str]
 NORMS = {"1": 1, "2": 2, "inf": math.inf}
@@ -124,7 +125,8 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
       broadcastable to one sample ``(...)`` (a fixed centre; zeros = Toll's origin) or of the
       full ``(batch, ...)`` shape (a target per sample).
     * ``norm``: 1, 2 (default, as Toll's ``||z||₂``) or ``inf``; a norm, not its square.
-    * ``weights``: optional ``(batch,)`` non-negative weights; a 0/1 mask selects the samples
+    * ``weights``: optional ``(batch,)`` finite non-negative weights (others: a
+      :class:`TollError`, or NaN when traced); a 0/1 mask selects the samples
       that collapse (the FITYMI recipe passes ``1 − is_anomaly`` so that only normal samples
       are pulled together). They weight both the mean target and the average. Returns 0 when
       all weights are 0 (a batch without normal samples).
@@ -151,6 +153,12 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
         w = jnp.asarray(weights, f.dtype)
         if w.shape != (n,):
             raise TollError(f"collapse_loss: weights must have shape ({n},), got {w.shape}")
+        if not isinstance(weights, jax.core.Tracer):  # traced: the loss is NaN instead
+            host = np.asarray(weights, np.float64)
+            bad = np.flatnonzero(~(np.isfinite(host) & (host >= 0)))
+            if bad.size:  # a NaN weight made the total NaN and the loss a silent 0
+                raise TollError(f"collapse_loss: weights must be finite and >= 0; those at "
+                                f"positions {index_list(bad)} are not")
     total = jnp.sum(w)
     safe_total = jnp.where(total > 0, total, 1.0)
     if isinstance(target, str):
@@ -171,4 +179,5 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
             raise TollError(f"collapse_loss: target shape {t.shape} matches neither one sample "
                             f"{sample_shape} nor the batch {tuple(jnp.shape(features))}")
     dist = latent_norm(f - t, norm)
-    return jnp.where(total > 0, jnp.sum(w * dist) / safe_total, 0.0)
+    value = jnp.where(total > 0, jnp.sum(w * dist) / safe_total, 0.0)
+    return jnp.where(jnp.all(jnp.isfinite(w) & (w >= 0)), value, jnp.nan)

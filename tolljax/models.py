@@ -157,7 +157,7 @@ def sample_shape(dataset: str) -> tuple[int, ...]:
 
 
 def _lookup(dataset: str):
-    if dataset not in _REGISTRY:
+    if not isinstance(dataset, str) or dataset not in _REGISTRY:  # a list is not even hashable
         raise TollError(f"unknown dataset {dataset!r}; choose one of: {', '.join(model_names())}")
     return _REGISTRY[dataset]
 

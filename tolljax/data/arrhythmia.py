@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+import scipy.sparse
 
 from tolljax.data.split import AnomalySplit, shipped_file
 from tolljax.errors import TollError, index_list
@@ -27,7 +28,9 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         "the file is corrupt or not the ODDS arrhythmia.mat") from None
     if "X" not in mat or "y" not in mat:
         raise TollError(f"{path} has no 'X' and 'y' arrays; expected the ODDS arrhythmia.mat")
-    x, y = np.asarray(mat["X"]), np.asarray(mat["y"])
+    # A MATLAB sparse matrix loads as scipy.sparse; as np.asarray it would be a 0-d object.
+    x, y = (np.asarray(v.toarray() if scipy.sparse.issparse(v) else v)
+            for v in (mat["X"], mat["y"]))
     # Checked before the float64 cast: text or a cell array would fail inside NumPy, and
     # complex values would be cast to their real part with only a ComplexWarning.
     for name, arr in (("X", x), ("y", y)):

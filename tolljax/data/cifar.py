@@ -57,6 +57,10 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    # protocol 5 (Python's HIGHEST_PROTOCOL) stores arrays through numpy's _frombuffer
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("__builtin__", "bytes"), ("builtins", "bytes"),  # empty bytes at protocol 2: bytes()
+    ("builtins", "bytearray"),
 }
 
 
@@ -97,15 +101,19 @@ def unpickle(buf: bytes, source: str) -> dict:
 def _batch_arrays(batch: dict, layout: CifarLayout, source: str) -> tuple[np.ndarray, np.ndarray]:
     missing = [k.decode() for k in (b"data", layout.label_key) if k not in batch]
     if missing:
+        keys = sorted(k.decode("latin1") if isinstance(k, bytes) else repr(k) for k in batch)
         raise TollError(f"{source} has no {' / '.join(missing)} entry (keys: "
-                        f"{', '.join(sorted(str(k, 'latin1') for k in batch))}); expected a "
+                        f"{', '.join(keys)}); expected a "
                         f"{layout.name} python batch, check the --dataset and the files")
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[layout.label_key])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise TollError(f"{source}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072) "
                         "rows of 32x32x3 images; the file is corrupt or not a CIFAR batch")
-    if labels.shape != (data.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
+    if labels.dtype.kind not in "iu":  # as in the official files: a list of ints
+        raise TollError(f"{source}: labels are {labels.dtype}, expected integer class numbers; "
+                        "the file is corrupt or not a CIFAR batch")
+    if labels.shape != (data.shape[0],):
         raise TollError(f"{source}: {labels.shape[0] if labels.ndim else 0} labels for "
                         f"{data.shape[0]} images; the file is corrupt, download it again")
     if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):

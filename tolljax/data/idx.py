@@ -7,6 +7,7 @@ magic 0x00000803 for images (N × 28 × 28) and 0x00000801 for labels (N).
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -69,7 +70,7 @@ def parse_idx(buf: bytes, *, magic: int, source: str | Path = "<bytes>") -> np.n
         raise TollError(f"{source} is truncated inside its IDX header ({len(buf)} bytes); "
                         "download it again")
     dims = tuple(int.from_bytes(buf[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: an int64 product could wrap
     if len(buf) - header != expected:
         state = "truncated" if len(buf) - header < expected else "longer than its header says"
         raise TollError(f"{source} is {state}: the header declares shape "

@@ -78,7 +78,7 @@ _CHUNK = 4096  # images preprocessed at a time (bounds float temporaries)
 
 
 def _check_dataset(dataset: str) -> None:
-    if dataset not in CLASS_NAMES:
+    if not isinstance(dataset, str) or dataset not in CLASS_NAMES:  # a list is not hashable
         raise TollError(f"unknown image dataset {dataset!r}; choose one of: "
                         f"{', '.join(IMAGE_DATASETS)}")
 
