@@ -343,9 +343,14 @@ def run_key(config: dict, seeds: list[int]) -> str:
     many seeds share a device)."""
     import jax
 
+    from tolljax import ops
+
     ident = {k: config[k] for k in RESULT_KEYS}
+    # The convolution paths (oneDNN / GEMM / plain, $TOLLJAX_CONV*) round differently, so a
+    # chunk computed on one is not reused on another.
     ident.update(seeds=seeds, backend=jax.default_backend(), devices=len(jax.devices()),
-                 tolljax=__import__("tolljax").__version__)
+                 tolljax=__import__("tolljax").__version__,
+                 conv=[ops.resolve_conv_impl(), ops.resolve_impl()])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -431,7 +436,7 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         if done is not None:
             outs[(c, g[0])] = done
     if outs:
-        log(f"reusing {len(outs)} of {len(chunks)} finished (class, seeds) chunks from "
+        say(f"reusing {len(outs)} of {len(chunks)} finished (class, seeds) chunks from "
             f"{out_dir / 'partial'} (same configuration; pass --fresh to recompute)")
     pending = [(c, g) for c, g in chunks if (c, g[0]) not in outs]
     # Multi-process: every process must take part in every round, so the mesh always spans
@@ -537,7 +542,8 @@ def markdown_table(config: dict, results: dict) -> str:
         lines += ["**Not the paper's protocol** (flags differ from Appendix B): "
                   + ", ".join(f"{k}={config[k]}" for k in ("steps", "batch_size", "beta", "lr",
                                                            "z_dim", "norm", "eval_every",
-                                                           "val_limit", "test_limit")), ""]
+                                                           "val_limit", "test_limit", "dtype",
+                                                           "init", "source")), ""]
     lines += ["| normal class | ours (mean ± std over seeds) | paper |", "|---|---|---|"]
     for r in results["runs"]:
         label = "all" if r["normal_class"] is None else f"{r['normal_class']} ({names[r['normal_class']]})"

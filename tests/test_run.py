@@ -140,6 +140,23 @@ def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
     assert "reusing" not in capsys.readouterr().out
     assert main([*argv, "--fresh"]) == 0
     assert json.loads((out / "results.json").read_text())["runs"] == first["runs"]
+    capsys.readouterr()
+    assert main([*argv, "--quiet"]) == 0  # printed the reuse line too
+    assert "reusing" not in capsys.readouterr().out
+
+
+def test_resume_key_depends_on_the_convolution_paths(monkeypatch):
+    # The oneDNN and GEMM paths round differently: a chunk of one is not the other's result.
+    from experiments.run import RESULT_KEYS, run_key
+
+    config = {k: 1 for k in RESULT_KEYS}
+    keys = set()
+    for conv, conv_t in (("fast", "fast"), ("plain", "fast"), ("fast", "plain")):
+        monkeypatch.setenv(ops.CONV_ENV_VAR, conv)
+        monkeypatch.setenv(ops.ENV_VAR, conv_t)
+        keys.add(run_key(config, [0, 1]))
+    assert len(keys) == 3
+    assert run_key(config, [0, 1]) == run_key(config, [0, 1])
 
 
 def test_out_of_memory_gives_advice(tmp_path, capsys, monkeypatch):
@@ -177,7 +194,8 @@ def test_sweep_killed_mid_run_resumes_to_identical_results(tmp_path):
     done_before = sorted(p.name for p in (killed / "partial").glob("all_seeds*.npz"))
     assert 0 < len(done_before) < 6, done_before  # really killed mid-sweep
     assert not (killed / "results.json").exists()
-    resumed = subprocess.run([*common, "--out", str(killed)], cwd=REPO, capture_output=True,
+    loud = [a for a in common if a != "--quiet"]  # --quiet also hides the reuse line
+    resumed = subprocess.run([*loud, "--out", str(killed)], cwd=REPO, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"reusing {len(done_before)} of 6 finished" in resumed.stdout

@@ -1,6 +1,6 @@
 """Figures of the linear theory (``python -m theory figures --out DIR``).
 
-- ``figure2``            the paper's Figure 2: score contours, β = 0 vs β > 0, over the data.
+- ``figure2_contours``   the paper's Figure 2: score contours, β = 0 vs β > 0, over the data.
 - ``learning_dynamics``  components of the encoder along each principal direction over time:
                          Lemma 1 / Theorem 1 (norm loss only) and Theorem 2 for several β.
 - ``figure2_training_time``  Figure 2's β > 0 contour vs training time (no equilibrium).

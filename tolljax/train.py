@@ -335,7 +335,7 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
     :func:`default_width` for ``num_seeds`` seeds of one dataset. On CPU the CLI exposes one
     host device per core (``--xla_force_host_platform_device_count``): per-seed matmuls are
     small, and running seeds on separate cores beats one device's multithreaded kernels
-    (measured: Arrhythmia, 2 cores, 20.3 s → 14.7 s of run time). Compiling ahead of time lets callers
+    (measured: Arrhythmia, 2 cores, 20.3 s → 14.5 s of run time). Compiling ahead of time lets callers
     report compile and run time apart.
     """
     devices = list(devices or jax.devices())
