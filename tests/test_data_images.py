@@ -514,6 +514,26 @@ def test_error_source_and_dataset_names(tmp_path):
         load_dataset("svhn", normal_class=0)
 
 
+def test_error_paper_split_needs_the_whole_official_test_set(tmp_path, random_mnist_dir):
+    # A consistent but partial t10k pair ran as the paper's protocol (only the training size
+    # was checked against the official one).
+    import shutil
+
+    from tolljax.data.idx import read_idx
+
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        shutil.copy(random_mnist_dir / name, tmp_path / name)
+    test_x = read_idx(random_mnist_dir / "t10k-images-idx3-ubyte", magic=IDX_IMAGES_MAGIC)
+    test_y = read_idx(random_mnist_dir / "t10k-labels-idx1-ubyte", magic=IDX_LABELS_MAGIC)
+    write_mnist(tmp_path / "partial", np.zeros((1, 28, 28), np.uint8), np.zeros(1, np.uint8),
+                test_x[:5000], test_y[:5000], gz=False)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.move(tmp_path / "partial" / name, tmp_path / name)
+    with pytest.raises(TollError, match="the test files hold 5000 images, the official test set "
+                                        "has 10000"):
+        load_dataset("mnist", data_dir=tmp_path, normal_class=0)
+
+
 def test_error_shipped_indices_need_official_files(tmp_path, small_mnist):
     write_mnist(tmp_path, *small_mnist)
     with pytest.raises(TollError, match="hold 200 images, the official set has 60000") as err:

@@ -350,12 +350,17 @@ def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
         tfds_hint = "or load it with tensorflow-datasets (source 'tfds')" if offer_tfds else ""
         train_x, train_y, test_x, test_y = read_raw(dataset, data_dir, tfds_hint=tfds_hint)
         tfds_alt = " (or the 'tfds' source)" if offer_tfds else ""
-        if val_indices is None:
-            n_official = OFFICIAL_SIZES[dataset][0]
-            if train_x.shape[0] != n_official:
+        if val_indices is None:  # the paper's split: the complete official files
+            n_train, n_test = OFFICIAL_SIZES[dataset]
+            if train_x.shape[0] != n_train:
                 raise TollError(f"{dataset}: the training files hold {train_x.shape[0]} images, "
-                                f"the official set has {n_official}; the shipped validation "
+                                f"the official set has {n_train}; the shipped validation "
                                 "indices refer to the official files, so use the complete "
                                 f"originals{tfds_alt}")
+            if test_x.shape[0] != n_test:  # a partial test set would pass as the paper's
+                raise TollError(f"{dataset}: the test files hold {test_x.shape[0]} images, the "
+                                f"official test set has {n_test}; use the complete "
+                                f"originals{tfds_alt} (the CLIs' --test-limit scores a "
+                                "stratified subset of it)")
             val_indices = shipped_val_indices(dataset)
     return make_split(dataset, train_x, train_y, test_x, test_y, normal_class, val_indices)
