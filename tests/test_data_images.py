@@ -629,3 +629,9 @@ def test_tfds_missing_data_error(tfds, tmp_path):
     with pytest.raises(TollError, match=r"no TFDS data for 'fashion_mnist' .*tfds build "
                                         r"fashion_mnist.*--source files --data-dir"):
         load_dataset("fmnist", data_dir=tmp_path, normal_class=0, source="tfds")
+
+
+def test_tfds_validation_needs_five_training_images():
+    assert img.tfds_val_indices(5).tolist() in ([0], [1], [2], [3], [4])
+    with pytest.raises(TollError, match="the tfds training split holds 4 images; at least 5"):
+        img.tfds_val_indices(4)  # was an empty array, then a message about the indices

@@ -315,6 +315,9 @@ def tfds_val_indices(n_train: int, seed: int = TFDS_VAL_SEED) -> np.ndarray:
     splits; smaller splits (e.g. tfds mock data) keep four fifths for training.
     """
     size = min(VAL_SIZE, n_train // 5)
+    if size < 1:  # else the split's check would name indices the user never passed
+        raise TollError(f"the tfds training split holds {n_train} images; at least 5 are "
+                        "needed to hold out a fifth for validation")
     return np.sort(np.random.default_rng(seed).choice(n_train, size=size, replace=False))
 
 
