@@ -187,13 +187,15 @@ def test_sweep_killed_mid_run_resumes_to_identical_results(tmp_path):
     proc = subprocess.Popen([*common, "--out", str(killed)], cwd=REPO, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((killed / "partial").glob("*.npz")):
+    def finished():  # a chunk being written is its temporary file until the rename
+        return sorted(p.name for p in (killed / "partial").glob("all_seeds*.npz")
+                      if not p.name.endswith(".tmp.npz"))
+
+    while time.time() < deadline and not finished():
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    # A chunk being written when the kill came is left as its temporary file: not finished.
-    done_before = sorted(p.name for p in (killed / "partial").glob("all_seeds*.npz")
-                         if not p.name.endswith(".tmp.npz"))
+    done_before = finished()
     assert 0 < len(done_before) < 6, done_before  # really killed mid-sweep
     assert not (killed / "results.json").exists()
     loud = [a for a in common if a != "--quiet"]  # --quiet also hides the reuse line
