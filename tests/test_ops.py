@@ -519,3 +519,30 @@ def test_bad_shapes_are_reported():
         ops.conv_transpose_fast(jnp.ones((4, 4, 3)), jnp.ones((2, 2, 3, 5)))
     with pytest.raises(TollError, match="kernel"):
         ops.conv_fast(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 4, 5)))
+
+
+@pytest.mark.parametrize("flax_layer, ops_layer", [(nn.Conv, ops.Conv),
+                                                   (nn.ConvTranspose, ops.ConvTranspose)])
+def test_modules_default_to_flax_padding(flax_layer, ops_layer):
+    # The modules defaulted to VALID where flax defaults to SAME: (2, 6, 6, 4) against
+    # (2, 8, 8, 4) for a 3×3 Conv on 8×8 (ConvTranspose: 10×10 against 8×8).
+    x = _random((2, 8, 8, 3), 0)
+    params = flax_layer(4, (3, 3)).init(jax.random.key(0), x)
+    want = flax_layer(4, (3, 3)).apply(params, x)
+    for impl in ("plain", "fast"):
+        got = ops_layer(4, (3, 3), impl=impl).apply(params, x)
+        assert got.shape == want.shape == (2, 8, 8, 4)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["plain", "fast", ONEDNN])
+def test_bad_strides_and_a_kernel_larger_than_the_input_are_toll_errors(impl):
+    x, k3 = _random((2, 8, 8, 3), 0), _random((3, 3, 3, 5), 1)
+    for stride in (0, -1, 1.5, (1,), (2, 0)):  # were: empty output, ZeroDivisionError, truncation
+        with pytest.raises(TollError, match="positive int or a pair of them"):
+            ops.conv(x, k3, stride, impl=impl)
+    # fast/onednn raised a reshape TypeError (lax returns an empty array)
+    with pytest.raises(TollError, match="a 6×6 kernel does not fit the 4×4 \\(padded\\) input"):
+        ops.conv(_random((2, 4, 4, 3), 2), _random((6, 6, 3, 5), 3), impl=impl)
+    with pytest.raises(TollError, match="positive int or a pair of them"):
+        ops.conv_transpose(x, _random((3, 3, 3, 5), 4), 0, impl=impl)

@@ -61,6 +61,8 @@ fast path's time (README, Performance).
 """
 from __future__ import annotations
 
+import collections.abc
+import numbers
 import os
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -129,10 +131,14 @@ def _check(x: jnp.ndarray, kernel: jnp.ndarray) -> None:
 
 
 def _pair(v) -> tuple[int, int]:
-    v = (v, v) if isinstance(v, int) else tuple(int(u) for u in v)
-    if len(v) != 2:
-        raise TollError(f"expected an int or a pair for a 2-D convolution, got {v}")
-    return v
+    """A stride or kernel size as two positive ints (a stride < 1 gave an empty output or a
+    ZeroDivisionError, a float was truncated)."""
+    pair = (v, v) if isinstance(v, numbers.Integral) else tuple(v) if isinstance(v, collections.abc.Sequence) else ()
+    if (len(pair) != 2 or any(isinstance(u, bool) or not isinstance(u, numbers.Integral) or u < 1
+                              for u in pair)):
+        raise TollError(f"expected a positive int or a pair of them for a 2-D convolution's "
+                        f"strides / kernel size, got {v!r}")
+    return int(pair[0]), int(pair[1])
 
 
 Padding = Any  # "VALID", "SAME" or ((lo, hi), (lo, hi)), as flax/lax take it
@@ -489,6 +495,7 @@ def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
                padding: Padding = "VALID") -> jnp.ndarray:
     """``lax.conv_general_dilated`` exactly as flax's ``nn.Conv`` calls it."""
     _check(x, kernel)
+    _conv_pads(x.shape, kernel.shape, _pair(stride), padding)  # the same errors as the others
     return lax.conv_general_dilated(x, kernel, _pair(stride), padding, dimension_numbers=_DN)
 
 
@@ -561,9 +568,17 @@ def _conv_uses_transposed(x_shape, k_shape, strides) -> bool:
 
 
 def _conv_pads(x_shape, k_shape, strides, padding: Padding):
-    """A regular convolution's ``padding`` as explicit ``(lo, hi)`` pairs (SAME as lax/flax)."""
-    return _explicit(padding, lambda mode: lax.padtype_to_pads(x_shape[1:3], k_shape[:2],
+    """A regular convolution's ``padding`` as explicit ``(lo, hi)`` pairs (SAME as lax/flax);
+    :class:`TollError` where the kernel leaves no output position (lax returns an empty
+    array there, the GEMM path could not reshape it)."""
+    pads = _explicit(padding, lambda mode: lax.padtype_to_pads(x_shape[1:3], k_shape[:2],
                                                               strides, mode))
+    padded = [x_shape[1 + d] + pads[d][0] + pads[d][1] for d in range(2)]
+    if any(p < k for p, k in zip(padded, k_shape[:2])):
+        raise TollError(f"a {k_shape[0]}×{k_shape[1]} kernel does not fit the "
+                        f"{padded[0]}×{padded[1]} (padded) input: the convolution has no output "
+                        "position; use a smaller kernel or more padding")
+    return pads
 
 
 def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
@@ -612,12 +627,13 @@ def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
 
 
 class _ConvBase(nn.Module):
-    """Shared fields of :class:`ConvTranspose` and :class:`Conv` (flax's names and defaults)."""
+    """Shared fields of :class:`ConvTranspose` and :class:`Conv` (flax's names and defaults,
+    ``padding="SAME"`` included; the functions of this module default to VALID)."""
 
     features: int
     kernel_size: int | Sequence[int]
     strides: int | Sequence[int] = 1
-    padding: Any = "VALID"
+    padding: Any = "SAME"
     use_bias: bool = True
     dtype: Any = None
     param_dtype: Any = jnp.float32
