@@ -272,10 +272,38 @@ def test_fit_nce_selection_vmap_and_variants():
     ({"steps": 30, "eval_every": 20}, "not a multiple"),
     ({"select": "best"}, "unknown selection"),
     ({"noise_ratio": 0}, "noise-ratio must be a positive"),
+    # these were accepted and failed (or trained to NaN) inside JAX
+    ({"noise_ratio": 2.5}, "noise-ratio must be a positive integer, got 2.5"),
+    ({"weight_decay": float("nan")}, "weight decay must be a finite number >= 0"),
+    ({"hidden": (0,)}, "hidden widths must be positive integers"),
+    ({"lr": 1e-50}, "learning rate=1e-50 is 0 in the float32 arithmetic"),
 ])
 def test_nce_config_errors(kwargs, message):
     with pytest.raises(TollError, match=message):
         cance.NCEConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"loss": "toll", "beta": float("nan")}, "beta must be a finite number >= 0"),
+    ({"loss": "toll", "beta": -1.0}, "beta must be a finite number >= 0"),
+    ({"batch_size": 2.5}, "batch-size must be a positive integer, got 2.5"),
+])
+def test_ae_config_errors(kwargs, message):
+    with pytest.raises(TollError, match=message):
+        cance.AEConfig(**kwargs)
+
+
+def test_fit_nce_without_a_selected_checkpoint_reports_no_metric():
+    # lr 1e30 diverges at once: no checkpoint has a finite validation value. The untrained
+    # network's AUROC used to be reported as the test metric.
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((200, 3)), jnp.float32)
+    y = (jnp.arange(200) % 10 == 0).astype(jnp.int32)
+    cfg = cance.NCEConfig(features="latent", hidden=(8,), steps=20, batch_size=32, eval_every=10,
+                          lr=1e30, select="metric", metric="auroc")
+    out = jax.jit(functools.partial(cance.fit_nce, config=cfg))(jax.random.key(0), x, 200, x, y,
+                                                                x, y)
+    assert int(out["best_step"]) == 0 and bool(out["nonfinite"])
+    assert np.isnan(float(out["test_metric"]))
 
 
 # ------------------------------------------------------------------ decoupled AE training

@@ -221,3 +221,40 @@ def test_sharded_over_four_forced_host_devices_matches_one():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"bit_identical": True, "chunks": 4}
+
+
+def test_compiled_protocol_checks_seeds_and_beta_and_pads_safely(data, three_seeds):
+    run, first = three_seeds
+    # A lone seed is padded to the program's width by repeating it; its numbers are those of
+    # the same seed among others (the padding seed used to be max + 1, which overflowed int32
+    # for seed 2**31 - 1).
+    alone = run([0], data, SHORT["beta"])
+    for key in ("loss_curve", "val_curve", "test_metric", "best_step"):
+        np.testing.assert_array_equal(alone[key][0], first[key][0])
+    assert run([2**31 - 1], data, SHORT["beta"])["test_metric"].shape == (1,)
+    for seeds, message in (([1.5], "seeds must be integers"), ([], "no seeds to run")):
+        with pytest.raises(TollError, match=message):  # 1.5 was truncated to seed 1
+            run(seeds, data, SHORT["beta"])
+    for beta in (-3.0, float("nan"), 1e39):  # the β trained with was never checked
+        with pytest.raises(TollError, match="beta"):
+            run([0], data, beta)
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(batch_size=2.5), "--batch-size must be a positive integer, got 2.5"),
+    (dict(steps="40"), "--steps must be a positive integer, got '40'"),
+    (dict(batch_size=True), "--batch-size must be a positive integer, got True"),
+    (dict(beta=None), "--beta must be a finite number >= 0, got None"),
+])
+def test_protocol_config_refuses_non_integer_counts_and_non_numbers(override, message):
+    with pytest.raises(TollError, match=message):  # were TypeErrors from inside JAX / NumPy
+        ProtocolConfig(**{**SHORT, **override})
+
+
+def test_batch_larger_than_the_rows_is_an_error_not_a_smaller_batch():
+    key = jax.random.key(0)
+    assert sample_batch_indices(key, 8, 8, 8).shape == (8,)
+    with pytest.raises(TollError, match="batch_size 8 is larger than the 5 training rows"):
+        sample_batch_indices(key, 5, 5, 8)  # returned 5 indices
+    with pytest.raises(TollError, match="batch_size 4 is larger than the 2 training rows"):
+        sample_batch_indices(key, 2, 10, 4)  # drew padding rows

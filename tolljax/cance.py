@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -59,11 +60,11 @@ import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from tolljax.errors import TollError
+from tolljax.errors import TollError, check_float32
 from tolljax.losses import parse_norm
 from tolljax.metrics import METRICS
-from tolljax.train import (TrainState, checkpoint_keys, create_train_state, map_in_chunks,
-                           sample_batch_indices, train_step, tree_where)
+from tolljax.train import (TrainState, check_beta, checkpoint_keys, create_train_state,
+                           map_in_chunks, sample_batch_indices, train_step, tree_where)
 
 # Number of reconstruction features appended to z: squared error e and cosine dissimilarity c.
 N_RECON = 2
@@ -229,14 +230,16 @@ class AEConfig:
                             f"of --eval-every {self.eval_every}")
         if not (np.isfinite(self.cov_weight) and self.cov_weight >= 0):
             raise TollError(f"--cov-weight must be >= 0, got {self.cov_weight}")
+        if self.loss == "toll":  # β was unchecked: NaN or negative trained to NaN
+            check_beta("beta", self.beta)
         parse_norm(self.norm)
 
 
 def _check_common(cfg, positive: Sequence[str]) -> None:
     for name in positive:
-        if int(getattr(cfg, name)) < 1:
-            raise TollError(f"{name.replace('_', '-')} must be a positive integer, got "
-                            f"{getattr(cfg, name)}")
+        value = getattr(cfg, name)  # 2.5 used to fail inside JAX as a non-integer shape
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+            raise TollError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
     if cfg.steps % cfg.eval_every:
         raise TollError(f"steps {cfg.steps} is not a multiple of eval-every {cfg.eval_every}")
     if cfg.select not in SELECTIONS:
@@ -245,6 +248,7 @@ def _check_common(cfg, positive: Sequence[str]) -> None:
         raise TollError(f"unknown metric {cfg.metric!r}; choose one of {sorted(METRICS)}")
     if not (np.isfinite(cfg.lr) and cfg.lr > 0):
         raise TollError(f"learning rate must be positive, got {cfg.lr}")
+    check_float32("learning rate", float(cfg.lr))
 
 
 def _val_criterion(select: str, metric: Callable, scores: jnp.ndarray, val_y: jnp.ndarray,
@@ -604,6 +608,11 @@ class NCEConfig:
         _check_common(self, ("steps", "batch_size", "eval_every", "noise_ratio"))
         if not (np.isfinite(self.noise_lr) and self.noise_lr > 0):
             raise TollError(f"noise learning rate must be positive, got {self.noise_lr}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise TollError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
+        if not self.hidden or any(isinstance(h, bool) or not isinstance(h, numbers.Integral)
+                                  or h < 1 for h in self.hidden):
+            raise TollError(f"hidden widths must be positive integers, got {self.hidden}")
 
     @property
     def n_recon(self) -> int:
@@ -619,6 +628,8 @@ def fit_nce(key: jax.Array, train: jnp.ndarray, n_train: int | jnp.ndarray, val_
     Inputs are full composite matrices ``[z, e, c]``; ``config.features`` picks the columns.
     Alternates per step: one AdamW step of ``G`` on eq. 9 (noise from the current ``A``,
     augmented data for CANCE), then one of ``θ`` on −eq. 10 (when ``learn_noise``).
+    ``test_metric`` is NaN when no checkpoint could be selected (``best_step`` 0); check
+    ``nonfinite`` for a loss that became NaN/inf after the kept checkpoint.
     """
     metric = METRICS[config.metric]
     cols = functools.partial(select_features, kind=config.features)
@@ -686,7 +697,10 @@ def fit_nce(key: jax.Array, train: jnp.ndarray, n_train: int | jnp.ndarray, val_
     (state, best, _), (val_curve, loss_curve) = jax.lax.scan(
         checkpoint, (state0, best0, jnp.array(0, jnp.int32)), keys)
     test_scores = score(best["params"], best["theta"], test_x)
-    return {"test_scores": test_scores, "test_metric": metric(test_scores, test_y),
+    # No checkpoint selected (step 0: every validation value was non-finite): the untrained
+    # network's metric is not a result, as in tolljax.train.protocol.
+    test_metric = jnp.where(best["step"] > 0, metric(test_scores, test_y), jnp.nan)
+    return {"test_scores": test_scores, "test_metric": test_metric,
             "best_step": best["step"], "best_val": best["val"], "val_curve": val_curve,
             "loss_curve": loss_curve, "noise_scale": noise_scale(best["theta"]),
             "nonfinite": state[-1]}

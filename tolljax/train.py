@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 import time
 from typing import Any, Callable, Sequence
 
@@ -54,22 +55,38 @@ class ProtocolConfig:
         if self.metric not in METRICS:
             raise TollError(f"unknown metric {self.metric!r}; choose one of {sorted(METRICS)}")
         for name in ("batch_size", "steps", "eval_every", "score_chunk"):
-            if int(getattr(self, name)) < 1:
+            value = getattr(self, name)  # 2.5 or "40" used to fail deep inside JAX
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
                 raise TollError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                f"got {getattr(self, name)}")
+                                f"got {value!r}")
         if self.steps % self.eval_every:
             raise TollError(f"--steps {self.steps} is not a multiple of --eval-every "
                             f"{self.eval_every}; checkpoints are taken every eval-every steps")
-        if not np.isfinite(self.beta) or self.beta < 0:
-            raise TollError(f"--beta must be a finite number >= 0, got {self.beta}")
-        if not np.isfinite(self.lr) or self.lr <= 0:
-            raise TollError(f"--lr must be a positive number, got {self.lr}")
-        check_float32("--beta", float(self.beta))
+        check_beta("--beta", self.beta)
+        if (isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real)
+                or not np.isfinite(self.lr) or self.lr <= 0):
+            raise TollError(f"--lr must be a positive number, got {self.lr!r}")
         check_float32("--lr", float(self.lr))
 
     @property
     def num_checkpoints(self) -> int:
         return self.steps // self.eval_every
+
+
+def check_beta(name: str, beta) -> None:
+    """:class:`TollError` unless ``beta`` is a finite number >= 0 that float32 keeps finite (a
+    traced β is not checked)."""
+    if isinstance(beta, jax.core.Tracer):
+        return
+    if isinstance(beta, (bool, np.bool_)) or np.ndim(beta) != 0:
+        raise TollError(f"{name} must be a finite number >= 0, got {beta!r}")
+    try:
+        value = float(beta)
+    except (TypeError, ValueError):
+        raise TollError(f"{name} must be a finite number >= 0, got {beta!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise TollError(f"{name} must be a finite number >= 0, got {beta!r}")
+    check_float32(name, value)
 
 
 def create_train_state(model: nn.Module, key: jax.Array, sample_shape: tuple[int, ...],
@@ -142,6 +159,10 @@ def sample_batch_indices(key: jax.Array, n_valid: int | jnp.ndarray, n_rows: int
     serves them all. Sorting 32-bit random keys is how ``jax.random.permutation`` works too;
     padded rows get the largest key and are never drawn while ``n_valid >= batch_size``.
     """
+    available = n_rows if isinstance(n_valid, jax.core.Tracer) else min(n_rows, int(n_valid))
+    if batch_size > available:  # argsort(...)[:batch_size] would give fewer or padding rows
+        raise TollError(f"batch_size {batch_size} is larger than the {available} training rows; "
+                        "each step draws batch_size distinct rows")
     bits = jax.random.bits(key, (n_rows,), jnp.uint32)
     bits = jnp.where(jnp.arange(n_rows) < n_valid, bits >> 1, jnp.uint32(2**31))
     return jnp.argsort(bits)[:batch_size]
@@ -275,7 +296,11 @@ class CompiledProtocol:
         return self.mesh.devices.size
 
     def run_chunks(self, chunks: list[tuple[list[int], dict]], beta: float) -> list[dict]:
-        """Run ``[(seeds, data), ...]`` (each ≤ ``width`` seeds) in rounds; results per chunk."""
+        """Run ``[(seeds, data), ...]`` (each ≤ ``width`` seeds) in rounds; results per chunk.
+
+        ``beta`` is the β the program trains with (``ProtocolConfig.beta`` is not read here):
+        it is checked as the config's is."""
+        check_beta("beta", beta)
         results = []
         n_dev = self.num_devices
         for start in range(0, len(chunks), n_dev):
@@ -296,7 +321,9 @@ class CompiledProtocol:
 
     def __call__(self, seeds, data: dict, beta: float) -> dict[str, np.ndarray]:
         """All ``seeds`` on one dataset: chunks of ``width`` seeds, results stacked over seeds."""
-        seeds = [int(s) for s in seeds]
+        seeds = seed_array(seeds).tolist()
+        if not seeds:
+            raise TollError("no seeds to run; pass at least one")
         groups = [seeds[i:i + self.width] for i in range(0, len(seeds), self.width)]
         parts = self.run_chunks([(g, data) for g in groups], beta)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -314,7 +341,9 @@ def _to_host(out: dict) -> dict[str, np.ndarray]:
 
 
 def _pad_seeds(seeds: list[int], width: int) -> list[int]:
-    return list(seeds) + [max(seeds) + 1 + i for i in range(width - len(seeds))]
+    # Padded lanes repeat the last seed: their results are dropped, and a seed's result does
+    # not depend on its neighbours (max(seeds) + 1 overflowed int32 for seed 2**31 − 1).
+    return list(seeds) + [seeds[-1]] * (width - len(seeds))
 
 
 def default_width(num_seeds: int, num_datasets: int = 1, num_devices: int | None = None) -> int:
@@ -365,6 +394,8 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
 def seed_array(seeds) -> np.ndarray:
     """Seeds as the int32 array the compiled protocol takes (each becomes
     ``jax.random.key(seed)`` inside the program); a clear error outside int32."""
+    if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) for s in seeds):
+        raise TollError(f"seeds must be integers, got {list(seeds)[:5]}")  # 1.5 became seed 1
     seeds = [int(s) for s in seeds]
     bad = [s for s in seeds if not -2**31 <= s < 2**31]
     if bad:
