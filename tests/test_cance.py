@@ -288,7 +288,7 @@ def test_nce_config_errors(kwargs, message):
     ({"loss": "toll", "beta": -1.0}, "beta must be a finite number >= 0"),
     ({"batch_size": 2.5}, "batch-size must be a positive integer, got 2.5"),
 ])
-def test_ae_config_errors(kwargs, message):
+def test_ae_config_refuses_a_bad_toll_beta_and_fractional_counts(kwargs, message):
     with pytest.raises(TollError, match=message):
         cance.AEConfig(**kwargs)
 
