@@ -245,6 +245,8 @@ def test_compiled_protocol_checks_seeds_and_beta_and_pads_safely(data, three_see
     (dict(steps="40"), "--steps must be a positive integer, got '40'"),
     (dict(batch_size=True), "--batch-size must be a positive integer, got True"),
     (dict(beta=None), "--beta must be a finite number >= 0, got None"),
+    (dict(beta=10**400), "--beta must be a finite number >= 0, got 1000"),  # was OverflowError
+    (dict(lr=10**400), "--lr must be a positive number, got 1000"),  # was a NumPy TypeError
 ])
 def test_protocol_config_refuses_non_integer_counts_and_non_numbers(override, message):
     with pytest.raises(TollError, match=message):  # were TypeErrors from inside JAX / NumPy

@@ -60,7 +60,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from tolljax.errors import TollError, check_float32
+from tolljax.errors import TollError, check_float32, positive_int
 from tolljax.losses import parse_norm
 from tolljax.metrics import METRICS
 from tolljax.train import (TrainState, check_beta, checkpoint_keys, create_train_state,
@@ -236,10 +236,8 @@ class AEConfig:
 
 
 def _check_common(cfg, positive: Sequence[str]) -> None:
-    for name in positive:
-        value = getattr(cfg, name)  # 2.5 used to fail inside JAX as a non-integer shape
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-            raise TollError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    for name in positive:  # 2.5 used to fail inside JAX as a non-integer shape
+        positive_int(name.replace('_', '-'), getattr(cfg, name))
     if cfg.steps % cfg.eval_every:
         raise TollError(f"steps {cfg.steps} is not a multiple of eval-every {cfg.eval_every}")
     if cfg.select not in SELECTIONS:

@@ -62,8 +62,8 @@ import numpy as np
 import optax
 
 from tolljax.configs import PAPER_HYPERPARAMETERS
-from tolljax.errors import (TollError, check_float32, index_list, numeric_array,
-                            output_dir)
+from tolljax.errors import (TollError, check_float32, finite_float, index_list,
+                            numeric_array, output_dir, positive_int)
 from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
@@ -133,26 +133,8 @@ def _as_labels(y, n: int, what: str) -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise TollError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _finite_float(value) -> float | None:
-    """``value`` as a finite Python float, or None (bools, non-numbers, NaN/inf, and integers
-    too large for a float, on which ``math.isfinite`` raises OverflowError)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        out = float(value)
-    except OverflowError:
-        return None
-    return out if math.isfinite(out) else None
-
-
 def _real(name: str, value) -> float:
-    out = _finite_float(value)
+    out = finite_float(value)
     if out is None:
         raise TollError(f"{name} must be a finite number, got {value!r}")
     return out
@@ -294,7 +276,7 @@ class _SavedConfig:
     def real(self, field: str, source: dict | None = None, prefix: str = "", *,
              positive: bool = False, nonnegative: bool = False) -> float:
         value = self.get(field, source, prefix)
-        out = _finite_float(value) if isinstance(value, (int, float)) else None
+        out = finite_float(value) if isinstance(value, (int, float)) else None
         if out is None or (positive and out <= 0) or (nonnegative and out < 0):
             what = "a positive" if positive else "a non-negative" if nonnegative else "a finite"
             raise self.error(prefix + field, f"must be {what} number, got {value!r}")
@@ -504,16 +486,16 @@ class TollDetector:
                 check_float32(name, float(getattr(self, name)))
         for name in ("z_dim", "batch_size"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                positive_int(name, getattr(self, name))
         for name in ("steps", "eval_every", "score_chunk"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.steps % self.eval_every:
             raise TollError(f"steps={self.steps} is not a multiple of eval_every="
                             f"{self.eval_every}; a checkpoint is taken every eval_every steps")
         if not isinstance(self.hidden, tuple) or not self.hidden:
             raise TollError(f"hidden must be a non-empty tuple of layer widths, got {self.hidden!r}")
         for width in self.hidden:
-            _positive_int("every hidden width", width)
+            positive_int("every hidden width", width)
         parse_norm(self.norm)
         if self.init not in INIT_SCHEMES:
             raise TollError(f"unknown init {self.init!r}; choose one of {INIT_SCHEMES}")

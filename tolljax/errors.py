@@ -6,9 +6,32 @@ prints the message and exits with status 2 instead of showing a traceback from J
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 
 class TollError(ValueError):
     """A problem with the user's input, data or configuration (message says how to fix it)."""
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` as an int >= 1, else :class:`TollError` "``name`` must be a positive integer"
+    (a bool, a float such as 2.5 or a string such as "40" is refused, not converted)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise TollError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def finite_float(value) -> float | None:
+    """``value`` as a finite Python float, or None (bools, non-numbers, NaN/inf, and integers
+    too large for a float, on which ``math.isfinite`` raises OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        out = float(value)
+    except OverflowError:
+        return None
+    return out if math.isfinite(out) else None
 
 
 def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str):

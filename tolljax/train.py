@@ -25,7 +25,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tolljax.errors import TollError, check_float32
+from tolljax.errors import TollError, check_float32, finite_float, positive_int
 from tolljax.losses import Norm, parse_norm, toll_score
 from tolljax.metrics import METRICS
 from tolljax.models import init_variables
@@ -55,18 +55,15 @@ class ProtocolConfig:
         if self.metric not in METRICS:
             raise TollError(f"unknown metric {self.metric!r}; choose one of {sorted(METRICS)}")
         for name in ("batch_size", "steps", "eval_every", "score_chunk"):
-            value = getattr(self, name)  # 2.5 or "40" used to fail deep inside JAX
-            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
-                raise TollError(f"--{name.replace('_', '-')} must be a positive integer, "
-                                f"got {value!r}")
+            positive_int(f"--{name.replace('_', '-')}", getattr(self, name))  # not 2.5 or "40"
         if self.steps % self.eval_every:
             raise TollError(f"--steps {self.steps} is not a multiple of --eval-every "
                             f"{self.eval_every}; checkpoints are taken every eval-every steps")
         check_beta("--beta", self.beta)
-        if (isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real)
-                or not np.isfinite(self.lr) or self.lr <= 0):
+        lr = finite_float(self.lr)
+        if lr is None or lr <= 0:
             raise TollError(f"--lr must be a positive number, got {self.lr!r}")
-        check_float32("--lr", float(self.lr))
+        check_float32("--lr", lr)
 
     @property
     def num_checkpoints(self) -> int:
@@ -78,13 +75,9 @@ def check_beta(name: str, beta) -> None:
     traced β is not checked)."""
     if isinstance(beta, jax.core.Tracer):
         return
-    if isinstance(beta, (bool, np.bool_)) or np.ndim(beta) != 0:
-        raise TollError(f"{name} must be a finite number >= 0, got {beta!r}")
-    try:
-        value = float(beta)
-    except (TypeError, ValueError):
-        raise TollError(f"{name} must be a finite number >= 0, got {beta!r}") from None
-    if not np.isfinite(value) or value < 0:
+    # NumPy/JAX scalars (0-d) as Python numbers; 10**400 is refused, not an OverflowError.
+    value = finite_float(beta.item() if hasattr(beta, "item") and np.ndim(beta) == 0 else beta)
+    if value is None or value < 0:
         raise TollError(f"{name} must be a finite number >= 0, got {beta!r}")
     check_float32(name, value)
 
