@@ -384,6 +384,8 @@ def test_review_cases_of_bad_input_are_named():
     # was taken as β = 1 (integer arguments already refused booleans)
     with pytest.raises(TheoryInputError, match="beta must be a real number, got True"):
         linear.theorem2_rhs(W, W.T, S, True)
+    with pytest.raises(TheoryInputError, match=r"beta must be a real number, got \[\[1\], \[2, 3\]\]"):
+        linear.theorem2_rhs(W, W.T, S, [[1], [2, 3]])  # ragged: was NumPy's ValueError
     # the message said "(the size of S)"; lemma1_loss takes X
     with pytest.raises(TheoryInputError, match=r"m = 3 \(the number of rows of X\), got \(1, 4\)"):
         linear.lemma1_loss(np.ones((1, 4)), np.random.default_rng(0).standard_normal((3, 5)))

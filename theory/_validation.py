@@ -39,13 +39,14 @@ def is_traced(*xs: Any) -> bool:
     return any(isinstance(x, jax.core.Tracer) for x in xs)
 
 
-def _float64(name: str, value: Any, what: str) -> np.ndarray:
-    """``value`` as a float64 NumPy array if it is real numeric data, else a clear error."""
+def _float64(name: str, value: Any, what: str, kinds: str = _REAL_KINDS) -> np.ndarray:
+    """``value`` as a float64 NumPy array if its dtype kind is one of ``kinds`` (default: real
+    numeric data), else a clear error."""
     try:
         raw = np.asarray(value)
     except (TypeError, ValueError):  # e.g. ragged nested lists
         raise TheoryInputError(f"{name} must be {what}, got {_short(value)}") from None
-    if raw.dtype.kind not in _REAL_KINDS:
+    if raw.dtype.kind not in kinds:
         raise TheoryInputError(f"{name} must be {what}, got {_short(value)} (dtype {raw.dtype})")
     return raw.astype(np.float64, copy=False)
 
@@ -77,9 +78,7 @@ def real_matrix(name: str, A: Any) -> np.ndarray:
 def real_scalar(name: str, value: Any, *, nonnegative: bool = True) -> float:
     """A finite real number (``>= 0`` unless ``nonnegative=False``) as a Python float; not a
     boolean (``beta=True`` is a mistake, not β = 1, as :func:`integer` refuses it too)."""
-    if isinstance(value, (bool, np.bool_)) or np.asarray(value).dtype.kind == "b":
-        raise TheoryInputError(f"{name} must be a real number, got {_short(value)}")
-    arr = _float64(name, value, "a real number")
+    arr = _float64(name, value, "a real number", kinds="iuf")
     if arr.ndim != 0:
         raise TheoryInputError(f"{name} must be a scalar, got shape {arr.shape}")
     v = float(arr)

@@ -6,8 +6,9 @@ Why: XLA:CPU's own convolutions are slow to differentiate, and the GEMM formulat
 library PyTorch's CPU convolutions use) runs forward, input-gradient and kernel-gradient
 convolutions directly on NHWC tensors with JIT-generated AVX-512 kernels: forward and both
 gradients of CIFAR-10's transposed 28→32 5×5 layer at batch 64 take 22.9 ms against 75.5 ms
-on the GEMM path (PyTorch: 28.1 ms; README, ``bench_conv_layers.py``). Layers that are one GEMM (1×1 kernels or outputs) and
-single-channel sides stay on the GEMM path (:data:`MIN_OUTPUT_PIXELS`), as do regular
+on the GEMM path (PyTorch: 28.1 ms; README, ``bench_conv_layers.py``). Layers that are one
+GEMM (1×1 kernels or outputs) and single-channel sides stay on the GEMM path
+(:data:`MIN_OUTPUT_PIXELS`), as do regular
 convolutions with ≥ 512 output channels (:data:`CONV_GEMM_OUT_CHANNELS`). Whole train steps at
 batch 64 (scan×5): MNIST 0.80×, CIFAR-10 0.60× the GEMM path's time (README, Performance).
 

@@ -133,7 +133,10 @@ def _check(x: jnp.ndarray, kernel: jnp.ndarray) -> None:
 def _pair(v) -> tuple[int, int]:
     """A stride or kernel size as two positive ints (a stride < 1 gave an empty output or a
     ZeroDivisionError, a float was truncated)."""
-    pair = (v, v) if isinstance(v, numbers.Integral) else tuple(v) if isinstance(v, collections.abc.Sequence) else ()
+    if isinstance(v, numbers.Integral):
+        pair = (v, v)
+    else:
+        pair = tuple(v) if isinstance(v, collections.abc.Sequence) else ()
     if (len(pair) != 2 or any(isinstance(u, bool) or not isinstance(u, numbers.Integral) or u < 1
                               for u in pair)):
         raise TollError(f"expected a positive int or a pair of them for a 2-D convolution's "
@@ -495,8 +498,9 @@ def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
                padding: Padding = "VALID") -> jnp.ndarray:
     """``lax.conv_general_dilated`` exactly as flax's ``nn.Conv`` calls it."""
     _check(x, kernel)
-    _conv_pads(x.shape, kernel.shape, _pair(stride), padding)  # the same errors as the others
-    return lax.conv_general_dilated(x, kernel, _pair(stride), padding, dimension_numbers=_DN)
+    strides = _pair(stride)
+    _conv_pads(x.shape, kernel.shape, strides, padding)  # the same errors as the other paths
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
 
 
 def _conv_out_hw(x_shape, kernel_hw, strides) -> tuple[int, int]:
