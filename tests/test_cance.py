@@ -128,8 +128,22 @@ def test_noise_density_matches_scipy_and_samples_have_its_covariance():
     np.testing.assert_allclose(cance.noise_marginal_std(stats, theta), np.sqrt(np.diag(m @ m.T)),
                                rtol=1e-5)
     np.testing.assert_allclose(cance.noise_scale(cance.init_noise_theta(3, 1.1)), 1.1, rtol=1e-5)
-    with pytest.raises(TollError, match="must be > 1"):
+    with pytest.raises(TollError, match="finite number > 1"):
         cance.init_noise_theta(3, 1.0)
+
+
+def test_init_noise_theta_inverts_softplus_without_overflow():
+    # softplus⁻¹ in the form that does not overflow; against float64 log(expm1(y)) where that
+    # form is finite, and for y = 999 (log(expm1(999)) raises OverflowError) against y itself.
+    for scale in (1.001, 1.1, 1.5, 2.0, 30.0):
+        np.testing.assert_allclose(cance.init_noise_theta(2, scale),
+                                   np.log(np.expm1(scale - 1.0)), rtol=1e-6)
+    np.testing.assert_allclose(cance.noise_scale(cance.init_noise_theta(2, 1000.0)), 1000.0)
+    for bad in (float("nan"), float("inf"), "2", True, 10**400):
+        with pytest.raises(TollError, match="finite number > 1"):
+            cance.init_noise_theta(2, bad)
+    with pytest.raises(TollError, match="d must be a positive integer"):
+        cance.init_noise_theta(0)
 
 
 # ------------------------------------------------------------------ augmentation (eq. 8)
@@ -264,6 +278,9 @@ def test_fit_nce_selection_vmap_and_variants():
     assert cance.parse_variants("cance, recon") == ["cance", "recon"]
     with pytest.raises(TollError, match="unknown variant"):
         cance.parse_variants("cance,dagmm")
+    for bad in (3, ["recon", 3], None):
+        with pytest.raises(TollError, match="comma-separated string or a list of names"):
+            cance.parse_variants(bad)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -349,3 +349,39 @@ def test_conv_block_is_conv_then_pytorch_batchnorm_then_leaky_relu():
     stats = new["batch_stats"]["bn"]
     np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-4)
+
+
+def test_readme_own_autoencoder_example_runs(monkeypatch):
+    # The README's "Your own autoencoder" block, with 40 steps instead of 2000.
+    import re
+    from pathlib import Path
+
+    from tolljax import models
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Your own autoencoder (library API)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "steps=2000" in code
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))  # keep the registry clean
+    scope = {}
+    exec(compile(code.replace("steps=2000", "steps=40"), "README.md", "exec"), scope)
+    out = scope["out"]
+    assert out["test_metric"].shape == (3,) and np.all(np.isfinite(out["test_metric"]))
+    assert np.all(out["nonfinite_step"] == -1) and out["val_curve"].shape == (3, 2)
+    assert "arrhythmia-linear" in models.model_names()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("", lambda *a: None, (3,), 4), "non-empty string"),
+    (("m", "not callable", (3,), 4), "must be callable"),
+    (("m", lambda *a: None, 3, 4), "tuple of positive integers"),
+    (("m", lambda *a: None, (3, 0), 4), "sample_shape must be a positive integer"),
+    (("m", lambda *a: None, (), 4), "is empty"),
+    (("m", lambda *a: None, (3,), 2.5), "default_z_dim of model 'm' must be a positive integer"),
+])
+def test_register_model_checks_its_arguments(args, message):
+    from tolljax.models import model_names, register_model
+
+    with pytest.raises(TollError, match=message):
+        register_model(*args)
+    assert "m" not in model_names()

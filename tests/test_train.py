@@ -7,8 +7,9 @@ import pytest
 
 from tolljax.errors import TollError
 from tolljax.models import build_model
-from tolljax.train import (ProtocolConfig, compile_protocol, create_train_state, map_in_chunks,
-                           sample_batch_indices, score, train_step)
+from tolljax.train import (ProtocolConfig, checkpoint_keys, compile_protocol, create_train_state,
+                           map_in_chunks, protocol, sample_batch_indices, score, train_and_select,
+                           train_step)
 
 SHORT = dict(beta=10.0, lr=1e-3, batch_size=100, steps=60, eval_every=20, metric="f1")
 
@@ -260,3 +261,53 @@ def test_batch_larger_than_the_rows_is_an_error_not_a_smaller_batch():
         sample_batch_indices(key, 5, 5, 8)  # returned 5 indices
     with pytest.raises(TollError, match="batch_size 4 is larger than the 2 training rows"):
         sample_batch_indices(key, 2, 10, 4)  # drew padding rows
+
+
+def test_chunk_and_checkpoint_sizes_are_checked():
+    x = jnp.ones((4, 3))
+    for chunk in (0, -1, 2.5):
+        with pytest.raises(TollError, match="chunk must be a positive integer"):
+            map_in_chunks(lambda b: b[:, 0], x, chunk)
+    key = jax.random.key(0)
+    assert checkpoint_keys(key, 40, 20).shape == (2, 20)
+    with pytest.raises(TollError, match="steps 30 is not a multiple of eval_every 20"):
+        checkpoint_keys(key, 30, 20)
+    with pytest.raises(TollError, match="eval_every must be a positive integer"):
+        checkpoint_keys(key, 20, 0)
+
+
+class _LinearAutoencoder(nn.Module):
+    """An autoencoder without BatchNorm, as a user might register one."""
+
+    @nn.compact
+    def __call__(self, x, train):
+        z = nn.Dense(4)(x)
+        return nn.Dense(x.shape[-1])(z), z
+
+
+def test_a_model_without_batchnorm_trains_and_is_selected(data):
+    model = _LinearAutoencoder()
+    state = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    assert state.batch_stats == {}
+    select = lambda v: -jnp.mean(score(model.apply, v, data["val_x"], 1.0))
+    best, values, losses, bad = jax.jit(
+        lambda s: train_and_select(s, jax.random.key(1), data["train"], data["train"].shape[0],
+                                   select, batch_size=50, steps=60, eval_every=20, beta=1.0))(state)
+    assert int(bad) == -1 and best["variables"]["batch_stats"] == {}
+    assert float(losses[-1]) < float(losses[0])
+    assert float(best["val"]) == float(jnp.max(values))
+
+
+def test_protocol_names_missing_data_and_accepts_numpy(data):
+    config = ProtocolConfig(**{**SHORT, "steps": 20})
+    model = build_model("arrhythmia", z_dim=4)
+    with pytest.raises(TollError, match="protocol data lacks val_y, test_y"):
+        protocol(jax.random.key(0), {k: v for k, v in data.items() if not k.endswith("_y")},
+                 10.0, model=model, config=config)
+    # Called outside jit, NumPy data is indexed by the traced batch indices (was a
+    # TracerArrayConversionError).
+    host = {k: np.asarray(v) for k, v in data.items()}
+    eager = protocol(jax.random.key(0), host, 10.0, model=model, config=config)
+    jitted = jax.jit(lambda d: protocol(jax.random.key(0), d, 10.0, model=model, config=config))(data)
+    np.testing.assert_allclose(eager["test_scores"], jitted["test_scores"], rtol=1e-5)
+    assert int(eager["best_step"]) == int(jitted["best_step"])

@@ -60,7 +60,7 @@ import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from tolljax.errors import TollError, check_float32, positive_int
+from tolljax.errors import TollError, check_float32, finite_float, positive_int
 from tolljax.losses import parse_norm
 from tolljax.metrics import METRICS
 from tolljax.train import (TrainState, check_beta, checkpoint_keys, create_train_state,
@@ -445,9 +445,13 @@ def init_noise_theta(d: int, initial_scale: float = 1.1) -> jnp.ndarray:
 
     **Choice.** 1.1: the noise starts slightly wider than the data, so that it covers the
     data's tails, and ``softplus`` still has a usable gradient (σ(θ) ≈ 0.1)."""
-    if not initial_scale > 1.0:
-        raise TollError(f"the initial noise scale must be > 1, got {initial_scale}")
-    return jnp.full((d,), math.log(math.expm1(initial_scale - 1.0)), jnp.float32)
+    scale = finite_float(initial_scale)
+    if scale is None or not scale > 1.0:
+        raise TollError(f"the initial noise scale must be a finite number > 1, got {initial_scale!r}")
+    # softplus⁻¹(y) = log(expm1(y)) = y + log(−expm1(−y)): the second form does not overflow
+    # for large y (log(expm1(999)) raises OverflowError).
+    y = scale - 1.0
+    return jnp.full((positive_int("d", d),), y + math.log(-math.expm1(-y)), jnp.float32)
 
 
 def noise_factor(stats: NoiseStats, theta: jnp.ndarray) -> jnp.ndarray:
@@ -718,7 +722,10 @@ VARIANTS = {
 
 
 def parse_variants(spec: str | Sequence[str]) -> list[str]:
-    names = [v.strip() for v in (spec.split(",") if isinstance(spec, str) else spec) if v.strip()]
+    items = spec.split(",") if isinstance(spec, str) else spec
+    if not isinstance(items, (list, tuple)) or not all(isinstance(v, str) for v in items):
+        raise TollError(f"variants must be a comma-separated string or a list of names, got {spec!r}")
+    names = [v.strip() for v in items if v.strip()]
     bad = [v for v in names if v not in VARIANTS]
     if bad or not names:
         raise TollError(f"unknown variant(s) {bad or spec!r}; choose from {', '.join(VARIANTS)}")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tolljax import prng  # noqa: F401  (CPU threefry lowering: same bits, faster compile)
-from tolljax.errors import TollError
+from tolljax.errors import TollError, positive_int
 from tolljax.ops import Conv, ConvTranspose
 
 Dtype = Any
@@ -138,8 +138,25 @@ _REGISTRY: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...], int]] = {}
 
 def register_model(name: str, factory: Callable[..., nn.Module], sample_shape: tuple[int, ...],
                    default_z_dim: int) -> None:
-    """Add a dataset's model to the registry used by :func:`build_model`."""
-    _REGISTRY[name] = (factory, tuple(sample_shape), default_z_dim)
+    """Add a dataset's model to the registry used by :func:`build_model`.
+
+    ``factory(z_dim, init, dtype)`` returns a flax module mapping ``(x, train)`` to
+    ``(x_hat, z)``; ``sample_shape`` is one sample's shape (no batch axis). Registering a
+    name again replaces its entry."""
+    if not isinstance(name, str) or not name:
+        raise TollError(f"a model name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TollError(f"the factory of model {name!r} must be callable, got {factory!r}")
+    try:
+        shape = tuple(positive_int(f"every dimension of model {name!r}'s sample_shape", d)
+                      for d in sample_shape)
+    except TypeError:  # not iterable
+        raise TollError(f"sample_shape of model {name!r} must be a tuple of positive "
+                        f"integers, got {sample_shape!r}") from None
+    if not shape:
+        raise TollError(f"sample_shape of model {name!r} is empty; give one sample's shape")
+    _REGISTRY[name] = (factory, shape, positive_int(f"default_z_dim of model {name!r}",
+                                                    default_z_dim))
 
 
 register_model("arrhythmia",
@@ -195,8 +212,12 @@ def check_dtype(dtype: Dtype) -> None:
 
 
 def init_variables(model: nn.Module, key: jax.Array, shape: tuple[int, ...]) -> dict:
-    """``{"params", "batch_stats"}`` of ``model`` for inputs of per-sample ``shape``."""
-    return _jit_init(model, key, tuple(shape))
+    """``{"params", "batch_stats"}`` of ``model`` for inputs of per-sample ``shape``.
+
+    A model without BatchNorm (e.g. one added with :func:`register_model`) gets an empty
+    ``batch_stats``, so the training code needs no special case for it."""
+    variables = _jit_init(model, key, tuple(shape))
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))

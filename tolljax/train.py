@@ -119,6 +119,7 @@ def map_in_chunks(fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray,
     ``batch_size``): the per-sample form sends batch-1 convolutions to the layers and, for
     custom calls such as :mod:`tolljax.onednn`'s, copies the weights per sample.
     """
+    chunk = positive_int("chunk", chunk)
     n = x.shape[0]
     if n <= chunk:
         return fn(x)
@@ -170,6 +171,9 @@ def tree_where(pred: jnp.ndarray, new, old):
 def checkpoint_keys(key: jax.Array, steps: int, eval_every: int) -> jax.Array:
     """One PRNG key per step, shaped ``(steps // eval_every, eval_every)``: the keys of each
     checkpoint's inner ``lax.scan`` over ``eval_every`` steps."""
+    steps, eval_every = positive_int("steps", steps), positive_int("eval_every", eval_every)
+    if steps % eval_every:
+        raise TollError(f"steps {steps} is not a multiple of eval_every {eval_every}")
     keys = jax.random.split(key, steps)
     return keys.reshape(steps // eval_every, eval_every, *keys.shape[1:])
 
@@ -221,6 +225,9 @@ def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
     return best, values, losses, bad_step
 
 
+PROTOCOL_DATA_KEYS = ("train", "val_x", "val_y", "test_x", "test_y")
+
+
 def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.ndarray, *,
              model: nn.Module, config: ProtocolConfig) -> dict[str, jnp.ndarray]:
     """One seed of the paper's protocol; pure, so it can be ``jit``-ed and ``vmap``-ped.
@@ -237,6 +244,12 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     metric. Constant test scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless
     0.5; they are flagged rather than silently reported.
     """
+    missing = [k for k in PROTOCOL_DATA_KEYS if k not in data]
+    if missing:
+        raise TollError(f"protocol data lacks {', '.join(missing)}; it needs "
+                        f"{', '.join(PROTOCOL_DATA_KEYS)} (and optionally n_train)")
+    # NumPy arrays cannot be indexed by the traced batch indices (called outside jit).
+    data = {k: jnp.asarray(v) for k, v in data.items()}
     metric = METRICS[config.metric]
     norm = config.norm
     init_key, data_key = jax.random.split(key)
