@@ -29,14 +29,26 @@ METHODS = ("toll", "cance")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tolljax" / "xla"
 
 
-def use_compile_cache(folder: str) -> None:
-    """Turn on JAX's persistent compilation cache in ``folder`` (unless 'off' or disabled by
-    ``JAX_ENABLE_COMPILATION_CACHE=false``): re-running a sweep skips XLA compilation."""
+def compile_cache_folder(folder: str | None) -> str | None:
+    """The persistent-cache folder a run uses: ``folder`` when given (``--compile-cache``),
+    else ``$JAX_COMPILATION_CACHE_DIR``, else :data:`DEFAULT_CACHE`; None when the folder is
+    'off' or ``JAX_ENABLE_COMPILATION_CACHE`` is false/0."""
+    if os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false"):
+        return None
+    if folder is None:
+        folder = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(DEFAULT_CACHE)
+    return None if folder.lower() == "off" else folder
+
+
+def use_compile_cache(folder: str | None) -> None:
+    """Turn on JAX's persistent compilation cache in :func:`compile_cache_folder`'s folder:
+    re-running a sweep skips XLA compilation. An explicit flag wins over the environment."""
     import jax
 
-    if folder.lower() == "off" or os.environ.get("JAX_ENABLE_COMPILATION_CACHE", "").lower() in ("0", "false"):
+    folder = compile_cache_folder(folder)
+    if folder is None:
         return
-    jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", folder))
+    jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
@@ -155,9 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --distributed: number of processes (hosts)")
     p.add_argument("--process-id", type=int, default=None,
                    help="with --distributed: this process's index, 0..num-processes-1")
-    p.add_argument("--compile-cache", default=str(DEFAULT_CACHE),
+    p.add_argument("--compile-cache", default=None,
                    help="folder of JAX's persistent compilation cache, reused by later runs with "
-                        "the same program ('off' disables it; default: %(default)s)")
+                        "the same program ('off' disables it; default: $JAX_COMPILATION_CACHE_DIR "
+                        f"if set, else {DEFAULT_CACHE})")
     p.add_argument("--fresh", action="store_true",
                    help="recompute everything even if --out holds finished chunks of the same "
                         "configuration (default: resume, skipping them)")

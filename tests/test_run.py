@@ -358,3 +358,17 @@ def test_unknown_method_usage_names_the_module(capsys):
     with pytest.raises(SystemExit):
         main(["--method", "foo"])
     assert capsys.readouterr().err.startswith("usage: python -m experiments.run")  # was run.py
+
+
+def test_compile_cache_flag_wins_over_the_environment(monkeypatch):
+    from experiments.run import DEFAULT_CACHE, compile_cache_folder
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    monkeypatch.delenv("JAX_ENABLE_COMPILATION_CACHE", raising=False)
+    assert compile_cache_folder(None) == str(DEFAULT_CACHE)
+    assert compile_cache_folder("/a") == "/a" and compile_cache_folder("OFF") is None
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/env")
+    assert compile_cache_folder(None) == "/env"
+    assert compile_cache_folder("/a") == "/a" and compile_cache_folder("off") is None
+    monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")
+    assert compile_cache_folder("/a") is None and compile_cache_folder(None) is None
