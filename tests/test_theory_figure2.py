@@ -122,10 +122,16 @@ def test_bad_input_is_rejected():
 def test_figures_cli_writes_png_and_pdf(tmp_path):
     from theory.__main__ import main
 
+    import json
+
     assert main(["figures", "--out", str(tmp_path)]) == 0
     for name in ("figure2_contours", "learning_dynamics", "figure2_training_time"):
         for ext in ("png", "pdf"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 10_000
+    record = json.loads((tmp_path / "figures.json").read_text())
+    assert record["seed"] == 0 and record["formats"] == ["png", "pdf"] and len(record["files"]) == 6
+    W1, W2 = figure2.fit(figure2.DEFAULT_BETA, seed=0)  # the ratio panel (b) shows
+    assert record["figure2"]["half_axis_ratio"] == figure2.half_axis_ratio(W1, W2, figure2.DEFAULT_BETA)
 
 
 def test_bad_seed_count_and_step_budget_are_rejected():
@@ -162,3 +168,45 @@ def test_figures_out_must_be_a_folder(tmp_path, capsys):
 def test_mahalanobis_sq_refuses_points_that_are_not_2d():
     with pytest.raises(TheoryInputError, match=r"x must be N × 2 points, got \(4, 3\)"):
         figure2.mahalanobis_sq(np.ones((4, 3)))  # the third column was dropped silently
+
+
+def test_saved_figures_do_not_depend_on_the_other_formats_or_the_run(tmp_path):
+    # Constrained layout moved the axes at each save and PDF/SVG carried a date and random
+    # clip ids: a PNG differed with the formats saved before it, a PDF from run to run.
+    import matplotlib.pyplot as plt
+
+    from theory.figures import _save
+
+    def draw():
+        fig, ax = plt.subplots(1, 2, constrained_layout=True)
+        g1, g2 = np.meshgrid(np.linspace(-3, 3, 40), np.linspace(-2, 2, 30))
+        ax[0].clabel(ax[0].contour(g1, g2, g1**2 + 4 * g2**2, levels=[1, 4, 9]), inline=True)
+        ax[1].set_title("a title long enough to move the layout")
+        return fig
+
+    runs = {"a": ("png",), "b": ("pdf", "svg", "png"), "c": ("svg", "png", "pdf", "png")}
+    for folder, formats in runs.items():
+        paths = _save(draw(), tmp_path / folder, "f", formats)
+        assert [p.suffix for p in paths] == [f".{f}" for f in dict.fromkeys(formats)]
+    read = lambda folder, ext: (tmp_path / folder / f"f.{ext}").read_bytes()
+    assert read("a", "png") == read("b", "png") == read("c", "png")
+    assert read("b", "pdf") == read("c", "pdf") and read("b", "svg") == read("c", "svg")
+
+
+def test_figures_cli_refuses_repeated_formats_and_negative_seeds(tmp_path, capsys):
+    from theory.__main__ import main
+
+    for argv, message in ((["--formats", "png,pdf,png"], "names a format twice"),
+                          (["--formats", "jpg"], "subset of png,pdf,svg"),
+                          (["--seed", "-1"], "--seed must be >= 0")):
+        with pytest.raises(SystemExit) as exc:
+            main(["figures", "--out", str(tmp_path), *argv])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_half_axis_ratio_of_the_beta0_flow_is_large_not_infinite():
+    # As the docstring says: β = 0's flow at T_TRAIN is near PCA, not on it.
+    ratio = figure2.half_axis_ratio(*figure2.fit(0.0, seed=0), 0.0)
+    assert 1e6 < ratio < np.inf
+    W1, W2 = np.array([[1.0, 0.0]]), np.array([[1.0], [0.0]])  # exactly PCA: Q11 = 0
+    assert figure2.half_axis_ratio(W1, W2, 0.0) == np.inf

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from theory import TheoryInputError, checks, linear
+from theory import TheoryInputError, checks, figure2, linear
 
 M, D, N = 5, 3, 40
 TIMES = np.array([0.0, 0.1, 0.5, 1.0, 2.0, 3.0])
@@ -198,10 +198,18 @@ def test_outputs_are_float64_and_x64_is_not_leaked():
     assert not jax.config.jax_enable_x64
 
 
-def test_verify_checks_all_pass():
-    results = checks.run_all(printer=None)
-    failed = [c.line() for c in results if not c.passed]
-    assert not failed, failed
+def test_verify_checks_all_pass_and_are_written_to_verify_json(tmp_path, capsys):
+    import json
+
+    from theory.__main__ import main
+
+    assert main(["verify", "--out", str(tmp_path)]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line[:4] in ("PASS", "FAIL")]
+    record = json.loads((tmp_path / "verify.json").read_text())
+    assert record["failed"] == 0 and record["passed"] == len(record["checks"]) == len(printed)
+    for line, check in zip(printed, record["checks"]):  # every printed line, in the file
+        assert line == checks.Check(**{k: v for k, v in check.items() if k != "passed"}).line()
+        assert check["passed"] and line.startswith("PASS")
     assert jnp.zeros(1).dtype == jnp.float32
 
 
@@ -389,3 +397,50 @@ def test_review_cases_of_bad_input_are_named():
     # the message said "(the size of S)"; lemma1_loss takes X
     with pytest.raises(TheoryInputError, match=r"m = 3 \(the number of rows of X\), got \(1, 4\)"):
         linear.lemma1_loss(np.ones((1, 4)), np.random.default_rng(0).standard_normal((3, 5)))
+
+
+def test_theorem1_closed_form_stays_bounded_for_a_rank_deficient_covariance():
+    # eigh gives ~−1e-17 for S's zero eigenvalue, and exp(−λt) grew without bound (2.7 at
+    # t = 1e16, inf at 1e19). The limit t → ∞ is W0 projected onto S's null space.
+    X = np.random.default_rng(0).standard_normal((3, 2))
+    X -= X.mean(axis=1, keepdims=True)
+    S, W0 = linear.covariance(X), np.ones((1, 3))
+    lam, U = np.linalg.eigh(S)
+    null = U[:, np.abs(lam) < 1e-12 * lam.max()]
+    limit = W0 @ null @ null.T
+    for t in (1e3, 1e16, 1e19):
+        np.testing.assert_allclose(linear.theorem1_closed_form(W0, S, t), limit, atol=1e-12)
+    # Eigenvalues within the PSD tolerance (−1e-11 here) are treated as 0.
+    S = np.diag([1.0, 1.0, -1e-11])
+    np.testing.assert_allclose(linear.theorem1_closed_form(W0, S, 1e13), [[0.0, 0.0, 1.0]])
+
+
+def test_finite_inputs_that_overflow_are_named_not_returned_as_inf():
+    cases = [
+        (lambda: linear.lemma1_rhs(10 * np.ones((1, 2)), np.diag([1e308, 1e308])), "lemma1_rhs"),
+        (lambda: linear.covariance(1e200 * np.array([[1.0, -1.0], [2.0, -2.0]])), "covariance"),
+        (lambda: linear.theorem2_rhs(1e120 * np.ones((1, 2)), 1e120 * np.ones((2, 1)),
+                                     np.eye(2), 0.5), "theorem2_rhs"),
+        (lambda: linear.lemma1_loss_cov(1e200 * np.ones((1, 2)), np.eye(2)), "lemma1_loss_cov"),
+        (lambda: linear.balance(1e200 * np.ones((1, 2)), np.ones((2, 1))), "balance"),
+        (lambda: figure2.score(np.ones((1, 2)), np.ones((2, 1)), 0.5, [[1e200, 1e200]]), "score"),
+    ]
+    for fn, name in cases:
+        with pytest.raises(TheoryInputError, match=f"{name}('s result)? overflowed float64"):
+            fn()
+    # The symmetrisation itself no longer overflows (0.5·(S + Sᵀ) gave −inf here).
+    np.testing.assert_array_equal(linear.lemma1_rhs(np.ones((1, 2)), np.diag([1e308, 1e308])),
+                                  [[-1e308, -1e308]])
+
+
+def test_boolean_times_and_matrices_are_refused():
+    W, S = np.ones((1, 2)), np.eye(2)
+    for t in (True, [True, False], np.array([1.0, 2.0]) > 1):
+        with pytest.raises(TheoryInputError, match="t must be a real number or 1-D array of times"):
+            linear.theorem1_closed_form(W, S, t)
+    with pytest.raises(TheoryInputError, match="S must be a real numeric 2-D matrix"):
+        linear.lemma1_rhs(W, np.eye(2, dtype=bool))
+    with pytest.raises(TheoryInputError, match="t_train must be"):
+        figure2.fit(0.5, t_train=True)
+    with pytest.raises(TheoryInputError, match="squared must be True or False, got 'no'"):
+        figure2.score(W, W.T, 0.5, np.ones((3, 2)), squared="no")

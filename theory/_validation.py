@@ -28,10 +28,24 @@ from theory import TheoryInputError
 # symmetric only up to rounding, so exact equality would reject valid input.
 SYM_TOL = 1e-10
 
-# dtype kinds accepted as real numbers: bool, signed / unsigned int, float. Complex input is
-# excluded because casting it to float64 silently drops the imaginary part; strings because
+# dtype kinds accepted as real numbers: signed / unsigned int, float. Booleans are excluded
+# (``t=True`` or a boolean matrix is a mistake, not 1 / 0, as β and the counts refuse them);
+# complex because casting it to float64 silently drops the imaginary part; strings because
 # NumPy would silently parse "1" as 1.0; objects because they are usually ragged or mixed.
-_REAL_KINDS = "biuf"
+_REAL_KINDS = "iuf"
+
+
+def finite_result(name: str, value: Any) -> Any:
+    """``value`` (an array or a tuple of them) unchanged if every entry is finite (or it is
+    traced), else a clear error.
+
+    Finite inputs can still overflow float64 (entries near 1e154 squared); the result would
+    be inf or NaN without a word."""
+    leaves = jax.tree_util.tree_leaves(value)
+    if not is_traced(*leaves) and not all(np.all(np.isfinite(np.asarray(v))) for v in leaves):
+        raise TheoryInputError(f"{name} overflowed float64 (inf/NaN) although the inputs are "
+                               "finite; rescale the inputs")
+    return value
 
 
 def is_traced(*xs: Any) -> bool:
@@ -78,7 +92,7 @@ def real_matrix(name: str, A: Any) -> np.ndarray:
 def real_scalar(name: str, value: Any, *, nonnegative: bool = True) -> float:
     """A finite real number (``>= 0`` unless ``nonnegative=False``) as a Python float; not a
     boolean (``beta=True`` is a mistake, not β = 1, as :func:`integer` refuses it too)."""
-    arr = _float64(name, value, "a real number", kinds="iuf")
+    arr = _float64(name, value, "a real number")
     if arr.ndim != 0:
         raise TheoryInputError(f"{name} must be a scalar, got shape {arr.shape}")
     v = float(arr)
@@ -167,7 +181,7 @@ def covariance_matrix(S: Any, name: str = "S") -> np.ndarray:
     if asym > SYM_TOL * scale:
         raise TheoryInputError(
             f"{name} must be symmetric (a covariance X Xᵀ/n); max |{name} − {name}ᵀ| = {asym:.3g}")
-    S = 0.5 * (S + S.T)
+    S = 0.5 * S + 0.5 * S.T  # not 0.5 * (S + Sᵀ): that overflows for entries near 1e308
     lam_min = float(np.linalg.eigvalsh(S)[0])
     if lam_min < -SYM_TOL * scale:
         raise TheoryInputError(
@@ -236,3 +250,23 @@ def output_dir(path: Any, what: str = "out") -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise TheoryInputError(f"{what} {folder}: the folder is not writable")
     return folder
+
+
+def versions() -> dict:
+    """Python, NumPy, SciPy, JAX and diffrax versions, recorded next to every result file."""
+    import platform
+
+    import diffrax
+    import scipy
+
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "scipy": scipy.__version__, "jax": jax.__version__, "diffrax": diffrax.__version__}
+
+
+def write_json(path: Path, record: dict) -> Path:
+    """``record`` as indented JSON at ``path`` (the machine-readable copy of what a command
+    printed); returns ``path``."""
+    import json
+
+    path.write_text(json.dumps(record, indent=1, allow_nan=True) + "\n")
+    return path

@@ -18,23 +18,34 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from theory import figure2, linear  # noqa: E402
-from theory._validation import output_dir, seed as check_seed  # noqa: E402
+from theory import TheoryInputError  # noqa: E402
+from theory._validation import output_dir, seed as check_seed, versions, write_json  # noqa: E402
 
 # Figure 2's plotting window and grid (the data has std 2 along x1, 1 along x2).
 X1_LIM, X2_LIM = 7.0, 4.0
 LEVEL_RADII = (1.0, 2.0, 3.0)  # score levels chosen so contours cross the x2 axis at ±1, ±2, ±3
 DIR_COLORS = ("tab:red", "tab:orange", "tab:green", "tab:blue")
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+# SVG clip-path ids are random unless salted; a fixed salt makes the files reproducible.
+matplotlib.rcParams["svg.hashsalt"] = "tolljax-theory"
 
 
 def _save(fig, out: Path, name: str, formats: Sequence[str]) -> List[Path]:
     # output_dir rather than a bare mkdir: a file at ``out`` is a one-line TheoryInputError,
     # not a FileExistsError traceback.
     out = output_dir(out, "out")
+    # One layout for every file: constrained layout is iterative and starts from the axes'
+    # current positions, so each save used to move them a little and a format's bytes depended
+    # on which formats were saved before it. Drawn once, then frozen.
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
     paths = []
-    for fmt in formats:
+    for fmt in dict.fromkeys(formats):  # a format named twice is written once
         p = out / f"{name}.{fmt}"
         # dpi 90 keeps each PNG well under 300 kB for the README while staying legible.
-        fig.savefig(p, dpi=90 if fmt == "png" else None, bbox_inches="tight")
+        # No creation date (PDF) or date (SVG), so the same command writes the same bytes.
+        fig.savefig(p, dpi=90 if fmt == "png" else None, bbox_inches="tight",
+                    metadata=_NO_DATE.get(fmt))
         paths.append(p)
     plt.close(fig)
     return paths
@@ -81,8 +92,11 @@ def _figure2_panel(ax, W1, W2, beta, data, title):
     ax.set_title(title, fontsize=10)
 
 
-def figure2_plot(out: Path, formats: Sequence[str] = ("png", "pdf"), seed: int = 0) -> List[Path]:
-    """Paper Figure 2: (a) β = 0 gives bands along x1, (b) β > 0 gives closed ellipses."""
+def figure2_plot(out: Path, formats: Sequence[str] = ("png", "pdf"), seed: int = 0,
+                 record: dict | None = None) -> List[Path]:
+    """Paper Figure 2: (a) β = 0 gives bands along x1, (b) β > 0 gives closed ellipses.
+
+    ``record`` (if given) receives the numbers the figure shows."""
     beta = figure2.DEFAULT_BETA
     data = figure2.sample(1500, seed=1)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), constrained_layout=True)
@@ -92,6 +106,10 @@ def figure2_plot(out: Path, formats: Sequence[str] = ("png", "pdf"), seed: int =
                    "contours are bands; the score ignores $x_1$")
     W1b, W2b = figure2.fit(beta, seed=seed)
     ratio = figure2.half_axis_ratio(W1b, W2b, beta)
+    if record is not None:
+        record.update(beta=beta, t_train=figure2.T_TRAIN, half_axis_ratio=ratio,
+                      score_matrix_beta0=figure2.score_matrix(W1, W2, 0.0).tolist(),
+                      score_matrix=figure2.score_matrix(W1b, W2b, beta).tolist())
     _figure2_panel(axes[1], W1b, W2b, beta, data,
                    f"(b) norm-regularised, β = {beta:g}: (1−β)·rec + β·norm\n"
                    f"closed ellipses, $x_1$:$x_2$ half-axis ratio {ratio:.2f} (data: 2)")
@@ -284,16 +302,37 @@ def figure2_training_time_plot(out: Path, formats: Sequence[str] = ("png", "pdf"
     return _save(fig, out, "figure2_training_time", formats)
 
 
-def make_all(out: Path, formats: Iterable[str] = ("png", "pdf")) -> List[Path]:
-    """Write all three figures to ``out`` in each format; return the paths.
+FORMATS = ("png", "pdf", "svg")
+
+
+def make_all(out: Path, formats: Iterable[str] = ("png", "pdf"), seed: int = 0) -> List[Path]:
+    """Write all three figures to ``out`` in each format, and ``figures.json`` (the settings
+    and the numbers the figures show); return the paths, ``figures.json`` last.
 
     ``out`` is checked (and created) before any figure is computed, so an unusable path fails
-    at once with :class:`theory.TheoryInputError`.
+    at once with :class:`theory.TheoryInputError`. ``seed`` draws the initial weights (and the
+    learning-dynamics covariance); the data samples of Figure 2 always use seed 1.
     """
     out = output_dir(out, "out")
-    formats = tuple(formats)
+    formats = tuple(dict.fromkeys(formats))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise TheoryInputError(f"formats must be a non-empty subset of {', '.join(FORMATS)}; "
+                               f"got {list(formats)}")
+    seed = check_seed(seed)
+    shown: dict = {}
     paths: List[Path] = []
-    paths += figure2_plot(out, formats)
-    paths += learning_dynamics_plot(out, formats)
-    paths += figure2_training_time_plot(out, formats)
+    paths += figure2_plot(out, formats, seed, record=shown)
+    paths += learning_dynamics_plot(out, formats, seed)
+    paths += figure2_training_time_plot(out, formats, seed)
+    record = {
+        "command": "figures", "seed": seed, "formats": list(formats),
+        "files": [p.name for p in paths],
+        "settings": {"variances": list(figure2.VARIANCES), "init_scale": figure2.INIT_SCALE,
+                     "dynamics_eigenvalues": DYN_LAMBDAS.tolist(),
+                     "dynamics_betas": list(DYN_BETAS), "time_snapshots": list(TIME_SNAPSHOTS),
+                     "ratio_betas": list(RATIO_BETAS)},
+        "figure2": shown, "versions": versions(),
+    }
+    paths.append(write_json(out / "figures.json", record))
     return paths

@@ -41,6 +41,7 @@ from theory._validation import (
     check_decoder,
     check_encoder,
     covariance_matrix,
+    finite_result,
     integer,
     is_traced,
     loss_covariance,
@@ -71,7 +72,7 @@ def _x64(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with jax.enable_x64(True):
-            return fn(*args, **kwargs)
+            return finite_result(f"{fn.__name__}'s result", fn(*args, **kwargs))
 
     return wrapper
 
@@ -98,9 +99,10 @@ def covariance(X: ArrayLike) -> np.ndarray:
 
         # A t-test, not |mean| against the RMS: |mean| ≤ RMS always, so a bound of
         # 5·RMS/√n could never reject anything for n ≤ 25 (100 + randn(2, 20) passed).
-        mean = X.mean(axis=1)
-        spread = X.std(axis=1, ddof=1) / np.sqrt(n)
-        with np.errstate(divide="ignore", invalid="ignore"):  # constant rows: s = 0
+        # constant rows: s = 0; entries beyond ~1e154 overflow s (reported after the product)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            mean = X.mean(axis=1)
+            spread = X.std(axis=1, ddof=1) / np.sqrt(n)
             t = np.where(mean == 0, 0.0, np.abs(mean) / spread)
         if np.any(t > scipy.stats.t.isf(0.5e-6, n - 1)):
             raise TheoryInputError(
@@ -174,7 +176,7 @@ def _maybe_x64(fn: Callable) -> Callable:
         if is_traced(*args, *kwargs.values()):
             return fn(*args, **kwargs)
         with jax.enable_x64(True):
-            return np.float64(fn(*args, **kwargs))
+            return finite_result(f"{fn.__name__}'s result", np.float64(fn(*args, **kwargs)))
 
     return wrapper
 
@@ -278,6 +280,9 @@ def theorem1_closed_form(W0: ArrayLike, S: ArrayLike, t: ArrayLike) -> np.ndarra
     check_encoder("W0", W0.shape, S.shape[0])
     ts, scalar = times(t, "t")
     lam, U = jnp.linalg.eigh(jnp.asarray(S))
+    # S is PSD, but eigh returns ~−1e-17 (and the check lets −1e-10·scale through) for a
+    # rank-deficient S, and exp(−λt) of a negative λ grows without bound at long times.
+    lam = jnp.maximum(lam, 0.0)
     decay = jnp.exp(-jnp.asarray(ts)[:, None] * lam[None, :])  # (T, m): exp(−λ_k t)
     WU = jnp.asarray(W0) @ U
     out = np.asarray(jnp.einsum("dk,tk,mk->tdm", WU, decay, U))
@@ -416,4 +421,6 @@ def balance(W1: ArrayLike, W2: ArrayLike) -> np.ndarray:
         raise TheoryInputError(
             f"shape mismatch: W1 and W2 must be stacked alike, got leading shapes "
             f"{W1.shape[:-2]} and {W2.shape[:-2]}")
-    return W1 @ np.swapaxes(W1, -1, -2) - np.swapaxes(W2, -1, -2) @ W2
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
+        G = W1 @ np.swapaxes(W1, -1, -2) - np.swapaxes(W2, -1, -2) @ W2
+    return finite_result("balance's result", G)
