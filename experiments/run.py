@@ -209,13 +209,17 @@ def resolve_config(args: argparse.Namespace) -> dict:
                   source=args.source, val_limit=args.val_limit, test_limit=args.test_limit,
                   dtype=args.dtype, vmap_width=args.vmap_width)
     config["all_classes"], config["classes"] = _classes(args.dataset, args.classes)
-    paper = {k: v for k, v in get_config(args.dataset).items()}
-    # --source tfds draws its own validation split; --init flax is not the authors' init.
-    config["paper_protocol"] = (all(config[k] == paper[k] for k in paper if k != "seeds")
-                                and args.val_limit is None and args.test_limit is None
-                                and args.dtype == "float32" and args.init == "torch"
-                                and args.source == "files")
+    config["paper_protocol"] = not protocol_deviations(config)
     return config
+
+
+def protocol_deviations(config: dict) -> dict[str, tuple]:
+    """``{flag: (value, paper's value)}`` for every result-affecting setting of ``config`` that
+    differs from the paper's protocol (Appendix B); the seed count is not one of them."""
+    paper = {k: v for k, v in get_config(config["dataset"]).items() if k != "seeds"}
+    # --source tfds draws its own validation split; --init flax is not the authors' init.
+    paper.update(val_limit=None, test_limit=None, dtype="float32", init="torch", source="files")
+    return {k: (config[k], v) for k, v in paper.items() if config[k] != v}
 
 
 OOM_ADVICE = ("lower --batch-size, vmap fewer seeds per device (--vmap-width 1), use "
@@ -289,6 +293,8 @@ def environment() -> dict:
 def summarize(values_pct: np.ndarray) -> dict:
     """Mean and population standard deviation (numpy ``std``, as the authors) over the seeds
     that did not fail (failed seeds have NaN and are listed separately)."""
+    # float64, so that the summary is what one recomputes from the saved per-seed values
+    values_pct = np.asarray(values_pct, np.float64)
     ok = values_pct[np.isfinite(values_pct)]
     if ok.size == 0:
         return {"mean": None, "std": None}
@@ -350,20 +356,31 @@ RESULT_KEYS = ("dataset", "beta", "lr", "batch_size", "steps", "eval_every", "no
                "vmap_width")
 
 
+def result_xla_flags() -> list[str]:
+    """``$XLA_FLAGS`` without the host device count (the key records the device count
+    itself), sorted: the flags that can change a result's bits."""
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    return sorted(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 def run_key(config: dict, seeds: list[int]) -> str:
     """Identifies everything a class's results depend on: the result-relevant config, the
     seeds, and the device layout (XLA's kernels, hence the last float bits, depend on how
     many seeds share a device)."""
     import jax
+    import jaxlib
 
-    from tolljax import ops
+    from tolljax import onednn, ops
 
     ident = {k: config[k] for k in RESULT_KEYS}
-    # The convolution paths (oneDNN / GEMM / plain, $TOLLJAX_CONV*) round differently, so a
-    # chunk computed on one is not reused on another.
+    # The convolution paths (oneDNN / GEMM / plain, $TOLLJAX_CONV*), XLA flags (e.g. fast
+    # math) and the jax / jaxlib / oneDNN versions all change the rounding, so a chunk
+    # computed under one is not reused under another.
     ident.update(seeds=seeds, backend=jax.default_backend(), devices=len(jax.devices()),
-                 tolljax=__import__("tolljax").__version__,
-                 conv=[ops.resolve_conv_impl(), ops.resolve_impl()])
+                 tolljax=__import__("tolljax").__version__, jax=jax.__version__,
+                 jaxlib=jaxlib.__version__, onednn=onednn.version(),
+                 matmul_precision=str(jax.config.jax_default_matmul_precision),
+                 xla_flags=result_xla_flags(), conv=[ops.resolve_conv_impl(), ops.resolve_impl()])
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -552,11 +569,9 @@ def markdown_table(config: dict, results: dict) -> str:
     names = class_names(config["dataset"]) if config["classes"] != [None] else None
     lines = [f"# Toll · {config['dataset']} · test {metric} (%)", ""]
     if not config["paper_protocol"]:
-        lines += ["**Not the paper's protocol** (flags differ from Appendix B): "
-                  + ", ".join(f"{k}={config[k]}" for k in ("steps", "batch_size", "beta", "lr",
-                                                           "z_dim", "norm", "eval_every",
-                                                           "val_limit", "test_limit", "dtype",
-                                                           "init", "source")), ""]
+        lines += ["**Not the paper's protocol** (flags that differ from Appendix B): "
+                  + ", ".join(f"{k}={value} (paper: {paper})"
+                              for k, (value, paper) in protocol_deviations(config).items()), ""]
     lines += ["| normal class | ours (mean ± std over seeds) | paper |", "|---|---|---|"]
     for r in results["runs"]:
         label = "all" if r["normal_class"] is None else f"{r['normal_class']} ({names[r['normal_class']]})"

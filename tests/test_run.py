@@ -372,3 +372,48 @@ def test_compile_cache_flag_wins_over_the_environment(monkeypatch):
     assert compile_cache_folder("/a") == "/a" and compile_cache_folder("off") is None
     monkeypatch.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")
     assert compile_cache_folder("/a") is None and compile_cache_folder(None) is None
+
+
+def _config(*argv):
+    from experiments.run import build_parser, resolve_config
+
+    return resolve_config(build_parser().parse_args(list(argv)))
+
+
+def test_resume_key_covers_xla_flags_but_not_the_device_count_flag(monkeypatch):
+    # A chunk computed with fast math was reused by a run without it (and recorded under the
+    # new flags).
+    import jax
+
+    from experiments.run import result_xla_flags, run_key
+
+    jax.devices()  # the backend reads XLA_FLAGS once, at start: before the variable changes
+    config = _config("--steps", "40")
+    a, b = "--xla_cpu_use_thunk_runtime=true", "--xla_cpu_copy_insertion_use_region_analysis=true"
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=2 {b} {a}")
+    assert result_xla_flags() == sorted([a, b])
+    base = run_key(config, [0, 1])
+    monkeypatch.setenv("XLA_FLAGS", f"{a} {b} --xla_force_host_platform_device_count=8")
+    assert run_key(config, [0, 1]) == base  # same flags, other order; devices counted apart
+    monkeypatch.setenv("XLA_FLAGS", f"{a} {b} --xla_cpu_enable_fast_math=true")
+    assert run_key(config, [0, 1]) != base
+
+
+def test_results_md_lists_only_the_flags_that_differ_with_the_papers_values():
+    from experiments.run import markdown_table, protocol_deviations
+
+    config = _config("--steps", "40", "--batch-size", "50")
+    assert protocol_deviations(config) == {"batch_size": (50, 100), "steps": (40, 2000)}
+    assert not config["paper_protocol"] and _config()["paper_protocol"]
+    run = {"normal_class": None, "seeds": [0], "mean": 60.0, "std": 0.0, "paper": 60.0}
+    text = markdown_table(config, {"metric": "f1", "runs": [run], "summary": {"paper_source": "T4"}})
+    line = next(line for line in text.splitlines() if "Not the paper's protocol" in line)
+    assert line.endswith("steps=40 (paper: 2000), batch_size=50 (paper: 100)")  # not lr=, z_dim=, …
+
+
+def test_summary_is_what_the_saved_per_seed_values_give():
+    from experiments.run import summarize
+
+    pct = (100.0 * np.array([0.6153846, 0.7142857, 0.5], np.float32)).astype(np.float32)
+    saved = [float(v) for v in pct]  # as results.json holds them
+    assert summarize(pct) == {"mean": float(np.mean(saved)), "std": float(np.std(saved))}
