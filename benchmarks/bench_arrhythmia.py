@@ -10,7 +10,11 @@ the ratios tolljax / PyTorch. ``--repeat N`` alternates the two N times and repo
     python benchmarks/bench_arrhythmia.py [--seeds 10] [--steps 2000] [--repeat 1] [--json OUT]
 
 ``--seed-counts 1 2 5 10`` instead measures how cost grows with work: both implementations
-once per number of seeds, printing protocol wall time, compile time and time per seed.
+per number of seeds (``--repeat N``: N alternating runs each, medians reported), printing
+protocol wall time, compile time and time per seed.
+
+``--steps`` must be a multiple of the validation interval (20), as both implementations
+require.
 
 PyTorch (benchmark only): ``pip install torch==2.13.0``.
 """
@@ -28,6 +32,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._cli import positive_int  # noqa: E402
+
+EVAL_EVERY = 20  # the protocol's validation interval (both implementations)
 
 
 def _timed(cmd: list[str], env: dict | None = None) -> float:
@@ -65,34 +75,60 @@ def run_torch(seeds: int, steps: int, workdir: Path) -> dict:
             "torch": res["torch_version"]}
 
 
-def seed_scaling(counts: list[int], steps: int, json_out: Path | None) -> int:
-    """Protocol wall time vs number of seeds (vmapped in tolljax, a loop in PyTorch)."""
+def seed_scaling(counts: list[int], steps: int, json_out: Path | None, repeat: int = 1) -> int:
+    """Protocol wall time vs number of seeds (vmapped in tolljax, a loop in PyTorch); with
+    ``repeat`` > 1 each count runs that many times, the two alternating, and the medians are
+    printed."""
     rows = []
     print(f"{'seeds':>5} {'tolljax protocol s':>19} {'compile s':>10} {'run s/seed':>11} "
-          f"{'PyTorch s':>10} {'s/seed':>7} {'ratio':>6}", flush=True)
+          f"{'PyTorch s':>10} {'s/seed':>7} {'ratio':>6}"
+          f"{f'   (median of {repeat})' if repeat > 1 else ''}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in counts:
-            j, t = run_tolljax(n, steps, Path(tmp)), run_torch(n, steps, Path(tmp))
-            rows.append({"seeds": n, "tolljax": j, "torch": t})
-            print(f"{n:>5} {j['protocol_s']:>19.1f} {j['compile_s']:>10.1f} {j['run_s'] / n:>11.2f} "
-                  f"{t['protocol_s']:>10.1f} {t['protocol_s'] / n:>7.2f} "
-                  f"{j['protocol_s'] / t['protocol_s']:>6.3f}", flush=True)
+            runs = {"tolljax": [], "torch": []}
+            for _ in range(repeat):
+                runs["tolljax"].append(run_tolljax(n, steps, Path(tmp)))
+                runs["torch"].append(run_torch(n, steps, Path(tmp)))
+
+            def med(name, key):
+                return statistics.median(r[key] for r in runs[name])
+
+            row = {"seeds": n, "tolljax_protocol_s": med("tolljax", "protocol_s"),
+                   "tolljax_compile_s": med("tolljax", "compile_s"),
+                   "tolljax_run_s": med("tolljax", "run_s"),
+                   "torch_protocol_s": med("torch", "protocol_s"), "runs": runs}
+            row["ratio_protocol"] = row["tolljax_protocol_s"] / row["torch_protocol_s"]
+            rows.append(row)
+            print(f"{n:>5} {row['tolljax_protocol_s']:>19.1f} {row['tolljax_compile_s']:>10.1f} "
+                  f"{row['tolljax_run_s'] / n:>11.2f} {row['torch_protocol_s']:>10.1f} "
+                  f"{row['torch_protocol_s'] / n:>7.2f} {row['ratio_protocol']:>6.3f}", flush=True)
     if json_out:
-        json_out.write_text(json.dumps({"steps": steps, "rows": rows}, indent=2))
+        json_out.write_text(json.dumps({"steps": steps, "repeat": repeat, "rows": rows}, indent=2))
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=10)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--seeds", type=positive_int, default=None, help="default 10")
+    p.add_argument("--steps", type=positive_int, default=2000,
+                   help=f"training steps per seed, a multiple of {EVAL_EVERY}")
+    p.add_argument("--repeat", type=positive_int, default=1,
+                   help="alternating runs of each implementation; medians are reported")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
-    p.add_argument("--seed-counts", type=int, nargs="+", default=None,
-                   help="scaling mode: protocol wall time for each number of seeds")
+    p.add_argument("--seed-counts", type=positive_int, nargs="+", default=None,
+                   help="scaling mode: protocol wall time for each number of seeds (--seeds "
+                        "is not used)")
     args = p.parse_args(argv)
+    if args.steps % EVAL_EVERY:
+        p.error(f"--steps {args.steps} is not a multiple of the validation interval "
+                f"{EVAL_EVERY}")
     if args.seed_counts:
-        return seed_scaling(args.seed_counts, args.steps, args.json)
+        if args.seeds is not None:
+            p.error("--seeds and --seed-counts: give one (--seed-counts sets the seeds of "
+                    "each run)")
+        return seed_scaling(args.seed_counts, args.steps, args.json, args.repeat)
+    if args.seeds is None:
+        args.seeds = 10
 
     runs = {"tolljax": [], "torch": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._cli import positive_int  # noqa: E402
 from benchmarks.jax_steps import intercepted_init  # noqa: E402
 from tolljax import onednn, ops  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
@@ -146,9 +147,11 @@ def onednn_takes(layer: Layer, batch: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["mnist", "cifar10"], choices=["mnist", "cifar10"])
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--reps", type=int, default=10, help="forward+gradient passes per timing")
-    p.add_argument("--rounds", type=int, default=3, help="timings per layer (best is kept)")
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--reps", type=positive_int, default=10,
+                   help="forward+gradient passes per timing")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="timings per layer (best is kept)")
     p.add_argument("--json", type=Path, help="write all measurements here")
     args = p.parse_args(argv)
     if not onednn.available():

@@ -42,6 +42,7 @@ import optax  # noqa: E402
 import torch  # noqa: E402
 from jax import lax  # noqa: E402
 
+from benchmarks._cli import positive_int  # noqa: E402
 from benchmarks.bench_train_step import TorchRunner  # noqa: E402
 from benchmarks.jax_steps import MODELS, JaxRunner, set_impls, step_flops, timed_steps  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
@@ -205,10 +206,11 @@ def _print(res: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["mnist", "cifar10"], choices=MODELS)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--reps", type=int, default=5, help="products per timed XLA call")
-    p.add_argument("--repeats", type=int, default=3, help="alternating timed rounds")
-    p.add_argument("--scan", type=int, default=5, help="steps per call of the tolljax step")
+    p.add_argument("--batch", type=positive_int, default=64)
+    p.add_argument("--reps", type=positive_int, default=5, help="products per timed XLA call")
+    p.add_argument("--repeats", type=positive_int, default=3, help="alternating timed rounds")
+    p.add_argument("--scan", type=positive_int, default=5,
+                   help="steps per call of the tolljax step")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     args = p.parse_args(argv)
     if jax.default_backend() != "cpu":

@@ -39,8 +39,9 @@ On a GPU PyTorch runs on CUDA too (``--torch-device``, default: where JAX runs),
 end of its kernels (``torch.cuda.synchronize``). ``--precision default`` keeps JAX's default
 float32 matmul precision, TF32 tensor cores on Ampere and newer GPUs, and allows TF32 in
 PyTorch as well; ``highest`` is true float32 on both. The MFU column divides the achieved
-rate by the device's datasheet peak for that arithmetic (:mod:`benchmarks.peaks`; CPUs and
-unknown GPUs: ``--peak-tflops``).
+rate by one device's datasheet peak for that arithmetic (:mod:`benchmarks.peaks`; CPUs and
+unknown GPUs: ``--peak-tflops``, per device): every step here runs on one device (the
+default one), whatever the number of devices.
 
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
@@ -73,12 +74,18 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import peaks, torch_models  # noqa: E402
+from benchmarks._cli import nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
 from benchmarks.jax_steps import (MODELS, JaxRunner, impl_label, set_impls, step_flops,  # noqa: E402
                                   timed_steps)
 from tolljax import ops  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
 from tolljax.models import sample_shape  # noqa: E402
 
+
+
+def batch_arg(text: str) -> str | int:
+    """``--batches`` value: ``paper`` or a positive batch size."""
+    return "paper" if text == "paper" else positive_int(text)
 
 
 def _nchw(x: np.ndarray) -> np.ndarray:
@@ -173,12 +180,14 @@ def _variants(dataset: str, cts: list[str], cvs: list[str]) -> list[tuple[str, s
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--batches", nargs="+", default=["paper", "64"],
-                   help="batch sizes; 'paper' = the paper's batch for each model")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed round")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds (alternating)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    p.add_argument("--min-round-s", type=float, default=1.0,
+    p.add_argument("--batches", nargs="+", type=batch_arg, default=["paper", 64],
+                   help="batch sizes (positive integers); 'paper' = the paper's batch for each "
+                        "model")
+    p.add_argument("--steps", type=positive_int, default=5, help="steps per timed round")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (alternating)")
+    p.add_argument("--warmup", type=nonnegative_int, default=2,
+                   help="untimed steps after compilation")
+    p.add_argument("--min-round-s", type=nonnegative_float, default=1.0,
                    help="a timed round lasts at least this long (more steps for small models)")
     p.add_argument("--conv-transpose", default="auto",
                    help="comma-separated transposed-conv implementations (tolljax.ops): "
@@ -189,7 +198,7 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32",
                    help="comma-separated tolljax compute dtypes: float32, bfloat16 (PyTorch "
                         "stays float32)")
-    p.add_argument("--scan", type=int, default=5,
+    p.add_argument("--scan", type=positive_int, default=5,
                    help="also time each tolljax variant as this many steps in one lax.scan (as "
                         "the protocol runs them: buffers are allocated once per call, not per "
                         "step); 1 = per-call steps only")
@@ -201,9 +210,10 @@ def main(argv=None) -> int:
                         "tensor cores on Ampere+ GPUs; PyTorch set to allow TF32 too), highest "
                         "= true float32 on both (jax_default_matmul_precision='highest'); no "
                         "effect on CPU")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's peak TFLOP/s for MFU (default: NVIDIA's datasheet peak "
-                        "for known GPUs, benchmarks/peaks.py; none on CPU)")
+    p.add_argument("--peak-tflops", type=positive_float, default=None,
+                   help="peak TFLOP/s of ONE device, for MFU (each step runs on one device; "
+                        "default: NVIDIA's datasheet peak for known GPUs, benchmarks/peaks.py; "
+                        "none on CPU)")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     args = p.parse_args(argv)
     cts = [v.strip() for v in args.conv_transpose.split(",") if v.strip()]
@@ -240,7 +250,7 @@ def main(argv=None) -> int:
             return None if tflops is None else 1e12 * tflops
 
     env = {"python": platform.python_version(), "jax": jax.__version__,
-           "backend": jax.default_backend(), "devices": len(jax.devices()),
+           "backend": jax.default_backend(), "devices": len(jax.devices()), "devices_used": 1,
            "device_kind": device_kind, "precision": args.precision,
            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "torch_device": torch_device, "torch_allow_tf32": tf32,
@@ -254,7 +264,8 @@ def main(argv=None) -> int:
     if any(v is not None for v in env["peak_tflops"].values()):
         print("MFU against " + ", ".join(f"{dt} {v:g} TFLOP/s" for dt, v in env["peak_tflops"].items()
                                          if v is not None)
-              + f" (precision {args.precision}; PyTorch rows against the float32 peak)")
+              + f" per device, each step on one device (precision {args.precision}; "
+              "PyTorch rows against the float32 peak)")
     print(f"steps/round >= {args.steps} and >= {args.min_round_s:g} s, rounds {args.repeats}, "
           f"warm-up {args.warmup}; ratio = tolljax / torch (median; '(min)': of the minima)",
           flush=True)
@@ -262,7 +273,7 @@ def main(argv=None) -> int:
     for dataset in args.models:
         seen = []
         for b in args.batches:
-            size = PAPER_HYPERPARAMETERS[dataset]["batch_size"] if b == "paper" else int(b)
+            size = PAPER_HYPERPARAMETERS[dataset]["batch_size"] if b == "paper" else b
             if size in seen:
                 continue
             seen.append(size)

@@ -11,7 +11,10 @@
 #   bash benchmarks/gpu_session.sh impls             # XLA's plain layers vs the GEMM fast path
 #   bash benchmarks/gpu_session.sh sweep-width1 [DATA_DIR]  # the sweep, seeds not vmapped
 #
-# Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable.
+# Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable. DATA_DIR
+# (default .devicedata/mnist) is read by the two sweep parts only; the other parts take none.
+# A part alone also keeps to BUDGET_S (below): a run's limit is cut to what is left of it, and
+# a run with less than 10 s left is not started (reported as failed).
 #
 #   bash benchmarks/gpu_session.sh all [FIRST_PART] [DATA_DIR]
 #
@@ -28,14 +31,42 @@ set -euo pipefail
 
 part_list=(sweep steps more steps-small impls sweep-width1)
 parts=$(IFS='|'; echo "${part_list[*]}")
-usage="usage: gpu_session.sh {$parts} [DATA_DIR] | gpu_session.sh all [FIRST_PART] [DATA_DIR]"
-part=${1:?"$usage"}
+usage="usage: gpu_session.sh {sweep|sweep-width1} [DATA_DIR] | gpu_session.sh \
+{steps|more|steps-small|impls} | gpu_session.sh all [FIRST_PART] [DATA_DIR]"
+if (($# == 0)); then
+    echo "$usage" >&2
+    exit 2
+fi
+if [[ $1 == -h || $1 == --help ]]; then
+    echo "$usage"
+    exit 0
+fi
+part=$1
 first=${part_list[0]}
 if [[ $part == all && $# -ge 2 && " ${part_list[*]} " == *" $2 "* ]]; then
     first=$2; shift
 elif [[ $part == all && $# -ge 2 && ! -d $2 ]]; then
     echo "all: '$2' is neither a part ($parts) nor a data folder" >&2
     exit 2
+fi
+if [[ $part != all && " ${part_list[*]} " != *" $part "* ]]; then
+    echo "unknown part '$part': choose one of $parts or all" >&2
+    exit 2
+fi
+# $2 is now DATA_DIR, if given: for `all` and the sweep parts only, and then a folder.
+if (($# > 2)); then
+    echo "unexpected argument(s) after '$part ${2}': ${*:3}" >&2
+    echo "$usage" >&2
+    exit 2
+elif (($# == 2)); then
+    if [[ $part != all && $part != sweep && $part != sweep-width1 ]]; then
+        echo "$part takes no DATA_DIR (only the sweep parts read data), got '$2'" >&2
+        echo "$usage" >&2
+        exit 2
+    elif [[ ! -d $2 ]]; then
+        echo "DATA_DIR '$2' is not a folder" >&2
+        exit 2
+    fi
 fi
 data=${2:-.devicedata/mnist}
 out=${OUT:-runs/gpu}
@@ -67,9 +98,10 @@ fi
 # Each run gets at most $limit seconds (set per part below), so that one slow run cannot
 # take the whole 10-minute call and the part's other runs with it; timeout(1) signals the
 # run's whole process group (the CLI that bench_sweep starts too).
-# In `all` mode every run is also cut to what is left of the call's budget ($deadline, in
-# bash's SECONDS).
+# Every run is also cut to what is left of the call's budget, BUDGET_S seconds from the start
+# ($deadline, in bash's SECONDS), in `all` mode and for a part alone.
 limit=560
+deadline=$((SECONDS + ${BUDGET_S:-540}))
 failed=()
 run() {  # run NAME CMD...: print the command, log its output to $out/NAME.log; a failure or
     # timeout is reported at the end and does not stop the other measurements of the part
@@ -107,6 +139,7 @@ run_part() {  # run_part PART: that part's runs, files to $out
         sweep sweep_bfloat16 --dtype bfloat16
         ;;
     sweep-width1)
+        limit=280
         # Seeds one at a time instead of vmapped: vmapping a convolution over seeds makes it a
         # grouped convolution (one group per seed), whose cuDNN kernels may be slower.
         sweep sweep_float32_width1 -- --vmap-width 1
@@ -142,10 +175,6 @@ run_part() {  # run_part PART: that part's runs, files to $out
 }
 
 if [[ $part != all ]]; then
-    if [[ " ${part_list[*]} " != *" $part "* ]]; then
-        echo "unknown part '$part': choose one of $parts or all" >&2
-        exit 2
-    fi
     environment
     run_part "$part"
     if ((${#failed[@]})); then
@@ -157,7 +186,6 @@ fi
 
 # all: the parts in order, each in a subshell (a part's exports stay its own) writing to its
 # own folder of a staging directory, bundled into $out after every part.
-deadline=$((SECONDS + ${BUDGET_S:-540}))
 stage=$(mktemp -d)
 final=$out
 out=$stage

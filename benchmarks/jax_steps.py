@@ -32,6 +32,8 @@ MODELS = ("mnist", "cifar10", "arrhythmia")
 
 def timed_steps(run_step, steps: int, min_seconds: float) -> float:
     """Seconds per step, mean over ≥ ``steps`` consecutive steps lasting ≥ ``min_seconds``."""
+    if steps < 1:
+        raise ValueError(f"timed_steps: steps must be at least 1, got {steps}")
     start = time.perf_counter()
     done = 0
     while done < steps or time.perf_counter() - start < min_seconds:
@@ -120,14 +122,15 @@ def step_fn(scan: int = 1):
     return jax.jit(steps, donate_argnums=0)
 
 
-def step_flops(dataset: str, batch_size: int) -> float:
+def step_flops(dataset: str, batch_size: int, z_dim: int | None = None) -> float:
     """FLOPs of one train step: XLA's cost analysis of the step compiled with XLA's plain layers.
 
     The plain program is used because the fast path's batch chunks are loops, whose bodies
     XLA's cost analysis counts once; at batch 64 (no chunks) the two counts agree within 1 %.
+    ``z_dim``: the latent size (default: the paper's for ``dataset``).
     """
     set_impls("plain", "plain")
-    model = build_model(dataset)
+    model = build_model(dataset, z_dim)
     state = jax.eval_shape(lambda: create_train_state(
         model, jax.random.key(0), sample_shape(dataset), optax.adam(1e-3)))
     x = jax.ShapeDtypeStruct((batch_size, *sample_shape(dataset)), jnp.float32)

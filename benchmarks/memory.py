@@ -7,9 +7,12 @@ batch), outputs, temporaries (activations kept for the backward pass, im2col pat
 and the peak estimate ``arguments + outputs + temporaries − aliased`` (donated buffers are
 aliased to outputs). Nothing is run, so the paper's MNIST batch of 1000 is cheap to analyse.
 
-The numbers are for the backend the script runs on: on CPU the transposed/regular
-convolutions take tolljax's GEMM fast path (``--conv plain`` analyses XLA's plain layers,
-which is what GPU/TPU run). A whole protocol adds the device-resident data (e.g. MNIST: one
+The numbers are for the backend the script runs on and the convolutions ``--conv`` selects
+(both kinds; the first line printed names them): ``auto``, the default, is what training
+uses, which on CPU is the oneDNN path (``tolljax.onednn``) where oneDNN is installed, else
+tolljax's GEMM fast path; ``--conv fast`` analyses the GEMM fast path, ``--conv plain`` XLA's
+plain layers, which is what GPU/TPU run. oneDNN's own scratchpad and kernel copies are
+outside XLA's count. A whole protocol adds the device-resident data (e.g. MNIST: one
 class's ~6,000 training images, 10,000 validation and 10,000 test images, ~90 MB in float32)
 and one copy of the best checkpoint per seed; vmapped seeds multiply everything but the
 data.
@@ -33,6 +36,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
+from benchmarks._cli import positive_int  # noqa: E402
 from tolljax import ops  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
@@ -56,7 +60,9 @@ def _analysis(compiled) -> dict[str, float]:
 def analyse(dataset: str, batch_size: int | None = None) -> dict:
     """Memory analysis of the train step and of scoring one batch for ``dataset``."""
     hp = PAPER_HYPERPARAMETERS[dataset]
-    batch_size = batch_size or hp["batch_size"]
+    batch_size = hp["batch_size"] if batch_size is None else batch_size
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     model = build_model(dataset)
     state = jax.eval_shape(lambda: create_train_state(
         model, jax.random.key(0), sample_shape(dataset), optax.adam(hp["lr"])))
@@ -74,7 +80,8 @@ def analyse(dataset: str, batch_size: int | None = None) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--batch", type=int, default=None, help="default: the paper's per model")
+    p.add_argument("--batch", type=positive_int, default=None,
+                   help="default: the paper's per model")
     p.add_argument("--conv", default="auto", choices=("auto", "plain", "fast"),
                    help="convolution implementation (both kinds); plain = what GPU/TPU run")
     p.add_argument("--json", type=Path, default=None)

@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
 import jax  # noqa: E402
 from jax.profiler import ProfileData  # noqa: E402  (reads the XSpace protobuf)
 
+from benchmarks._cli import positive_int  # noqa: E402
 from benchmarks.jax_steps import MODELS, JaxRunner  # noqa: E402
 from tolljax.configs import PAPER_HYPERPARAMETERS  # noqa: E402
 from tolljax.models import sample_shape  # noqa: E402
@@ -104,17 +105,17 @@ def summarize(data: ProfileData, steps: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="mnist", choices=MODELS)
-    p.add_argument("--batch", type=int, default=None, help="default: the paper's")
-    p.add_argument("--scan", type=int, default=5, help="steps per call, in one lax.scan")
-    p.add_argument("--calls", type=int, default=2, help="traced calls")
+    p.add_argument("--batch", type=positive_int, default=None, help="default: the paper's")
+    p.add_argument("--scan", type=positive_int, default=5, help="steps per call, in one lax.scan")
+    p.add_argument("--calls", type=positive_int, default=2, help="traced calls")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--top", type=positive_int, default=25)
     p.add_argument("--trace-dir", type=Path, default=None,
                    help="keep the raw trace here (default: a temporary folder)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
 
-    batch = args.batch or PAPER_HYPERPARAMETERS[args.model]["batch_size"]
+    batch = PAPER_HYPERPARAMETERS[args.model]["batch_size"] if args.batch is None else args.batch
     x = np.random.default_rng(0).standard_normal((batch, *sample_shape(args.model)))
     runner = JaxRunner(args.model, x.astype(np.float32), scan=args.scan, dtype=args.dtype)
     for _ in range(2):

@@ -45,16 +45,18 @@ import numpy as np
 import torch
 from torch import nn
 
-try:
-    from tolljax.data import load_arrhythmia
-except ModuleNotFoundError:  # run from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tolljax.data import load_arrhythmia
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._cli import positive_int  # noqa: E402
+from tolljax.data import load_arrhythmia  # noqa: E402
 
 N_FEATURES = 274
 Z_DIM = 16
 EXPECTED_PARAMS = 212_514
 NORMAL_FRACTION = 0.854  # the round(0.854 N) lowest scores are predicted normal
+EVAL_EVERY = 20  # validation interval, steps
 
 
 class ArrhythmiaAE(nn.Module):
@@ -107,9 +109,13 @@ def evaluate_f1(model: nn.Module, x: torch.Tensor, y: np.ndarray, beta: float) -
     return f1_top_fraction(scores.numpy(), y)
 
 
-def run_seed(seed: int, split, *, steps: int = 2000, eval_every: int = 20, batch_size: int = 100,
-             beta: float = 10.0, lr: float = 1e-3, compile_model: bool = False) -> dict:
+def run_seed(seed: int, split, *, steps: int = 2000, eval_every: int = EVAL_EVERY,
+             batch_size: int = 100, beta: float = 10.0, lr: float = 1e-3,
+             compile_model: bool = False) -> dict:
     """One training run (one network initialisation) of the protocol."""
+    if steps < 1 or eval_every < 1 or steps % eval_every:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of eval_every "
+                         f"({eval_every}): every step ends in a checkpoint period")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train = torch.from_numpy(np.ascontiguousarray(split.train, dtype=np.float32))
@@ -154,8 +160,8 @@ def run_seed(seed: int, split, *, steps: int = 2000, eval_every: int = 20, batch
     return {"test_f1": test_f1, "best_step": best_step, "best_val_f1": best_f1, "train_s": train_s}
 
 
-def run_protocol(seeds=range(10), steps=2000, eval_every=20, batch_size=100, beta=10.0, lr=1e-3,
-                 verbose=False, compile_model=False) -> dict:
+def run_protocol(seeds=range(10), steps=2000, eval_every=EVAL_EVERY, batch_size=100, beta=10.0,
+                 lr=1e-3, verbose=False, compile_model=False) -> dict:
     """Run the Arrhythmia protocol for each seed in turn (as the authors did).
 
     Returns per-seed test F1, best step and best validation F1 (fractions in [0, 1]), their
@@ -202,11 +208,17 @@ def run_protocol(seeds=range(10), steps=2000, eval_every=20, batch_size=100, bet
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    p.add_argument("--seeds", type=int, default=10, help="run seeds 0..SEEDS-1 (default 10)")
-    p.add_argument("--steps", type=int, default=2000, help="training steps per seed (default 2000)")
+    p.add_argument("--seeds", type=positive_int, default=10,
+                   help="run seeds 0..SEEDS-1 (default 10)")
+    p.add_argument("--steps", type=positive_int, default=2000,
+                   help=f"training steps per seed, a multiple of the validation interval "
+                        f"{EVAL_EVERY} (default 2000)")
     p.add_argument("--json", type=Path, default=None, help="write the result dict here")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     args = p.parse_args(argv)
+    if args.steps % EVAL_EVERY:
+        p.error(f"--steps {args.steps} is not a multiple of the validation interval "
+                f"{EVAL_EVERY} (checkpoints are taken every {EVAL_EVERY} steps)")
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
           f"{', torch.compile' if args.compile else ''}", flush=True)

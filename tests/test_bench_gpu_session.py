@@ -96,3 +96,55 @@ def test_unknown_parts_are_named(tmp_path, fake_python, args, message):
     proc, _, calls = run_script(tmp_path, fake_python, *args)
     assert proc.returncode == 2 and message in proc.stderr
     assert not calls
+
+
+def limits(stdout: str) -> dict[str, int]:
+    """Each run's time limit, from the "== NAME (at most N s): ..." lines."""
+    import re
+
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^== (\S+) \(at most (\d+) s\)", stdout, re.M)}
+
+
+def test_every_sweep_gets_the_sweep_limit_of_280_s(tmp_path, fake_python):
+    """README: 280 s for each sweep, the seeds-one-at-a-time sweep included."""
+    proc, _, _ = run_script(tmp_path, fake_python, "sweep-width1", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert limits(proc.stdout) == {"sweep_float32_width1": 280}
+    proc, _, _ = run_script(tmp_path, fake_python, "sweep", str(tmp_path))
+    assert limits(proc.stdout) == {"sweep_float32": 280, "sweep_bfloat16": 280}
+
+
+def test_a_part_alone_keeps_to_the_budget(tmp_path, fake_python):
+    """A part alone must fit one device call too: its runs are cut to BUDGET_S."""
+    proc, _, _ = run_script(tmp_path, fake_python, "more", BUDGET_S="100")
+    assert proc.returncode == 0, proc.stderr
+    assert set(limits(proc.stdout)) == {"profile", "memory", "train_step_highest"}
+    assert all(90 <= cap <= 100 for cap in limits(proc.stdout).values())
+
+
+def test_a_part_alone_does_not_start_runs_once_the_budget_is_spent(tmp_path, fake_python):
+    proc, out, calls = run_script(tmp_path, fake_python, "sweep", str(tmp_path), BUDGET_S="5")
+    assert proc.returncode == 1
+    assert "failed: sweep_float32 sweep_bfloat16" in proc.stderr
+    assert not [c for c in calls if c.startswith("benchmarks/")]
+    assert "not run, the call's budget is spent" in (out / "sweep_float32.log").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["steps", "bogusdir"], "steps takes no DATA_DIR"),
+    (["sweep", "no/such/folder"], "DATA_DIR 'no/such/folder' is not a folder"),
+    (["sweep", ".", "extra"], "unexpected argument(s) after 'sweep .': extra"),
+    (["all", "impls", ".", "extra"], "unexpected argument(s)"),
+])
+def test_extra_or_misplaced_arguments_are_refused(tmp_path, fake_python, args, message):
+    proc, _, calls = run_script(tmp_path, fake_python, *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not calls
+
+
+def test_no_arguments_prints_the_usage_alone(tmp_path, fake_python):
+    proc, _, calls = run_script(tmp_path, fake_python)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: gpu_session.sh ") and "line " not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not calls
