@@ -12,43 +12,24 @@ import argparse
 import math
 
 
-def _number(text: str, kind: type, what: str):
-    try:
-        value = kind(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return value
+def _bounded(kind: type, strict: bool, what: str):
+    """An argparse type: ``kind(text)``, finite, and > 0 (``strict``) or >= 0."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not math.isfinite(value) or (value <= 0 if strict else value < 0):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    parse.__doc__ = what[0].upper() + what[1:] + "."
+    return parse
 
 
-def positive_int(text: str) -> int:
-    """An integer ≥ 1."""
-    value = _number(text, int, "a positive integer")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    """An integer ≥ 0."""
-    value = _number(text, int, "an integer >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    value = _number(text, float, "a positive number")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    """A finite number ≥ 0."""
-    value = _number(text, float, "a number >= 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_int = _bounded(int, True, "a positive integer")
+nonnegative_int = _bounded(int, False, "an integer >= 0")
+positive_float = _bounded(float, True, "a positive number")
+nonnegative_float = _bounded(float, False, "a number >= 0")
