@@ -13,8 +13,15 @@ All NCE variants share the autoencoder and, per seed, the PRNG key (paired compa
 Seeds are a ``vmap`` axis; every stage is one compiled program. Arrhythmia uses tolljax's
 split (Toll's, SPEC) and the F1 rule of ``tolljax.metrics.f1_top_fraction``; MNIST uses the
 paper's one-class-normal setting with AUROC. Budget flags (``--ae-steps``, ``--nce-steps``,
-``--val-limit``, ``--test-limit``, ``--ae-model small``) make CPU runs affordable; any run
-that uses them is labelled *not the paper's protocol* in ``results.md``.
+``--val-limit``, ``--test-limit``, ``--ae-model small``) make CPU runs affordable; a run that
+uses them, or sets any other flag that changes results (``--select``, ``--ae-loss``,
+``--fixed-noise``, ``--nce-hidden``, ...) to a value other than its default, is labelled *not
+the paper's protocol* in ``results.md``, with the changed values (``config.budget`` in
+``results.json``). Flags that change no number (``--dataset``, ``--classes``, ``--variants``,
+``--seeds``, ``--seed-offset``, ``--data-dir``, ``--out``, ``--compile-cache``, ``--quiet``)
+do not count; seeds are listed beside the table, as in ``experiments.run``. A class's numbers
+are bit-identical whichever other classes run with it (its padded training rows change no
+statistic: :func:`tolljax.cance.fit_noise_stats`).
 
 Writes ``<out>/results.json`` (config, per-variant per-seed metrics, paper numbers, library
 versions, timings) and ``<out>/results.md``.
@@ -118,8 +125,6 @@ def resolve_config(args: argparse.Namespace) -> dict:
             "ae_eval_every": args.ae_eval_every, "nce_steps": args.nce_steps,
             "nce_batch": args.nce_batch, "nce_eval_every": args.nce_eval_every,
             "standardize": args.standardize, "seeds": args.seeds}
-    budget_keys = [k for k, v in over.items() if v is not None and v != d.get(k)
-                   and k not in ("seeds", "standardize")]
     d.update({k: v for k, v in over.items() if v is not None})
     if args.dataset == "arrhythmia" and d["ae_model"] == "small":
         raise TollError("--ae-model small is an MNIST budget model; arrhythmia uses 'paper'")
@@ -148,11 +153,46 @@ def resolve_config(args: argparse.Namespace) -> dict:
         budget.append(f"test subset {args.test_limit}")
     if d["ae_model"] == "small":
         budget.append("small budget conv AE (not the paper's AE)")
-    budget += [f"{k}={d[k]}" for k in budget_keys]
+    budget += changed_defaults(args, d)
     d["budget"] = budget
     # Validate the stage configs now, so flag errors are reported before any data is loaded.
     ae_config(d), nce_config(d)
     return d
+
+
+# Flags (by argparse dest) that change no number of a class's results: what runs (dataset,
+# classes, variants, seeds — recorded beside the label, as in experiments.run), where data and
+# results live, and logging/caching. Every other flag counts as a change of the protocol.
+NEUTRAL_FLAGS = frozenset({"help", "dataset", "classes", "seeds", "seed_offset", "data_dir",
+                           "out", "variants", "compile_cache", "quiet"})
+# Flags labelled by resolve_config in their own words ("validation subset N", ...).
+BUDGET_FLAGS = frozenset({"val_limit", "test_limit"})
+
+
+def changed_defaults(args: argparse.Namespace, d: dict) -> list[str]:
+    """``name=value`` for every result-affecting flag (all but :data:`NEUTRAL_FLAGS`) whose
+    value differs from this runner's default for ``args.dataset`` (``d``: the resolved config).
+    Taken from the parser, so a new flag counts unless it is declared neutral."""
+    from tolljax.configs import PAPER_HYPERPARAMETERS
+
+    # Defaults that the parser leaves to the dataset (None there) or to resolve_config.
+    resolved = {**DEFAULTS[args.dataset], "cov_weight": 1.0,
+                "beta": PAPER_HYPERPARAMETERS[args.dataset]["beta"]}
+    changed = []
+    for action in build_parser()._actions:
+        key = action.dest
+        if key in NEUTRAL_FLAGS or key in BUDGET_FLAGS:
+            continue
+        value, default = getattr(args, key), action.default
+        if key == "subset_seed" and args.val_limit is None and args.test_limit is None:
+            continue  # it only draws the --val-limit/--test-limit subsets
+        if key == "nce_hidden":
+            value, default = list(parse_hidden(value)), list(parse_hidden(default))
+        elif key in resolved:
+            value, default = d[key], resolved[key]
+        if value != default:
+            changed.append(f"{key}={value}")
+    return changed
 
 
 # The NCE stage's flags (by argparse dest): unused when only the recon variant runs.

@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tolljax.errors import TollError, output_dir
+from tolljax.losses import parse_norm
 from tolljax.metrics import ARRHYTHMIA_NORMAL_FRACTION  # the paper's Arrhythmia F1 rule
 
 SCORES_FILE = "scores.npz"
@@ -181,6 +182,11 @@ def check_results(path: Path, results: dict) -> None:
     every = config.get("eval_every")
     if every is not None and not (isinstance(every, int) and every >= 1):  # the curves' x axis
         raise _bad(path, "config.eval_every", "a positive integer", every)
+    if "norm" in config:  # the latent norm of the loss and score labels
+        try:
+            parse_norm(config["norm"])
+        except TollError:
+            raise _bad(path, "config.norm", "1, 2 or inf", config["norm"]) from None
     if not isinstance(results["metric"], str):
         raise _bad(path, "metric", "a string (auroc or f1)", results["metric"])
     summary = results.get("summary")
@@ -270,6 +276,15 @@ def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
     return paths
 
 
+_NORM_SUBSCRIPT = {1: "₁", 2: "₂", math.inf: "∞"}
+
+
+def toll_formula(config: dict) -> str:
+    """Toll's loss / anomaly score with the run's latent norm (``config.norm``: 1, 2 or inf;
+    2 when absent, as ``experiments.run``'s default): ``‖x̂−x‖₂ + β‖z‖₁`` for ``--norm 1``."""
+    return f"‖x̂−x‖₂ + β‖z‖{_NORM_SUBSCRIPT[parse_norm(config.get('norm', 2))]}"
+
+
 def _subtitle(results: dict) -> str:
     cfg = results["config"]
     seeds = len(results["runs"][0]["seeds"])
@@ -333,7 +348,8 @@ def plot_loss_curves(results: dict, out_dir: Path, formats=FORMATS) -> list[Path
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Training loss ‖x̂−x‖₂ + β‖z‖₂ (mean of the steps before each checkpoint)"
+    fig.suptitle(f"Training loss {toll_formula(results['config'])} (mean of the steps before "
+                 "each checkpoint)"
                  f"\n{_subtitle(results)}", fontsize=10)
     return _save(fig, out_dir, "loss_curve", formats)
 
@@ -381,8 +397,10 @@ def plot_paper_bars(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]
             ax.text(x[i] + width / 2, paper_vals[i] + 0.01 * max(top, 1), f"{paper_vals[i]:.1f}",
                     ha="center", va="bottom", fontsize=7)
         else:
-            ax.text(x[i] + width / 2, 1, "n/a", ha="center", va="bottom", fontsize=7,
-                    color=PAPER)
+            # x in data, y in axes coordinates: just above the axis' lower limit, which is
+            # not 0 on AUROC plots (a label at y = 1 lay below it, invisible).
+            ax.text(x[i] + width / 2, 0.01, "n/a", ha="center", va="bottom", fontsize=7,
+                    color=PAPER, transform=ax.get_xaxis_transform())
     low = np.nanmin(np.concatenate([means - np.nan_to_num(stds), paper_vals]))
     bottom = 0.0 if metric != "AUROC" or not np.isfinite(low) else max(0.0, min(50.0, low - 5))
     ax.set_ylim(bottom, min(100.0, max(top, 1) * 1.08) if top > 0 else 100.0)
@@ -489,7 +507,7 @@ def plot_histograms(results: dict, scores: dict, out_dir: Path, formats=FORMATS)
                        label=f"F1 rule: top {row.size - n_normal} flagged")
         seed = _seed_names(run, s.shape[0])[k]
         ax.set_title(f"{label}\nseed {seed} (median AUROC {100 * areas[k]:.1f} %)", fontsize=9)
-        ax.set_xlabel("anomaly score ‖x̂−x‖₂ + β‖z‖₂")
+        ax.set_xlabel(f"anomaly score {toll_formula(results['config'])}")
         ax.set_ylabel("density")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)

@@ -113,6 +113,20 @@ def test_fit_noise_stats_masks_padding_and_matches_numpy():
     assert float(stats.recon_mode[0]) == pytest.approx(m ** 4 / (m ** 2 + v) ** 1.5, rel=1e-4)
 
 
+def test_fit_noise_stats_is_bit_identical_whatever_the_padding():
+    """The statistics of the valid rows do not depend on how many padding rows follow them
+    (the runner pads every class to the largest chosen class): one GEMM over all rows blocked
+    its sum by the padded length, changing the last bits."""
+    x = np.asarray(jax.random.normal(jax.random.key(3), (300, 18))) * 3 + 1
+    fit = jax.jit(lambda a, n: cance.fit_noise_stats(a, n, n_recon=2))
+    ref = fit(jnp.asarray(x, jnp.float32), jnp.int32(300))
+    for pad in (100, 700):
+        padded = np.concatenate([x, np.zeros((pad, 18))]).astype(np.float32)
+        got = fit(jnp.asarray(padded), jnp.int32(300))
+        for a, b in zip(ref, got):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_noise_density_matches_scipy_and_samples_have_its_covariance():
     stats = cance.fit_noise_stats(jnp.asarray(_stats_data()))
     theta = jnp.array([-1.0, 0.5, 2.0])
@@ -420,6 +434,46 @@ def test_stratified_subset():
     np.testing.assert_array_equal(stratified_subset(y, None, 0), np.arange(100))
 
 
+@pytest.mark.parametrize("argv, label", [
+    # method flags used to be missing from the label: the run looked like the paper's protocol
+    (["--select", "last"], ["select=last"]),
+    (["--ae-loss", "toll"], ["ae_loss=toll"]),
+    (["--ae-loss", "toll", "--beta", "3"], ["ae_loss=toll", "beta=3.0"]),
+    (["--fixed-noise"], ["fixed_noise=True"]),
+    (["--noise-ratio", "1"], ["noise_ratio=1"]),
+    (["--nce-lr", "0.01"], ["nce_lr=0.01"]),
+    (["--noise-lr", "0.01"], ["noise_lr=0.01"]),
+    (["--nce-hidden", "8"], ["nce_hidden=[8]"]),
+    (["--standardize", "none"], ["standardize=none"]),
+    (["--cov-weight", "0"], ["cov_weight=0.0"]),
+    (["--val-limit", "50", "--subset-seed", "4"], ["validation subset 50", "subset_seed=4"]),
+    (["--ae-steps", "40", "--ae-eval-every", "20"], ["ae_steps=40"]),
+    # defaults given explicitly, and flags that change no number, are not a change
+    (["--select", "loss", "--nce-hidden", "128, 128", "--cov-weight", "1", "--noise-ratio", "4",
+      "--standardize", "train", "--ae-eval-every", "20", "--seeds", "3", "--seed-offset", "7",
+      "--variants", "latent,cnce", "--out", "x", "--quiet", "--compile-cache", "c",
+      "--subset-seed", "4"], []),
+    (["--ae-loss", "toll", "--beta", "10"], ["ae_loss=toll"]),  # 10: Toll's Arrhythmia β
+])
+def test_every_changed_result_flag_is_labelled_not_the_paper_protocol(argv, label):
+    from experiments.cance import build_parser, resolve_config
+
+    assert resolve_config(build_parser().parse_args(argv))["budget"] == label
+
+
+def test_changed_method_flag_is_in_the_results_md_label():
+    from experiments.cance import build_parser, markdown_table, resolve_config
+
+    cfg = resolve_config(build_parser().parse_args(["--select", "last", "--variants", "recon"]))
+    entry = {"label": "Error", "test_metric": [70.0], "mean": 70.0, "std": 0.0, "paper": None,
+             "failed_seeds": []}
+    results = {"metric": "f1", "summary": {"recon": entry},
+               "runs": [{"normal_class": None, "seeds": [0], "variants": {"recon": entry},
+                         "ae": {"failed_seeds": []}}]}
+    md = markdown_table(cfg, results)
+    assert "**Not the paper's protocol** (CPU budget or changed defaults): select=last" in md
+
+
 def test_runner_end_to_end_on_arrhythmia(tmp_path, capsys):
     from experiments.cance import main
 
@@ -544,3 +598,32 @@ def test_runner_reports_a_diverged_autoencoder_as_failed(tmp_path, capsys):
     assert recon["failed_seeds"] == [0] and recon["test_auroc"] == [None]
     assert res["summary"]["recon"]["mean"] is None
     assert "| Error | n/a ± n/a | FAILED |" in (out / "results.md").read_text()
+
+
+def test_runner_per_class_numbers_do_not_depend_on_the_other_classes(tmp_path, monkeypatch):
+    """A class's results are bit-identical run alone or beside a larger class (whose size
+    sets the padded training size of both)."""
+    import tolljax.data
+    from experiments.cance import main
+    from tolljax.data import AnomalySplit
+
+    def fake_load(name, *, data_dir=None, normal_class=None, offer_tfds=True, **kw):
+        rng = np.random.default_rng(normal_class)
+        n_train = {3: 300, 5: 400}[normal_class]
+        img = lambda n: rng.random((n, 28, 28, 1)).astype(np.float32)  # noqa: E731
+        y = np.array([0, 1] * 20)
+        return AnomalySplit("tiny", img(n_train), img(40), y, img(40), y)
+
+    monkeypatch.setattr(tolljax.data, "load_dataset", fake_load)
+    argv = ["--dataset", "mnist", "--data-dir", str(tmp_path), "--seeds", "2",
+            "--ae-steps", "2", "--decoder-steps", "0", "--ae-eval-every", "2", "--ae-batch", "8",
+            "--nce-steps", "10", "--nce-eval-every", "5", "--nce-batch", "16", "--nce-hidden", "8",
+            "--variants", "latent", "--quiet"]
+    runs = {}
+    for classes in ("3", "3,5"):
+        out = tmp_path / classes
+        assert main([*argv, "--classes", classes, "--out", str(out)]) == 0
+        res = json.loads((out / "results.json").read_text())
+        runs[classes] = {r["normal_class"]: r for r in res["runs"]}
+    assert runs["3,5"][5]["n_train"] == 400
+    assert runs["3"][3] == runs["3,5"][3]  # every number, to the last bit (JSON floats)

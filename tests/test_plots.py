@@ -223,3 +223,60 @@ def test_unusable_out_folder_is_one_line(tmp_path, capsys, out, message):
     assert main([str(tmp_path / "res"), "--out", out, "--formats", "png"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def _figures(monkeypatch, tmp_path, edit=None, classes=(0,)):
+    """make_plots on a fake run (``edit`` applied to its results.json); the drawn figures by
+    name, captured instead of saved."""
+    results = _fake_results(tmp_path / "res", classes=classes)
+    if edit:
+        edit(results)
+    (tmp_path / "res" / "results.json").write_text(json.dumps(results))
+    figs = {}
+
+    def keep(fig, out_dir, name, formats):
+        figs[name] = fig
+        return []
+
+    monkeypatch.setattr(plots, "_save", keep)
+    make_plots(tmp_path / "res", formats=["png"], log=lambda *a: None)
+    return figs
+
+
+@pytest.mark.parametrize("norm, latent", [("1", "β‖z‖₁"), ("inf", "β‖z‖∞"), ("2", "β‖z‖₂"),
+                                          (None, "β‖z‖₂")])
+def test_loss_and_score_labels_show_the_runs_latent_norm(monkeypatch, tmp_path, norm, latent):
+    """--norm 1 / inf runs were labelled with ‖z‖₂ (absent norm: the default 2)."""
+    edit = None if norm is None else (lambda r: r["config"].update(norm=norm))
+    figs = _figures(monkeypatch, tmp_path, edit)
+    title = figs["loss_curve"].get_suptitle()
+    xlabel = figs["score_hist"].axes[0].get_xlabel()
+    assert f"Training loss ‖x̂−x‖₂ + {latent} " in title
+    assert xlabel == f"anomaly score ‖x̂−x‖₂ + {latent}"
+
+
+def test_bad_norm_in_results_names_the_field(tmp_path, capsys):
+    results = _fake_results(tmp_path / "res", classes=[0], with_scores=False)
+    results["config"]["norm"] = "3"
+    (tmp_path / "res" / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path / "res"), "--formats", "png"]) == 2
+    err = capsys.readouterr().err
+    assert "config.norm must be 1, 2 or inf, got '3'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_paper_value_label_is_inside_the_auroc_axis(monkeypatch, tmp_path):
+    """The "n/a" of a bar without a paper value was drawn at y = 1, below an AUROC axis that
+    starts near 50: invisible."""
+    def edit(r):
+        r["runs"][1]["paper"] = None
+        r["summary"]["paper"] = None  # the "mean" bar: no paper value either
+
+    ax = _figures(monkeypatch, tmp_path, edit, classes=(0, 1))["paper_bars"].axes[0]
+    bottom, top = ax.get_ylim()
+    assert bottom > 1  # an AUROC axis: the old label position lay outside it
+    labels = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(labels) == 2  # class 1 and the mean
+    for t in labels:
+        x, y = ax.transData.inverted().transform(t.get_transform().transform(t.get_position()))
+        assert bottom <= y <= top
+        assert x == pytest.approx(1 + 0.19) or x == pytest.approx(2 + 0.19)

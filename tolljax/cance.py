@@ -408,22 +408,47 @@ def lognormal_mode(mean: jnp.ndarray, var: jnp.ndarray) -> jnp.ndarray:
     return mean ** 4 / (mean ** 2 + var) ** 1.5
 
 
+# Rows per block of the masked sums of :func:`fit_noise_stats` (fixed, so that the summation
+# order does not depend on how many padding rows follow the valid ones).
+STATS_BLOCK = 512
+
+
+def _blockwise_row_sum(fn: Callable, x: jnp.ndarray, block: int = STATS_BLOCK) -> jnp.ndarray:
+    """``sum`` over row blocks of ``fn(x[block])``, blocks of ``block`` rows (``x`` zero-padded
+    to a whole number of blocks) added one after the other in a ``lax.scan``.
+
+    Every block has the same shape, and block ``i`` holds rows ``i·block …`` whatever the total
+    length, so trailing all-zero blocks add exact zeros: the result is bit-identical for any
+    amount of zero padding (one ``sum``/GEMM over all rows blocks its reduction by the length).
+    """
+    n_rows = x.shape[0]
+    n_blocks = max(-(-n_rows // block), 1)
+    xb = jnp.pad(x, ((0, n_blocks * block - n_rows),) + ((0, 0),) * (x.ndim - 1))
+    xb = xb.reshape(n_blocks, block, *x.shape[1:])
+    zero = jnp.zeros(jax.eval_shape(fn, xb[0]).shape, jnp.float32)
+    total, _ = jax.lax.scan(lambda acc, b: (acc + fn(b), None), zero, xb)
+    return total
+
+
 def fit_noise_stats(features: jnp.ndarray, n_valid: int | jnp.ndarray | None = None,
                     n_recon: int = 0, ridge: float = 1e-5) -> NoiseStats:
     """Sample mean and covariance (Cholesky) of the first ``n_valid`` rows of ``features``.
 
     The covariance is the unbiased sample covariance plus ``ridge·(trace/d)·I`` so that the
     Cholesky factor exists even for a (near-)degenerate latent space (the paper's covariance
-    loss is meant to prevent that; the ridge only guards the numerics).
+    loss is meant to prevent that; the ridge only guards the numerics). Rows from ``n_valid``
+    on (padding) are masked out, and the statistics are bit-identical however many there are
+    (sums in fixed blocks, :func:`_blockwise_row_sum`), so a normal class's numbers do not
+    depend on the padded size it shares with other classes.
     """
     x = jnp.asarray(features, jnp.float32)
     n_rows, d = x.shape
     n = n_rows if n_valid is None else n_valid
     w = (jnp.arange(n_rows) < n).astype(jnp.float32)
     nf = jnp.sum(w)
-    mean = jnp.sum(x * w[:, None], axis=0) / nf
+    mean = _blockwise_row_sum(lambda b: jnp.sum(b, axis=0), x * w[:, None]) / nf
     xc = (x - mean) * w[:, None]
-    cov = xc.T @ xc / jnp.maximum(nf - 1.0, 1.0)
+    cov = _blockwise_row_sum(lambda b: b.T @ b, xc) / jnp.maximum(nf - 1.0, 1.0)
     cov = cov + ridge * (jnp.trace(cov) / d + 1e-12) * jnp.eye(d)
     chol = jnp.linalg.cholesky(cov)
     chol_inv = solve_triangular(chol, jnp.eye(d, dtype=chol.dtype), lower=True)
