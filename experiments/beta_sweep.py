@@ -24,18 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.run import (build_parser, environment, out_of_memory_exit, resolve_config,
-                             summarize, use_all_cores, use_compile_cache, write_json,
+from experiments.run import (OOM_ADVICE, build_parser, environment, out_of_memory_exit,
+                             resolve_config, summarize, use_all_cores, use_compile_cache, write_json,
                              _device_data, _fmt)
 from tolljax.errors import TollError, check_float32, output_dir
 
 DEFAULT_BETAS = "0,1,10,100,1000,10000"
-
-
-# What to lower when a run does not fit in memory (a sweep refuses run.py's --vmap-width).
-OOM_ADVICE = ("lower --batch-size, vmap fewer seeds per device (--vmap-width 1), use "
-              "--val-limit/--test-limit on CPU, or on a shared GPU raise "
-              "XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
 def parse_betas(spec: str) -> list[float]:
