@@ -27,8 +27,8 @@ ingredients down:
   with/without pair from the same initialisation and the same batches (paired comparison).
 
 All seeds of one (class, λ) train in one compiled program: the Adam steps are a
-``lax.scan``, the seeds a ``vmap`` axis, and the convolutions ``tolljax.ops.Conv`` (GEMMs on
-CPU, where XLA's own convolutions run 10–50× slower inside a loop).
+``lax.scan``, the seeds a ``vmap`` axis, and the convolutions ``tolljax.ops.Conv`` (oneDNN or
+GEMMs on CPU, where XLA's own convolutions run 10–50× slower inside a loop).
 """
 from __future__ import annotations
 
