@@ -48,6 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks import peaks  # noqa: E402
 from benchmarks._cli import positive_float, positive_int  # noqa: E402
 from benchmarks.jax_steps import set_impls, step_flops, xla_flops  # noqa: E402
+from experiments.run import _classes  # noqa: E402
 from tolljax.configs import get_config  # noqa: E402
 from tolljax.data import IMAGE_DATASETS, limit_split, load_dataset, num_classes  # noqa: E402
 from tolljax.errors import TollError  # noqa: E402
@@ -125,19 +126,12 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         get_config(args.dataset)
     except TollError as e:
         p.error(f"--dataset: {e}")
-    if args.dataset not in IMAGE_DATASETS:
-        if args.classes is not None:
-            p.error(f"--classes is for image datasets; {args.dataset} has one fixed normal set")
-    else:
-        spec = "0" if args.classes is None else args.classes
-        n = num_classes(args.dataset)
-        try:
-            chosen = [int(c) for c in spec.split(",")]
-        except ValueError:
-            p.error(f"--classes takes comma-separated integers, got {spec!r}")
-        if not all(0 <= c < n for c in chosen):
-            p.error(f"--classes {spec!r}: {args.dataset} has normal classes 0..{n - 1}")
-        args.classes = spec
+    if args.dataset in IMAGE_DATASETS and args.classes is None:
+        args.classes = "0"
+    try:  # the CLI's own --classes rules, checked before the run
+        _classes(args.dataset, args.classes)
+    except TollError as e:
+        p.error(str(e))
     if args.data_dir is not None:  # the CLI runs in the repository root, not here
         args.data_dir = str(Path(args.data_dir).resolve())
     return args, extra
