@@ -69,10 +69,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "verify":
             return _verify(args.out)
+        from theory.figures import FORMATS  # imported by the figure work below anyway
+
         formats = [f.strip().lower() for f in args.formats.split(",") if f.strip()]
-        bad = [f for f in formats if f not in ("png", "pdf", "svg")]
+        bad = [f for f in formats if f not in FORMATS]
         if bad or not formats:
-            fig.error(f"--formats must be a comma-separated subset of png,pdf,svg; got {args.formats!r}")
+            fig.error(f"--formats must be a comma-separated subset of {','.join(FORMATS)}; "
+                      f"got {args.formats!r}")
         if len(set(formats)) < len(formats):
             fig.error(f"--formats {args.formats!r} names a format twice")
         if args.seed < 0:
