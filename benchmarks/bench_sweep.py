@@ -67,7 +67,7 @@ def score_flops(dataset: str, chunk: int, z_dim: int | None = None) -> float:
                                                       sample_shape(dataset)))
     x = jax.ShapeDtypeStruct((chunk, *sample_shape(dataset)), jnp.float32)
     fn = jax.jit(lambda v, x: score(model.apply, v, x, 1.0, 2, chunk))
-    return xla_flops(fn.lower(variables, x)) / chunk
+    return xla_flops(fn, variables, x) / chunk
 
 
 def _si(value: float, unit: str) -> str:

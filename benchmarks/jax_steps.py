@@ -134,12 +134,24 @@ def step_flops(dataset: str, batch_size: int, z_dim: int | None = None) -> float
     state = jax.eval_shape(lambda: create_train_state(
         model, jax.random.key(0), sample_shape(dataset), optax.adam(1e-3)))
     x = jax.ShapeDtypeStruct((batch_size, *sample_shape(dataset)), jnp.float32)
-    return xla_flops(step_fn().lower(state, x, jnp.float32(1.0)))
+    beta = jax.ShapeDtypeStruct((), jnp.float32)
+    return xla_flops(step_fn(), state, x, beta)
 
 
-def xla_flops(lowered) -> float:
-    """FLOPs of a lowered program by XLA's cost analysis of its compiled form (NaN where the
-    backend reports none)."""
-    cost = lowered.compile().cost_analysis()
+def on_host_cpu(tree):
+    """``tree``'s shapes (``jax.ShapeDtypeStruct`` leaves) placed on the host CPU device."""
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), tree)
+
+
+def xla_flops(fn, *shapes) -> float:
+    """FLOPs of the jitted ``fn`` on arguments of these shapes, by XLA's cost analysis of the
+    program compiled for the host CPU (NaN where XLA reports none).
+
+    The CPU program is counted whatever the default backend: on GPUs XLA's cost analysis
+    leaves out the convolutions, which run as cuDNN custom calls (measured on an H200: 10.1
+    GFLOP for the MNIST step at batch 1000, against 2742 GFLOP counted on the CPU).
+    """
+    cost = fn.lower(*on_host_cpu(shapes)).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in some JAX versions
     return float(cost.get("flops", float("nan")))

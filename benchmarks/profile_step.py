@@ -6,7 +6,9 @@ time of the ``--top`` most expensive operations and the time per kind of operati
 (convolution custom calls, GEMMs, fusions, copies...), read from the trace's device lines:
 
 * GPU: the device plane's "XLA Ops" line (one event per kernel launch of an HLO op), else
-  its stream lines (one event per CUDA kernel);
+  its stream lines (one event per CUDA kernel, grouped by what the kernel does, read from its
+  name: cuDNN convolution, layout change, XLA fusion...; no HLO source, so no per-layer
+  table: jax 0.11.2 on an H200 wrote no "XLA Ops" line);
 * CPU: XLA's worker threads (thunks; the oneDNN custom calls appear as ``ffi_call``).
 
 Events are summed over all lines (on CPU several worker threads run at once, so the total can
@@ -58,8 +60,30 @@ def op_lines(data: ProfileData):
                     yield line
 
 
+# A CUDA kernel's kind from its name, first match wins (GPU traces whose op lines are the
+# streams' kernels): cuDNN's convolution engines (implicit GEMM, CUTLASS, FFT with its
+# complex GEMMs), cuBLAS, cuDNN's and XLA's layout changes, XLA's fused kernels.
+_KERNEL_KINDS = (
+    (r"fprop|dgrad|wgrad|implicit_?gemm|convolve|conv2d|fft|gemm_cf32|splitk|flip_filter",
+     "convolution (cuDNN)"),
+    (r"gemm|cublas", "matrix product (cuBLAS)"),
+    (r"converttensor|nhwctonchw|nchwtonhwc|transpose", "layout change"),
+    (r"reduce", "XLA fusion with a reduction (BatchNorm statistics, loss)"),
+    (r"fusion|^loop_|^wrapped_", "XLA elementwise fusion (BatchNorm, LeakyReLU, Adam)"),
+    (r"copy|memcpy|memset", "copy"),
+)
+_KERNEL_NAME = re.compile(r"void |sm\d+_|cutlass|_Z|std::|(input|loop|wrapped|gemm)_|memset|memcpy",
+                          re.I)
+
+
 def kind_of(name: str) -> str:
-    """An operation's kind from its HLO name: ``ffi_call.12`` -> ``ffi_call``."""
+    """An operation's kind: a CUDA kernel's by :data:`_KERNEL_KINDS`, else from its HLO name
+    (``ffi_call.12`` -> ``ffi_call``)."""
+    if _KERNEL_NAME.match(name):
+        for pattern, kind in _KERNEL_KINDS:
+            if re.search(pattern, name, re.I):
+                return kind
+        return "other CUDA kernel"
     return re.sub(r"[.:]\d+$", "", name.split(" ")[0]).rstrip("_0123456789.") or name
 
 
