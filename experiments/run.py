@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "configuration (default: resume, skipping them)")
     p.add_argument("--vmap-width", type=int, default=None,
                    help="seeds vmapped together on one device (default: all seeds, or fewer so "
-                        "that every device has work)")
+                        "that every device has work; on GPUs, 1 for the image models, whose "
+                        "vmapped convolutions are slower there)")
     p.add_argument("--describe", action="store_true",
                    help="print the model summary and parameter count, then exit")
     p.add_argument("--quiet", action="store_true", help="print only errors and the result line")
@@ -455,7 +456,8 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     # One padded training-set size for all classes, so the program is compiled once.
     n_rows = max(load(c).train.shape[0] for c in classes) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
-    width = config.get("vmap_width") or default_width(len(seeds), len(classes))
+    width = config.get("vmap_width") or default_width(
+        len(seeds), len(classes), model=model, sample_shape=sample_shape(dataset))
     config["vmap_width"] = width
     key = run_key(config, seeds)
     groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]

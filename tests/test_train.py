@@ -311,3 +311,42 @@ def test_protocol_names_missing_data_and_accepts_numpy(data):
     jitted = jax.jit(lambda d: protocol(jax.random.key(0), d, 10.0, model=model, config=config))(data)
     np.testing.assert_allclose(eager["test_scores"], jitted["test_scores"], rtol=1e-5)
     assert int(eager["best_step"]) == int(jitted["best_step"])
+
+
+class _LaxConvInNestedJit(nn.Module):
+    """A model whose only convolution is a raw lax call inside a jit (a nested jaxpr)."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        w = self.param("w", nn.initializers.ones, (3, 3, 1, 2))
+        conv = jax.jit(lambda x, w: jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+        return conv(x, w)
+
+
+def test_runs_xla_convolutions_finds_convolutions_in_nested_jaxprs(monkeypatch):
+    from tolljax import ops
+    from tolljax.train import runs_xla_convolutions
+
+    # The GPU's layers (XLA's own); on CPU the default is tolljax's oneDNN calls.
+    monkeypatch.setenv(ops.ENV_VAR, "plain")
+    monkeypatch.setenv(ops.CONV_ENV_VAR, "plain")
+    assert runs_xla_convolutions(build_model("mnist"), (28, 28, 1))
+    assert runs_xla_convolutions(_LaxConvInNestedJit(), (5, 5, 1))
+    assert not runs_xla_convolutions(build_model("arrhythmia"), (274,))
+
+
+def test_default_width_runs_convolutional_seeds_one_at_a_time_on_gpus_only(monkeypatch):
+    from tolljax import ops
+    from tolljax.train import default_width
+
+    monkeypatch.setenv(ops.ENV_VAR, "plain")
+    monkeypatch.setenv(ops.CONV_ENV_VAR, "plain")
+    conv, mlp = build_model("mnist"), build_model("arrhythmia")
+    assert default_width(10, 1, 1, model=conv, sample_shape=(28, 28, 1), platform="gpu") == 1
+    assert default_width(10, 1, 1, model=mlp, sample_shape=(274,), platform="gpu") == 10
+    assert default_width(10, 1, 1, model=conv, sample_shape=(28, 28, 1), platform="cpu") == 10
+    assert default_width(10, 1, 4, model=conv, sample_shape=(28, 28, 1), platform="tpu") == 3
+    assert default_width(10, 1, 4) == 3  # no model: the seeds are only split over devices
+    with pytest.raises(TollError, match="sample_shape"):
+        default_width(10, model=conv)
