@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Issue 6's GPU measurements, in parts that each fit one device call of at most 10 minutes
-# (README, "Performance", "GPU: scripted, not yet run"). Runs from the repository root,
+# (README, "Performance", "GPU: measured on one H200"). Runs from the repository root,
 # without installing the package (PYTHONPATH=.), on a machine that already has JAX with CUDA,
 # flax, optax and PyTorch. Parts, most important first:
 #
 #   bash benchmarks/gpu_session.sh sweep [DATA_DIR]  # MNIST Table-1 protocol: class 0, 10 seeds
+#   bash benchmarks/gpu_session.sh sweep-vmapped [DATA_DIR] # the sweep, seeds vmapped
+#   bash benchmarks/gpu_session.sh more              # profiles, memory, true float32 step
 #   bash benchmarks/gpu_session.sh steps             # MNIST train step vs PyTorch CUDA, MFU
-#   bash benchmarks/gpu_session.sh more              # profile, memory, true float32 step
 #   bash benchmarks/gpu_session.sh steps-small       # CIFAR-10 and Arrhythmia train steps
 #   bash benchmarks/gpu_session.sh impls             # XLA's plain layers vs the GEMM fast path
-#   bash benchmarks/gpu_session.sh sweep-width1 [DATA_DIR]  # the sweep, seeds not vmapped
 #
 # Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable. DATA_DIR
 # (default .devicedata/mnist) is read by the two sweep parts only; the other parts take none.
@@ -29,9 +29,9 @@
 # QUICK=1 shrinks every run to seconds (to check the script on a CPU machine).
 set -euo pipefail
 
-part_list=(sweep steps more steps-small impls sweep-width1)
+part_list=(sweep sweep-vmapped more steps steps-small impls)
 parts=$(IFS='|'; echo "${part_list[*]}")
-usage="usage: gpu_session.sh {sweep|sweep-width1} [DATA_DIR] | gpu_session.sh \
+usage="usage: gpu_session.sh {sweep|sweep-vmapped} [DATA_DIR] | gpu_session.sh \
 {steps|more|steps-small|impls} | gpu_session.sh all [FIRST_PART] [DATA_DIR]"
 if (($# == 0)); then
     echo "$usage" >&2
@@ -59,7 +59,7 @@ if (($# > 2)); then
     echo "$usage" >&2
     exit 2
 elif (($# == 2)); then
-    if [[ $part != all && $part != sweep && $part != sweep-width1 ]]; then
+    if [[ $part != all && $part != sweep && $part != sweep-vmapped ]]; then
         echo "$part takes no DATA_DIR (only the sweep parts read data), got '$2'" >&2
         echo "$usage" >&2
         exit 2
@@ -82,6 +82,7 @@ if [[ ${QUICK:-0} == 1 ]]; then
     impl_steps=(--models cifar10 "${short[@]}" --scan 1)
     profile_args=(--model arrhythmia --calls 1 --scan 2)
     memory_models=(arrhythmia)
+    sweep_seeds=2
     sweep_args=(--classes 0 --seeds 2 --steps 20 --batch-size 64 --val-limit 100 --test-limit 100)
 else
     mnist_steps=(--models mnist --batches paper 64 --steps 20 --repeats 3)
@@ -92,7 +93,8 @@ else
     memory_models=(mnist fmnist cifar10 cifar100 arrhythmia)
     # One class of Table 1 at 200 of its 2000 steps (10 checkpoints): the protocol's cost is
     # linear in steps (a lax.scan), and bench_sweep extrapolates to 10 classes × 2000 steps.
-    sweep_args=(--classes 0 --seeds 10 --steps 200)
+    sweep_seeds=10
+    sweep_args=(--classes 0 --seeds $sweep_seeds --steps 200)
 fi
 
 # Each run gets at most $limit seconds (set per part below), so that one slow run cannot
@@ -133,16 +135,20 @@ torch.__version__, 'cuda', torch.cuda.is_available())" > "$out/versions.txt" 2>&
 
 run_part() {  # run_part PART: that part's runs, files to $out
     case "$1" in
-    sweep)  # JAX alone on the GPU: its default memory preallocation (75 %)
+    sweep)  # JAX alone on the GPU: its default memory preallocation (75 %); the CLI's
+        # default vmap width (on GPUs, the image models' seeds one at a time)
         limit=280
         sweep sweep_float32
         sweep sweep_bfloat16 --dtype bfloat16
         ;;
-    sweep-width1)
+    sweep-vmapped)
         limit=280
-        # Seeds one at a time instead of vmapped: vmapping a convolution over seeds makes it a
-        # grouped convolution (one group per seed), whose cuDNN kernels may be slower.
-        sweep sweep_float32_width1 -- --vmap-width 1
+        # All seeds vmapped in one program, the default off GPUs. On GPUs the CLI's default
+        # (part sweep) runs the image models' seeds one at a time: vmapped over seeds, each
+        # convolution becomes a grouped convolution (one group per seed), and cuDNN's grouped
+        # kernels were slower (H200: 84.1 s against 54.6 s of run time in float32).
+        sweep sweep_float32_vmapped -- --vmap-width "$sweep_seeds"
+        sweep sweep_bfloat16_vmapped --dtype bfloat16 -- --vmap-width "$sweep_seeds"
         ;;
     steps | steps-small | more | impls)
         # JAX and PyTorch share the GPU in one process: allocate on demand, not 75 % up front.
@@ -164,6 +170,8 @@ run_part() {  # run_part PART: that part's runs, files to $out
             limit=180
             run profile "$py" benchmarks/profile_step.py "${profile_args[@]}" \
                 --json "$out/profile.json"
+            run profile_bfloat16 "$py" benchmarks/profile_step.py "${profile_args[@]}" \
+                --dtype bfloat16 --json "$out/profile_bfloat16.json"
             run memory "$py" benchmarks/memory.py --models "${memory_models[@]}" --conv plain \
                 --json "$out/memory.json"
             run train_step_highest "$py" benchmarks/bench_train_step.py "${high_steps[@]}" \

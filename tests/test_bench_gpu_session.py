@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_session.sh"
-PARTS = ["sweep", "steps", "more", "steps-small", "impls", "sweep-width1"]
+PARTS = ["sweep", "sweep-vmapped", "more", "steps", "steps-small", "impls"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -53,9 +53,8 @@ def test_all_runs_every_part_in_order_and_bundles_one_folder_per_part(tmp_path, 
     assert proc.returncode == 0, proc.stderr
     assert summary(out) == [f"{p}: done" for p in PARTS]
     benchmarks = [c.split()[0] for c in calls if c.startswith("benchmarks/")]
-    assert benchmarks == ["benchmarks/bench_sweep.py"] * 2 + ["benchmarks/bench_train_step.py",
-                          "benchmarks/profile_step.py", "benchmarks/memory.py"] \
-        + ["benchmarks/bench_train_step.py"] * 3 + ["benchmarks/bench_sweep.py"]
+    assert benchmarks == ["benchmarks/bench_sweep.py"] * 4 + ["benchmarks/profile_step.py"] * 2 \
+        + ["benchmarks/memory.py"] + ["benchmarks/bench_train_step.py"] * 4
     assert all(f"--data-dir {tmp_path}" in c for c in calls if "bench_sweep" in c)
     with tarfile.open(out / "gpu_results.tar.gz") as tar:
         names = {Path(n).as_posix().lstrip("./") for n in tar.getnames()}
@@ -64,9 +63,9 @@ def test_all_runs_every_part_in_order_and_bundles_one_folder_per_part(tmp_path, 
 
 
 def test_all_starts_at_the_named_part(tmp_path, fake_python):
-    proc, out, _ = run_script(tmp_path, fake_python, "all", "impls")
+    proc, out, _ = run_script(tmp_path, fake_python, "all", "steps-small")
     assert proc.returncode == 0, proc.stderr
-    assert summary(out) == ["impls: done", "sweep-width1: done"]
+    assert summary(out) == ["steps-small: done", "impls: done"]
 
 
 def test_a_failed_run_is_named_and_the_other_parts_still_run(tmp_path, fake_python):
@@ -107,10 +106,12 @@ def limits(stdout: str) -> dict[str, int]:
 
 
 def test_every_sweep_gets_the_sweep_limit_of_280_s(tmp_path, fake_python):
-    """README: 280 s for each sweep, the seeds-one-at-a-time sweep included."""
-    proc, _, _ = run_script(tmp_path, fake_python, "sweep-width1", str(tmp_path))
+    """README: 280 s for each sweep, the seeds-vmapped sweep included."""
+    proc, _, calls = run_script(tmp_path, fake_python, "sweep-vmapped", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert limits(proc.stdout) == {"sweep_float32_width1": 280}
+    assert limits(proc.stdout) == {"sweep_float32_vmapped": 280, "sweep_bfloat16_vmapped": 280}
+    sweeps = [c for c in calls if "bench_sweep" in c]
+    assert len(sweeps) == 2 and all(c.endswith("-- --vmap-width 10") for c in sweeps)
     proc, _, _ = run_script(tmp_path, fake_python, "sweep", str(tmp_path))
     assert limits(proc.stdout) == {"sweep_float32": 280, "sweep_bfloat16": 280}
 
@@ -119,7 +120,8 @@ def test_a_part_alone_keeps_to_the_budget(tmp_path, fake_python):
     """A part alone must fit one device call too: its runs are cut to BUDGET_S."""
     proc, _, _ = run_script(tmp_path, fake_python, "more", BUDGET_S="100")
     assert proc.returncode == 0, proc.stderr
-    assert set(limits(proc.stdout)) == {"profile", "memory", "train_step_highest"}
+    assert set(limits(proc.stdout)) == {"profile", "profile_bfloat16", "memory",
+                                        "train_step_highest"}
     assert all(90 <= cap <= 100 for cap in limits(proc.stdout).values())
 
 
