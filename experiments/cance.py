@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BUDGET: stratified seeded subset of the validation set")
     p.add_argument("--test-limit", type=int, default=None,
                    help="BUDGET: stratified seeded subset of the test set (not the paper protocol)")
-    p.add_argument("--subset-seed", type=int, default=0)
+    p.add_argument("--subset-seed", type=int, default=None,
+                   help="seed of the --val-limit/--test-limit subsets (default 0)")
     p.add_argument("--compile-cache", default=None, help="JAX persistent compilation cache folder")
     p.add_argument("--quiet", action="store_true")
     return p
@@ -141,7 +142,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
              nce_lr=args.nce_lr, noise_lr=args.noise_lr, noise_ratio=args.noise_ratio,
              nce_hidden=list(hidden), learn_noise=not args.fixed_noise, select=args.select,
              val_limit=args.val_limit, test_limit=args.test_limit,
-             subset_seed=args.subset_seed, seed_offset=args.seed_offset,
+             subset_seed=args.subset_seed or 0, seed_offset=args.seed_offset,
              data_dir=args.data_dir)
     d["all_classes"], d["classes"] = _classes(args.dataset, args.classes)
     # As experiments.run: seeds outside int32 are refused, not wrapped (key(2**32) == key(0)).
@@ -176,7 +177,7 @@ def changed_defaults(args: argparse.Namespace, d: dict) -> list[str]:
     from tolljax.configs import PAPER_HYPERPARAMETERS
 
     # Defaults that the parser leaves to the dataset (None there) or to resolve_config.
-    resolved = {**DEFAULTS[args.dataset], "cov_weight": 1.0,
+    resolved = {**DEFAULTS[args.dataset], "cov_weight": 1.0, "subset_seed": 0,
                 "beta": PAPER_HYPERPARAMETERS[args.dataset]["beta"]}
     changed = []
     for action in build_parser()._actions:
@@ -184,8 +185,6 @@ def changed_defaults(args: argparse.Namespace, d: dict) -> list[str]:
         if key in NEUTRAL_FLAGS or key in BUDGET_FLAGS:
             continue
         value, default = getattr(args, key), action.default
-        if key == "subset_seed" and args.val_limit is None and args.test_limit is None:
-            continue  # it only draws the --val-limit/--test-limit subsets
         if key == "nce_hidden":
             value, default = list(parse_hidden(value)), list(parse_hidden(default))
         elif key in resolved:
@@ -259,8 +258,12 @@ def check_flags(args: argparse.Namespace, d: dict) -> None:
     for flag, value in (("--val-limit", args.val_limit), ("--test-limit", args.test_limit)):
         if value is not None and value < 2:  # a stratified subset needs a normal and an anomaly
             raise TollError(f"{flag} must be at least 2, got {value}")
-    if args.subset_seed < 0:
-        raise TollError(f"--subset-seed must be >= 0, got {args.subset_seed}")
+    if args.subset_seed is not None:
+        if args.val_limit is None and args.test_limit is None:
+            raise TollError("--subset-seed draws the --val-limit/--test-limit subsets; without "
+                            "either of them it would change nothing")
+        if args.subset_seed < 0:
+            raise TollError(f"--subset-seed must be >= 0, got {args.subset_seed}")
 
 
 def parse_hidden(spec: str) -> tuple[int, ...]:

@@ -451,8 +451,8 @@ def test_stratified_subset():
     # defaults given explicitly, and flags that change no number, are not a change
     (["--select", "loss", "--nce-hidden", "128, 128", "--cov-weight", "1", "--noise-ratio", "4",
       "--standardize", "train", "--ae-eval-every", "20", "--seeds", "3", "--seed-offset", "7",
-      "--variants", "latent,cnce", "--out", "x", "--quiet", "--compile-cache", "c",
-      "--subset-seed", "4"], []),
+      "--variants", "latent,cnce", "--out", "x", "--quiet", "--compile-cache", "c"], []),
+    (["--val-limit", "50", "--subset-seed", "0"], ["validation subset 50"]),  # 0: the default
     (["--ae-loss", "toll", "--beta", "10"], ["ae_loss=toll"]),  # 10: Toll's Arrhythmia β
 ])
 def test_every_changed_result_flag_is_labelled_not_the_paper_protocol(argv, label):
@@ -536,6 +536,8 @@ def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, 
     (["--nce-hidden=-4"], "--nce-hidden widths must be at least 1"),
     (["--nce-hidden", "a"], "--nce-hidden takes comma-separated widths"),
     (["--val-limit", "20", "--subset-seed", "-1"], "--subset-seed must be >= 0"),
+    # was accepted and changed nothing
+    (["--subset-seed", "4"], "--subset-seed draws the --val-limit/--test-limit subsets"),
     (["--test-limit", "1"], "--test-limit must be at least 2"),
     (["--z-dim", "0"], "--z-dim must be at least 1"),
     (["--nce-batch", "0"], "--nce-batch must be at least 1"),
