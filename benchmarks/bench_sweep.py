@@ -53,7 +53,7 @@ from tolljax.configs import get_config  # noqa: E402
 from tolljax.data import IMAGE_DATASETS, limit_split, load_dataset, num_classes  # noqa: E402
 from tolljax.errors import TollError  # noqa: E402
 from tolljax.models import build_model, init_variables, sample_shape  # noqa: E402
-from tolljax.train import score  # noqa: E402
+from tolljax.train import default_width, score  # noqa: E402
 
 TABLE_SEEDS, TABLE_STEPS = 10, 2000
 
@@ -252,9 +252,14 @@ def report(res: dict, args: argparse.Namespace, process_s: float, extra: list[st
     else:
         print(" (no peak known for this device: pass --peak-tflops for MFU)")
     print(f"  mean test metric {res['summary']['mean']}")
-    if seeds != TABLE_SEEDS and "--vmap-width" not in extra:
-        print(f"  note: {seeds} seeds, not the table's {TABLE_SEEDS}: the vmap width differs "
-              "from the table's run, so the extrapolation is rough")
+    # The width the CLI would choose for the whole table on these devices (its default).
+    table_width = default_width(TABLE_SEEDS, all_classes, env_info["device_count"],
+                                model=build_model(dataset, cfg.get("z_dim")),
+                                sample_shape=sample_shape(dataset),
+                                platform=env_info.get("backend", "cpu"))
+    if cfg["vmap_width"] != table_width and "--vmap-width" not in extra:
+        print(f"  note: vmap width {cfg['vmap_width']}, the table's run would use "
+              f"{table_width}: the extrapolation is rough")
     if n_dev != table_dev:
         print(f"  note: this run used {n_dev} device(s), the table can use {table_dev}: the "
               "extrapolation assumes this run's devices")

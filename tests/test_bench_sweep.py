@@ -123,3 +123,15 @@ def test_devices_used_follows_the_clis_chunks():
     assert bench_sweep.devices_used(env, 1, 10, 3) == 4    # 4 chunks
     assert bench_sweep.devices_used(env, 10, 10, 10) == 4  # more chunks than devices
     assert bench_sweep.devices_used({"device_count": 4, "process_count": 2}, 1, 1, 1) == 4
+
+
+@pytest.mark.parametrize("seeds, width, noted", [(2, 2, True), (10, 10, False)])
+def test_a_vmap_width_other_than_the_tables_is_noted(monkeypatch, capsys, flop_calls, seeds,
+                                                      width, noted):
+    """The table's width is the CLI's default for 10 seeds of every class on these devices
+    (the MLP on one GPU: all 10 seeds vmapped); a run at another width extrapolates roughly."""
+    fake_cli(monkeypatch, {"steps": 20, "seeds": seeds, "batch_size": 100, "dtype": "float32",
+                           "vmap_width": width}, {"device_count": 1, "backend": "gpu"})
+    assert bench_sweep.main(["--dataset", "arrhythmia", "--seeds", str(seeds)]) == 0
+    printed = capsys.readouterr().out
+    assert (f"note: vmap width {width}, the table's run would use 10" in printed) == noted
