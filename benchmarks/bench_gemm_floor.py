@@ -46,15 +46,7 @@ from benchmarks._cli import positive_int  # noqa: E402
 from benchmarks.bench_train_step import TorchRunner  # noqa: E402
 from benchmarks.jax_steps import MODELS, JaxRunner, set_impls, step_flops, timed_steps  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
-from tolljax.train import create_train_state, train_step  # noqa: E402
-
-def _subjaxprs(eqn):
-    for value in eqn.params.values():
-        for sub in value if isinstance(value, (list, tuple)) else [value]:
-            if hasattr(sub, "jaxpr") and hasattr(sub, "consts"):
-                yield sub.jaxpr
-            elif type(sub).__name__ == "Jaxpr":
-                yield sub
+from tolljax.train import create_train_state, subjaxprs, train_step  # noqa: E402
 
 
 def step_gemms(dataset: str, batch_size: int) -> list[dict]:
@@ -94,7 +86,7 @@ def step_gemms(dataset: str, batch_size: int) -> list[dict]:
                                                "b_t": b_t, "mkn": (m, k, n), "count": 0})
                 entry["count"] += mult
             length = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
-            for sub in _subjaxprs(eqn):
+            for sub in subjaxprs(eqn):
                 walk(sub, mult * length)
 
     walk(closed.jaxpr, 1)

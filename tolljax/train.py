@@ -356,6 +356,17 @@ def _pad_seeds(seeds: list[int], width: int) -> list[int]:
 SEQUENTIAL_CONV_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
+def subjaxprs(eqn):
+    """The jaxprs nested in a jaxpr equation's parameters (a scan's or jit's body, a cond's
+    branches...), each as a plain ``Jaxpr``."""
+    for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else [value]:
+            if hasattr(sub, "jaxpr") and hasattr(sub, "consts"):  # a ClosedJaxpr
+                yield sub.jaxpr
+            elif type(sub).__name__ == "Jaxpr":
+                yield sub
+
+
 def runs_xla_convolutions(model: nn.Module, sample_shape: Sequence[int]) -> bool:
     """Whether ``model`` runs an XLA convolution (``lax.conv_general_dilated``, however it is
     wrapped), read from the jaxpr of its ``init`` with the layers this backend selects (on
@@ -366,15 +377,8 @@ def runs_xla_convolutions(model: nn.Module, sample_shape: Sequence[int]) -> bool
     closed = jax.make_jaxpr(lambda x: model.init(jax.random.key(0), x, train=False))(x)
 
     def walk(jaxpr) -> bool:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, (tuple, list)) else (param,):
-                    sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr
-                    if hasattr(sub, "eqns") and walk(sub):
-                        return True
-        return False
+        return any(eqn.primitive.name == "conv_general_dilated"
+                   or any(walk(sub) for sub in subjaxprs(eqn)) for eqn in jaxpr.eqns)
 
     return walk(closed.jaxpr)
 
