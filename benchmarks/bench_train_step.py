@@ -33,7 +33,9 @@ float32, so those rows' ratios compare different arithmetic.
 regular convolutions, where the model builds them with ``tolljax.ops.Conv`` (the row label
 says ``conv xla`` where the model uses flax's ``nn.Conv``). The plain transposed convolution
 is very slow on CPU (tens of seconds per MNIST step at batch 64): give it few
-``--steps``/``--repeats``. ``onednn`` (both flags) is the oneDNN path (``tolljax.onednn``).
+``--steps``/``--repeats``. ``onednn`` (both flags) is the oneDNN path (``tolljax.onednn``);
+``phases`` (transposed only) is XLA's convolutions with strided layers split into their
+output phases (``tolljax.ops.conv_transpose_phases``, meant for GPUs).
 
 On a GPU PyTorch runs on CUDA too (``--torch-device``, default: where JAX runs), timed to the
 end of its kernels (``torch.cuda.synchronize``). ``--precision default`` keeps JAX's default
@@ -45,7 +47,7 @@ default one), whatever the number of devices.
 
     python benchmarks/bench_train_step.py [--models mnist cifar10 arrhythmia]
         [--batches paper 64] [--steps 5] [--repeats 3] [--warmup 2] [--min-round-s 1]
-        [--conv-transpose auto|plain|fast|matmul|onednn[,...]]
+        [--conv-transpose auto|plain|fast|matmul|onednn|phases[,...]]
         [--conv auto|plain|fast|onednn[,...]]
         [--dtype float32|bfloat16[,...]] [--scan 5] [--torch-device auto|cpu|cuda]
         [--precision default|highest] [--peak-tflops T] [--json OUT]
@@ -191,7 +193,7 @@ def main(argv=None) -> int:
                    help="a timed round lasts at least this long (more steps for small models)")
     p.add_argument("--conv-transpose", default="auto",
                    help="comma-separated transposed-conv implementations (tolljax.ops): "
-                        "auto, plain, fast, matmul, onednn")
+                        "auto, plain, fast, matmul, onednn, phases")
     p.add_argument("--conv", default="auto",
                    help="comma-separated regular-conv implementations (tolljax.ops.Conv: auto, "
                         "plain, fast, onednn); only has an effect where the model builds tolljax.ops.Conv")

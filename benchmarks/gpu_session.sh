@@ -5,6 +5,8 @@
 # flax, optax and PyTorch. Parts, most important first:
 #
 #   bash benchmarks/gpu_session.sh sweep [DATA_DIR]  # MNIST Table-1 protocol: class 0, 10 seeds
+#   bash benchmarks/gpu_session.sh phases [DATA_DIR] # the sweep and steps, strided transposed
+#                                                    # convolutions split into phases
 #   bash benchmarks/gpu_session.sh sweep-vmapped [DATA_DIR] # the sweep, seeds vmapped
 #   bash benchmarks/gpu_session.sh more              # profiles, memory, true float32 step
 #   bash benchmarks/gpu_session.sh steps             # MNIST train step vs PyTorch CUDA, MFU
@@ -12,7 +14,8 @@
 #   bash benchmarks/gpu_session.sh impls             # XLA's plain layers vs the GEMM fast path
 #
 # Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable. DATA_DIR
-# (default .devicedata/mnist) is read by the two sweep parts only; the other parts take none.
+# (default .devicedata/mnist) is read by the parts that run sweeps only (sweep, phases,
+# sweep-vmapped); the other parts take none.
 # A part alone also keeps to BUDGET_S (below): a run's limit is cut to what is left of it, and
 # a run with less than 10 s left is not started (reported as failed).
 #
@@ -29,9 +32,9 @@
 # QUICK=1 shrinks every run to seconds (to check the script on a CPU machine).
 set -euo pipefail
 
-part_list=(sweep sweep-vmapped more steps steps-small impls)
+part_list=(sweep phases sweep-vmapped more steps steps-small impls)
 parts=$(IFS='|'; echo "${part_list[*]}")
-usage="usage: gpu_session.sh {sweep|sweep-vmapped} [DATA_DIR] | gpu_session.sh \
+usage="usage: gpu_session.sh {sweep|phases|sweep-vmapped} [DATA_DIR] | gpu_session.sh \
 {steps|more|steps-small|impls} | gpu_session.sh all [FIRST_PART] [DATA_DIR]"
 if (($# == 0)); then
     echo "$usage" >&2
@@ -59,7 +62,7 @@ if (($# > 2)); then
     echo "$usage" >&2
     exit 2
 elif (($# == 2)); then
-    if [[ $part != all && $part != sweep && $part != sweep-vmapped ]]; then
+    if [[ $part != all && $part != sweep && $part != phases && $part != sweep-vmapped ]]; then
         echo "$part takes no DATA_DIR (only the sweep parts read data), got '$2'" >&2
         echo "$usage" >&2
         exit 2
@@ -80,15 +83,19 @@ if [[ ${QUICK:-0} == 1 ]]; then
     small_steps=(--models arrhythmia "${short[@]}")
     high_steps=(--models arrhythmia "${short[@]}" --scan 1)
     impl_steps=(--models cifar10 "${short[@]}" --scan 1)
+    phase_steps=(--models cifar10 "${short[@]}" --scan 2)
     profile_args=(--model arrhythmia --calls 1 --scan 2)
     memory_models=(arrhythmia)
     sweep_seeds=2
-    sweep_args=(--classes 0 --seeds 2 --steps 20 --batch-size 64 --val-limit 100 --test-limit 100)
+    # batch 8: the phases part runs XLA:CPU's stride-1 transposed convolutions (~1 s per MNIST
+    # step at batch 8 on 2 cores, ~8 s at 64)
+    sweep_args=(--classes 0 --seeds 2 --steps 20 --batch-size 8 --val-limit 100 --test-limit 100)
 else
     mnist_steps=(--models mnist --batches paper 64 --steps 20 --repeats 3)
     small_steps=(--models cifar10 arrhythmia --batches paper 64 --steps 20 --repeats 3)
     high_steps=(--models mnist --batches paper --steps 10 --repeats 3 --scan 1)
     impl_steps=(--models mnist cifar10 --batches paper --steps 10 --repeats 3 --scan 1)
+    phase_steps=(--models mnist cifar10 --batches paper --steps 10 --repeats 3 --scan 5)
     profile_args=(--model mnist --calls 2 --scan 5)
     memory_models=(mnist fmnist cifar10 cifar100 arrhythmia)
     # One class of Table 1 at 200 of its 2000 steps (10 checkpoints): the protocol's cost is
@@ -140,6 +147,18 @@ run_part() {  # run_part PART: that part's runs, files to $out
         limit=280
         sweep sweep_float32
         sweep sweep_bfloat16 --dtype bfloat16
+        ;;
+    phases)  # tolljax.ops.conv_transpose_phases: XLA's GPU compiler runs flax's strided
+        # transposed convolution (forward and kernel gradient) over the zero-dilated input;
+        # the phase split makes them stride-1 convolutions. The same sweeps and the train
+        # steps against XLA's plain layers (auto), both dtypes.
+        limit=280
+        TOLLJAX_CONV_TRANSPOSE=phases sweep sweep_float32_phases
+        TOLLJAX_CONV_TRANSPOSE=phases sweep sweep_bfloat16_phases --dtype bfloat16
+        limit=560
+        XLA_PYTHON_CLIENT_PREALLOCATE=false run train_step_phases "$py" \
+            benchmarks/bench_train_step.py "${phase_steps[@]}" --conv-transpose auto,phases \
+            --dtype float32,bfloat16 --json "$out/train_step_phases.json"
         ;;
     sweep-vmapped)
         limit=280

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_session.sh"
-PARTS = ["sweep", "sweep-vmapped", "more", "steps", "steps-small", "impls"]
+PARTS = ["sweep", "phases", "sweep-vmapped", "more", "steps", "steps-small", "impls"]
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")
@@ -28,6 +28,7 @@ def fake_python(tmp_path: Path) -> Path:
     script = tmp_path / "fake-python"
     script.write_text('#!/bin/sh\n'
                       'echo "$*" >> "$CALLS"\n'
+                      'echo "${TOLLJAX_CONV_TRANSPOSE:-unset} $*" >> "$CALLS.env"\n'
                       'case "$*" in *"$FAIL_ON"*) [ -n "$FAIL_ON" ] && exit 3;; esac\n'
                       'exit 0\n')
     script.chmod(0o755)
@@ -53,7 +54,8 @@ def test_all_runs_every_part_in_order_and_bundles_one_folder_per_part(tmp_path, 
     assert proc.returncode == 0, proc.stderr
     assert summary(out) == [f"{p}: done" for p in PARTS]
     benchmarks = [c.split()[0] for c in calls if c.startswith("benchmarks/")]
-    assert benchmarks == ["benchmarks/bench_sweep.py"] * 4 + ["benchmarks/profile_step.py"] * 2 \
+    assert benchmarks == ["benchmarks/bench_sweep.py"] * 4 + ["benchmarks/bench_train_step.py"] \
+        + ["benchmarks/bench_sweep.py"] * 2 + ["benchmarks/profile_step.py"] * 2 \
         + ["benchmarks/memory.py"] + ["benchmarks/bench_train_step.py"] * 4
     assert all(f"--data-dir {tmp_path}" in c for c in calls if "bench_sweep" in c)
     with tarfile.open(out / "gpu_results.tar.gz") as tar:
@@ -72,10 +74,10 @@ def test_a_failed_run_is_named_and_the_other_parts_still_run(tmp_path, fake_pyth
     proc, out, _ = run_script(tmp_path, fake_python, "all", FAIL_ON="memory.py")
     assert proc.returncode == 1
     lines = summary(out)
-    assert lines[2] == ("more: failed runs: memory "
+    assert lines[3] == ("more: failed runs: memory "
                         "(again alone: bash benchmarks/gpu_session.sh more)")
     assert [line.split(":")[0] for line in lines] == PARTS
-    assert all(line.endswith("done") for i, line in enumerate(lines) if i != 2)
+    assert all(line.endswith("done") for i, line in enumerate(lines) if i != 3)
 
 
 def test_no_part_starts_without_enough_budget_and_the_next_command_is_printed(tmp_path,
@@ -114,6 +116,22 @@ def test_every_sweep_gets_the_sweep_limit_of_280_s(tmp_path, fake_python):
     assert len(sweeps) == 2 and all(c.endswith("-- --vmap-width 10") for c in sweeps)
     proc, _, _ = run_script(tmp_path, fake_python, "sweep", str(tmp_path))
     assert limits(proc.stdout) == {"sweep_float32": 280, "sweep_bfloat16": 280}
+
+
+def test_the_phases_part_runs_the_sweeps_and_steps_with_the_phase_split(tmp_path, fake_python):
+    proc, _, calls = run_script(tmp_path, fake_python, "phases", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    runs = limits(proc.stdout)  # each sweep at the sweep limit; the steps at the part's own
+    # limit, cut to the call's budget (540 s less the seconds already used)
+    assert runs.pop("train_step_phases") in range(530, 541)
+    assert runs == {"sweep_float32_phases": 280, "sweep_bfloat16_phases": 280}
+    env_calls = [c.split()[:2] for c in (tmp_path / "calls.txt.env").read_text().splitlines()]
+    assert [c for c in env_calls if c[1].startswith("benchmarks/")] == [
+        ["phases", "benchmarks/bench_sweep.py"], ["phases", "benchmarks/bench_sweep.py"],
+        ["unset", "benchmarks/bench_train_step.py"]]
+    calls = [c for c in calls if c.startswith("benchmarks/")]
+    assert "--conv-transpose auto,phases --dtype float32,bfloat16" in calls[2]
+    assert all(f"--data-dir {tmp_path}" in c for c in calls[:2])
 
 
 def test_a_part_alone_keeps_to_the_budget(tmp_path, fake_python):

@@ -7,6 +7,8 @@ float32. Channel counts are reduced (the formulation does not depend on them, ex
 forward branch, which is covered both ways); spatial sizes, kernels and strides are the
 models'. Then whole MNIST and CIFAR autoencoders, plain vs fast, and the backend selection.
 """
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,8 +152,8 @@ def test_overlap_add_matches_a_loop_over_taps(shape, strides, flip):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", CPU_PATHS)
-def test_conv_transpose_fast_matches_flax_on_every_decoder_geometry(impl):
+@pytest.mark.parametrize("impl", [*CPU_PATHS, "phases"])
+def test_conv_transpose_paths_match_flax_on_every_decoder_geometry(impl):
     _assert_layers_agree(_cases(TRANSPOSED, lambda c, k, kw: (
         nn.ConvTranspose(c, (k, k), **kw), ops.ConvTranspose(c, (k, k), impl=impl, **kw)),
         lambda cin, cout, k: cout * k * k))
@@ -174,6 +176,33 @@ def test_phase_decomposition_matches_lax_conv_transpose(n, k, s):
     got = ops._from_full_transposed(ops._ct_forward_phases(x, kernel, strides), (k, k), strides, "VALID")
     assert got.shape == want.shape
     assert rel_err(got, want) <= TOL
+
+
+def test_phases_match_flax_on_every_padding_with_no_dilated_convolution():
+    """The phase path (XLA convolutions, for GPUs): flax's values and gradients for VALID,
+    SAME and explicit pads, and no base-dilated (``lhs_dilate``) convolution in the
+    differentiated program of a strided layer, where flax's own layer has one."""
+    cases = []
+    for shape, k, s in PADDING_GEOMETRIES:
+        x = _random(shape, 1)
+        for padding in ("SAME", "VALID", [(1, k - 1), (0, 1)]):
+            cases.append((f"{shape} k{k} s{s} {padding}",
+                          nn.ConvTranspose(4, (k, k), strides=(s, s), padding=padding),
+                          ops.ConvTranspose(4, k, s, padding=padding, impl="phases"), x))
+    _assert_layers_agree(cases)
+    x = _random((2, 10, 10, 8), 2)  # MNIST's strided decoder layer, channels reduced
+
+    def program(impl):
+        layer = ops.ConvTranspose(4, 4, 2, padding="VALID", impl=impl)
+        variables = layer.init(KEY, x)
+        loss = lambda v, x: jnp.sum(layer.apply(v, x) ** 2)  # noqa: E731
+        return jax.jit(jax.grad(loss, argnums=(0, 1))).lower(variables, x).as_text()
+
+    def dilations(hlo):
+        return re.findall(r"lhs_dilate = \[(\d+), (\d+)\]", hlo)
+
+    assert dilations(program("plain")).count(("2", "2")) == 2  # forward and kernel gradient
+    assert set(dilations(program("phases"))) == {("1", "1")}
 
 
 @pytest.mark.parametrize("impl", CPU_PATHS)
@@ -316,7 +345,7 @@ def _numpy_variables(model, shape, seed=0):
     return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-@pytest.mark.parametrize("impl", CPU_PATHS)
+@pytest.mark.parametrize("impl", [*CPU_PATHS, "phases"])
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_autoencoders_same_outputs_and_gradients(dataset, impl, monkeypatch):
     model, shape = build_model(dataset), sample_shape(dataset)
@@ -337,7 +366,7 @@ def test_autoencoders_same_outputs_and_gradients(dataset, impl, monkeypatch):
     results = {}
     for name in ("plain", impl):
         monkeypatch.setenv(ops.ENV_VAR, name)
-        monkeypatch.setenv(ops.CONV_ENV_VAR, name)
+        monkeypatch.setenv(ops.CONV_ENV_VAR, name if name in ops.CONV_IMPLS else "plain")
         results[name] = jax.jit(lambda p: run(p))(variables["params"])  # fresh trace per impl
     (l0, (xh0, z0, bs0)), g0 = results["plain"]
     (l1, (xh1, z1, bs1)), g1 = results[impl]
@@ -397,7 +426,7 @@ def test_selection_by_backend(monkeypatch):
     monkeypatch.setattr(onednn, "available", available)
     on_cpu = "onednn" if available() else "fast"
     assert ops.resolve_impl() == (on_cpu if jax.default_backend() == "cpu" else "plain")
-    for impl in ("plain", "fast", "matmul"):  # explicit choices ignore the backend
+    for impl in ("plain", "fast", "matmul", "phases"):  # explicit choices ignore the backend
         assert ops.resolve_impl(impl, backend="gpu") == impl
 
 

@@ -52,11 +52,15 @@ initialisers, so parameters interchange) that pick the implementation by backend
 ``onednn`` where its library is installed (a dependency on Linux x86-64): oneDNN
 convolutions inside the XLA program (:mod:`tolljax.onednn`), with layers that are one GEMM
 (1×1 kernels or outputs) and single-channel sides on the fast path; elsewhere (macOS, ARM)
-the fast path itself. On GPU/TPU: XLA's plain layer, whose convolution kernels handle these
-layers and their gradients natively (a design default, not measured here). Override per
-module with ``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` / ``$TOLLJAX_CONV``
-(``plain|fast|onednn|auto``; the transposed convolution also accepts ``matmul``); read at
-trace time. Batch-64 train steps on a 2-core CPU: oneDNN MNIST 0.80× and CIFAR-10 0.60× the
+the fast path itself. On GPU/TPU: XLA's plain layer (on an H200 the fastest of plain and the
+GEMM path for MNIST: README, "Which layers on GPUs"). ``phases``
+(:func:`conv_transpose_phases`, transposed convolutions only) keeps XLA's convolutions but
+computes a strided layer as one stride-1 convolution over its s² output phases: XLA's GPU
+compiler runs flax's strided transposed convolution, forward and kernel gradient, over the
+zero-dilated input, multiplying every inserted zero. It is opt-in, not yet timed on a GPU.
+Override per module with ``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` /
+``$TOLLJAX_CONV`` (``plain|fast|onednn|auto``; the transposed convolution also accepts
+``matmul`` and ``phases``); read at trace time. Batch-64 train steps on a 2-core CPU: oneDNN MNIST 0.80× and CIFAR-10 0.60× the
 fast path's time (README, Performance).
 """
 from __future__ import annotations
@@ -75,7 +79,7 @@ from jax import lax
 from tolljax import onednn
 from tolljax.errors import TollError
 
-IMPLS = ("auto", "plain", "fast", "matmul", "onednn")
+IMPLS = ("auto", "plain", "fast", "matmul", "onednn", "phases")
 ENV_VAR = "TOLLJAX_CONV_TRANSPOSE"
 CONV_IMPLS = ("auto", "plain", "fast", "onednn")
 CONV_ENV_VAR = "TOLLJAX_CONV"
@@ -105,8 +109,8 @@ def _resolve(impl: str, choices: tuple[str, ...], env_var: str, backend: str | N
 
 
 def resolve_impl(impl: str = "auto", backend: str | None = None) -> str:
-    """The transposed-convolution implementation ``impl`` stands for: plain, fast, matmul or
-    onednn.
+    """The transposed-convolution implementation ``impl`` stands for: plain, fast, matmul,
+    onednn or phases.
 
     ``"auto"`` reads ``$TOLLJAX_CONV_TRANSPOSE`` and, if unset or ``auto``, chooses by
     ``backend`` (default ``jax.default_backend()``): on CPU ``"onednn"`` where its library is
@@ -480,9 +484,48 @@ def conv_transpose_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
                                  kernel.shape[:2], strides, padding)
 
 
+def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+                          padding: Padding = "VALID") -> jnp.ndarray:
+    """Same values as :func:`conv_transpose_plain`, with XLA's convolutions but no
+    base-dilated one: a strided layer is one stride-1 convolution over its s² output phases.
+
+    Why (for GPUs; opt-in, not yet timed on one): flax's layer is an XLA convolution of the
+    zero-dilated input with the kernel as stored, not reversed. XLA's GPU compiler hands a
+    base-dilated convolution to cuDNN's backward-data kernels only when its kernel is a
+    reverse (``MatchBackwardInput`` in ``xla/service/gpu/transforms/conv_rewriter.cc``), so
+    flax's forward pass, and its kernel gradient (also base-dilated), run as forward
+    convolutions over the dilated input, multiplying every inserted zero: 4.8× the true
+    FLOPs for MNIST's 10→22 layer (k = 4, s = 2). Here the input, padded by ``T − 1``
+    (``T = ⌈k/s⌉`` taps per axis), is convolved once with all phases' kernels side by side
+    (``T × T × in × s²·out``: the kernel zero-padded in front to ``s·T`` taps, split into its
+    phases, as :func:`_ct_forward_phases` derives) and the phases are interleaved by a reshape.
+    Forward and both gradients are then plain stride-1 convolutions. Stride-1 layers have one
+    phase and stay :func:`conv_transpose_plain`.
+    """
+    _check(x, kernel)
+    strides = _pair(stride)
+    if strides == (1, 1):
+        return conv_transpose_plain(x, kernel, strides, padding)
+    n, h, w, cin = x.shape
+    kh, kw, _, cout = kernel.shape
+    sh, sw = strides
+    th, tw = -(-kh // sh), -(-kw // sw)
+    # phase p's taps are K[(u + 1)·s − 1 − p] of the front-padded kernel, u < T
+    kz = jnp.pad(kernel, [(th * sh - kh, 0), (tw * sw - kw, 0), (0, 0), (0, 0)])
+    kz = kz.reshape(th, sh, tw, sw, cin, cout)[:, ::-1, :, ::-1]
+    phases = jnp.transpose(kz, (0, 2, 4, 1, 3, 5)).reshape(th, tw, cin, sh * sw * cout)
+    y = lax.conv_general_dilated(x, phases, (1, 1), [(th - 1, th - 1), (tw - 1, tw - 1)],
+                                 dimension_numbers=_DN)
+    qh, qw = h - 1 + th, w - 1 + tw
+    y = jnp.transpose(y.reshape(n, qh, qw, sh, sw, cout), (0, 1, 3, 2, 4, 5))
+    y = y.reshape(n, qh * sh, qw * sw, cout)[:, :(h - 1) * sh + kh, :(w - 1) * sw + kw]
+    return _from_full_transposed(y, (kh, kw), strides, padding)
+
+
 IMPL_FUNCTIONS: dict[str, Callable] = {"plain": conv_transpose_plain, "fast": conv_transpose_fast,
                                        "matmul": conv_transpose_matmul,
-                                       "onednn": conv_transpose_onednn}
+                                       "onednn": conv_transpose_onednn,
+                                       "phases": conv_transpose_phases}
 
 
 def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
@@ -690,7 +733,7 @@ class ConvTranspose(_ConvBase):
     layer (created in the same order, same default initialisers: a given key gives identical
     values); the same output for every padding. ``impl``: ``"auto"`` (:func:`resolve_impl`:
     ``onednn`` or ``fast`` on CPU, ``plain`` on GPU/TPU; ``$TOLLJAX_CONV_TRANSPOSE``
-    overrides), ``"plain"``, ``"fast"``, ``"matmul"``, ``"onednn"``.
+    overrides), ``"plain"``, ``"fast"``, ``"matmul"``, ``"onednn"``, ``"phases"``.
     Padding VALID, SAME or explicit ``(lo, hi)`` pairs on every path; an explicit
     ``precision`` always takes the plain layer.
     """
