@@ -205,6 +205,27 @@ def test_phases_match_flax_on_every_padding_with_no_dilated_convolution():
     assert set(dilations(program("phases"))) == {("1", "1")}
 
 
+def test_phases_under_vmap_over_kernels_and_in_bfloat16():
+    """Seeds vmapped (kernels batched, as on CPUs and TPUs) give each seed's own gradients;
+    in bfloat16 the phase path stays within bfloat16 round-off of the plain layer."""
+    x = _random((2, 10, 10, 8), 1)
+    kernels = _random((3, 4, 4, 8, 6), 2)
+
+    def loss(kernel, impl, dtype=jnp.float32):
+        y = ops.conv_transpose(x.astype(dtype), kernel.astype(dtype), 2, impl=impl)
+        return jnp.sum(jnp.sin(y.astype(jnp.float32)))
+
+    grads = jax.vmap(jax.grad(lambda k: loss(k, "phases")))(kernels)
+    for i in range(3):
+        assert rel_err(grads[i], jax.grad(lambda k: loss(k, "plain"))(kernels[i])) <= TOL
+    y16 = ops.conv_transpose(x.astype(jnp.bfloat16), kernels[0].astype(jnp.bfloat16), 2,
+                             impl="phases")
+    assert y16.dtype == jnp.bfloat16
+    assert rel_err(y16, ops.conv_transpose_plain(x, kernels[0], 2)) <= 1e-2
+    g16 = jax.grad(lambda k: loss(k, "phases", jnp.bfloat16))(kernels[0])
+    assert rel_err(g16, jax.grad(lambda k: loss(k, "plain"))(kernels[0])) <= 3e-2
+
+
 @pytest.mark.parametrize("impl", CPU_PATHS)
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])
 def test_cpu_paths_use_no_xla_convolution(name, impl, monkeypatch):
