@@ -60,8 +60,8 @@ compiler runs flax's strided transposed convolution, forward and kernel gradient
 zero-dilated input, multiplying every inserted zero. It is opt-in, not yet timed on a GPU.
 Override per module with ``impl=`` or per process with ``$TOLLJAX_CONV_TRANSPOSE`` /
 ``$TOLLJAX_CONV`` (``plain|fast|onednn|auto``; the transposed convolution also accepts
-``matmul`` and ``phases``); read at trace time. Batch-64 train steps on a 2-core CPU: oneDNN MNIST 0.80× and CIFAR-10 0.60× the
-fast path's time (README, Performance).
+``matmul`` and ``phases``); read at trace time. Batch-64 train steps on a 2-core CPU: oneDNN
+MNIST 0.80× and CIFAR-10 0.60× the fast path's time (README, Performance).
 """
 from __future__ import annotations
 
@@ -493,9 +493,10 @@ def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     zero-dilated input with the kernel as stored, not reversed. XLA's GPU compiler hands a
     base-dilated convolution to cuDNN's backward-data kernels only when its kernel is a
     reverse (``MatchBackwardInput`` in ``xla/service/gpu/transforms/conv_rewriter.cc``), so
-    flax's forward pass, and its kernel gradient (also base-dilated), run as forward
-    convolutions over the dilated input, multiplying every inserted zero: 4.8× the true
-    FLOPs for MNIST's 10→22 layer (k = 4, s = 2). Here the input, padded by ``T − 1``
+    flax's forward pass, and its kernel gradient (also base-dilated), stay forward
+    convolutions, for which ``conv_padding_legalization.cc`` materialises the dilated input
+    as a pad: they multiply every inserted zero, 4.8× the true FLOPs for MNIST's 10→22 layer
+    (k = 4, s = 2). Here the input, padded by ``T − 1``
     (``T = ⌈k/s⌉`` taps per axis), is convolved once with all phases' kernels side by side
     (``T × T × in × s²·out``: the kernel zero-padded in front to ``s·T`` taps, split into its
     phases, as :func:`_ct_forward_phases` derives) and the phases are interleaved by a reshape.
