@@ -87,8 +87,8 @@ if [[ ${QUICK:-0} == 1 ]]; then
     profile_args=(--model arrhythmia --calls 1 --scan 2)
     memory_models=(arrhythmia)
     sweep_seeds=2
-    # batch 8: the phases part runs XLA:CPU's stride-1 transposed convolutions (~1 s per MNIST
-    # step at batch 8 on 2 cores, ~8 s at 64)
+    # batch 8: the phases part runs XLA:CPU's stride-1 transposed convolutions (1.1 s per MNIST
+    # step at batch 8 on 2 cores; at batch 64 its QUICK sweeps did not end within 280 s)
     sweep_args=(--classes 0 --seeds 2 --steps 20 --batch-size 8 --val-limit 100 --test-limit 100)
 else
     mnist_steps=(--models mnist --batches paper 64 --steps 20 --repeats 3)
