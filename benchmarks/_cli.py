@@ -5,11 +5,17 @@ argparse's one-line error naming the flag (exit status 2), never a traceback and
 silently different run (``--batch 0`` meaning "the paper's", ``--scan -3`` meaning 1, ...).
 
     p.add_argument("--steps", type=positive_int, default=5)
+
+:func:`require_torch` is the PyTorch comparison scripts' ``import torch``: without PyTorch they
+exit with one line saying how to install it, not a ``ModuleNotFoundError`` traceback.
 """
 from __future__ import annotations
 
 import argparse
 import math
+from types import ModuleType
+
+TORCH_INSTALL = "pip install torch==2.13.0"
 
 
 def _bounded(kind: type, strict: bool, what: str):
@@ -33,3 +39,19 @@ positive_int = _bounded(int, True, "a positive integer")
 nonnegative_int = _bounded(int, False, "an integer >= 0")
 positive_float = _bounded(float, True, "a positive number")
 nonnegative_float = _bounded(float, False, "a number >= 0")
+
+
+def require_torch(script: str) -> ModuleType:
+    """``import torch``, or exit (status 1) with one line naming ``script`` and the install command.
+
+    Only a missing torch is turned into that line; a torch that is installed but fails to
+    import (a broken wheel, a missing system library) keeps its own error.
+    """
+    try:
+        import torch
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        raise SystemExit(f"{script}: this benchmark compares against PyTorch, which is not "
+                         f"installed here; install it with: {TORCH_INSTALL}") from None
+    return torch

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._cli import positive_int  # noqa: E402
+from benchmarks._cli import positive_int, require_torch  # noqa: E402
 from benchmarks.jax_steps import intercepted_init  # noqa: E402
 from tolljax import onednn, ops  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402
@@ -154,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="timings per layer (best is kept)")
     p.add_argument("--json", type=Path, help="write all measurements here")
     args = p.parse_args(argv)
+    torch = require_torch("bench_conv_layers.py")
     if not onednn.available():
         p.error("oneDNN is not installed (pip install onednn-cpu-gomp); nothing to compare")
-    import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"jax {jax.__version__} (cpu), oneDNN {onednn.version()}, torch {torch.__version__} "

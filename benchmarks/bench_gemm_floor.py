@@ -39,10 +39,12 @@ if str(REPO) not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-import torch  # noqa: E402
 from jax import lax  # noqa: E402
 
-from benchmarks._cli import positive_int  # noqa: E402
+from benchmarks._cli import positive_int, require_torch  # noqa: E402
+
+torch = require_torch("bench_gemm_floor.py")
+
 from benchmarks.bench_train_step import TorchRunner  # noqa: E402
 from benchmarks.jax_steps import MODELS, JaxRunner, set_impls, step_flops, timed_steps  # noqa: E402
 from tolljax.models import build_model, sample_shape  # noqa: E402

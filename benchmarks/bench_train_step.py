@@ -73,10 +73,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
-import torch  # noqa: E402
+
+from benchmarks._cli import (nonnegative_float, nonnegative_int, positive_float,  # noqa: E402
+                             positive_int, require_torch)
+
+torch = require_torch("bench_train_step.py")
 
 from benchmarks import peaks, torch_models  # noqa: E402
-from benchmarks._cli import nonnegative_float, nonnegative_int, positive_float, positive_int  # noqa: E402
 from benchmarks.jax_steps import (MODELS, JaxRunner, impl_label, set_impls, step_flops,  # noqa: E402
                                   timed_steps)
 from tolljax import ops  # noqa: E402

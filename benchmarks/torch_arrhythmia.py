@@ -26,7 +26,8 @@ once up front; F1 is computed with numpy instead of scikit-learn. Evaluation run
 ``torch.no_grad()``. ``--compile`` (off by default; the authors did not use it) wraps the model
 in ``torch.compile``.
 
-torch is a benchmark-only dependency: it is imported only here.
+torch is a benchmark-only dependency (``pip install torch==2.13.0``); without it this script
+exits with one line saying so.
 
 Usage::
 
@@ -42,15 +43,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from benchmarks._cli import positive_int  # noqa: E402
+from benchmarks._cli import positive_int, require_torch  # noqa: E402
 from tolljax.data import load_arrhythmia  # noqa: E402
+
+torch = require_torch("torch_arrhythmia.py")
+nn = torch.nn
 
 N_FEATURES = 274
 Z_DIM = 16

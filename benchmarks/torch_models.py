@@ -10,21 +10,24 @@ in PyTorch (NCHW, PyTorch default initialisation), and one Adam step on the Toll
   the encoder's last 1×1 conv; a learnable per-pixel 3×32×32 output bias);
 * Arrhythmia (B.3): 212,514 parameters (the model of ``benchmarks/torch_arrhythmia.py``).
 
-The parameter counts are asserted on construction. torch is imported only by benchmarks.
+The parameter counts are asserted on construction. torch is imported only by benchmarks (without
+it, one line says how to install it).
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-import torch
-from torch import nn
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(REPO))
 
-try:
-    from benchmarks.torch_arrhythmia import ArrhythmiaAE
-except ModuleNotFoundError:  # run as a script from benchmarks/
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from benchmarks.torch_arrhythmia import ArrhythmiaAE
+from benchmarks._cli import require_torch  # noqa: E402
+
+torch = require_torch("torch_models.py")
+nn = torch.nn
+
+from benchmarks.torch_arrhythmia import ArrhythmiaAE  # noqa: E402
 
 EXPECTED_PARAMS = {("mnist", 128): 6_824_769, ("fmnist", 256): 7_087_041,
                    ("cifar10", 64): 4_066_816, ("cifar100", 64): 4_066_816,

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from benchmarks._cli import nonnegative_float, nonnegative_int, positive_float, positive_int
+from benchmarks._cli import (TORCH_INSTALL, nonnegative_float, nonnegative_int, positive_float,
+                             positive_int)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Modules that import PyTorch when they are imported (the others only when they run).
+IMPORT_TORCH = {"torch_arrhythmia", "bench_train_step", "bench_gemm_floor", "torch_models"}
 
 
 def test_the_shared_types_accept_good_values_and_name_bad_ones():
@@ -69,6 +77,8 @@ CASES = [
 @pytest.mark.parametrize("module, heavy, argv, message", CASES,
                          ids=[f"{m}{' '.join(a)}" for m, _, a, _ in CASES])
 def test_bad_arguments_are_one_line_errors(monkeypatch, capsys, module, heavy, argv, message):
+    if module in IMPORT_TORCH:
+        pytest.importorskip("torch", reason=f"benchmarks/{module}.py needs PyTorch ({TORCH_INSTALL})")
     mod = importlib.import_module(f"benchmarks.{module}")
     monkeypatch.setattr(mod, heavy, _ran)
     if module == "bench_sweep":  # it would start the CLI first
@@ -79,6 +89,34 @@ def test_bad_arguments_are_one_line_errors(monkeypatch, capsys, module, heavy, a
     err = capsys.readouterr().err
     assert message in err, err
     assert "Traceback" not in err
+
+
+def _run_without_torch(script: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/script`` as ``python script argv`` would, with ``import torch`` failing
+    as it does where PyTorch is not installed."""
+    code = ("import runpy, sys; sys.modules['torch'] = None; "
+            f"sys.argv = [{script!r}, *{argv!r}]; "
+            f"runpy.run_path({str(BENCHMARKS / script)!r}, run_name='__main__')")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=BENCHMARKS.parent, timeout=120)
+
+
+@pytest.mark.parametrize("script", ["bench_train_step.py", "bench_gemm_floor.py",
+                                    "torch_arrhythmia.py", "torch_models.py",
+                                    "bench_conv_layers.py", "bench_arrhythmia.py"])
+def test_scripts_that_compare_with_pytorch_say_in_one_line_that_it_is_missing(script):
+    proc = _run_without_torch(script, [])  # no arguments: the defaults would start the benchmark
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == (f"{script}: this benchmark compares against PyTorch, which is not "
+                           f"installed here; install it with: {TORCH_INSTALL}\n")
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("script", ["memory.py", "profile_step.py", "bench_sweep.py"])
+def test_scripts_without_pytorch_comparison_run_without_it(script):
+    proc = _run_without_torch(script, ["--help"])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage:")
 
 
 def test_timed_steps_refuses_zero_steps():
