@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._cli import positive_int, require_torch  # noqa: E402
+from benchmarks._cli import check_torch_installed, positive_int  # noqa: E402
 
 EVAL_EVERY = 20  # the protocol's validation interval (both implementations)
 
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                 f"{EVAL_EVERY}")
     if args.seed_counts and args.seeds is not None:
         p.error("--seeds and --seed-counts: give one (--seed-counts sets the seeds of each run)")
-    require_torch("bench_arrhythmia.py")  # before the tolljax runs, not after them
+    check_torch_installed("bench_arrhythmia.py")  # before the tolljax runs, not after them
     if args.seed_counts:
         return seed_scaling(args.seed_counts, args.steps, args.json, args.repeat)
     if args.seeds is None:

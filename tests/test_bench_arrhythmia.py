@@ -23,7 +23,7 @@ def test_seed_counts_repeat_each_count_and_report_medians(monkeypatch, tmp_path,
 
     monkeypatch.setattr(bench_arrhythmia, "run_tolljax", fake_tolljax)
     monkeypatch.setattr(bench_arrhythmia, "run_torch", fake_torch)
-    monkeypatch.setattr(bench_arrhythmia, "require_torch", lambda script: None)  # PyTorch is faked
+    monkeypatch.setattr(bench_arrhythmia, "check_torch_installed", lambda script: None)  # faked
     out = tmp_path / "scaling.json"
     assert bench_arrhythmia.main(["--seed-counts", "1", "2", "--repeat", "3", "--steps", "40",
                                   "--json", str(out)]) == 0
