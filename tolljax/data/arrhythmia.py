@@ -1,6 +1,7 @@
 """ODDS Arrhythmia with the Toll authors' split (SPEC; paper §4.1, Table 4)."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,19 @@ ARRHYTHMIA_FILE = "arrhythmia.mat"
 _HOLDOUT_FRACTION = 0.2
 
 
+# Sparse variables as sparse arrays: scipy 1.18 deprecates the spmatrix default (a warning on
+# every sparse file) and 1.20 changes it; older scipy has no such keyword. Both kinds are
+# densified below.
+_SPARSE_ARRAYS = ({"spmatrix": False}
+                  if "spmatrix" in inspect.signature(scipy.io.loadmat).parameters else {})
+
+
 def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise TollError(f"arrhythmia data file not found: {path}; pass --data-dir pointing at a "
                         f"folder with {ARRHYTHMIA_FILE} (ODDS format) or omit it to use the shipped copy")
     try:
-        mat = scipy.io.loadmat(str(path))
+        mat = scipy.io.loadmat(str(path), **_SPARSE_ARRAYS)
     except Exception as exc:  # scipy raises several types for damaged files
         raise TollError(f"cannot read {path} as a MATLAB .mat file ({type(exc).__name__}: {exc}); "
                         "the file is corrupt or not the ODDS arrhythmia.mat") from None
