@@ -432,7 +432,7 @@ def _edit_saved(path, edit) -> None:
     (lambda p: p.update(input_shape=[9]),
      r"input_shape \[9\] and hyperparameters do not match the weights in variables/ "
      r"\(.*saved \(8,\), expected \(9,\)\)"),
-    (lambda p: (p["hyperparameters"].update(z_dim=5), p["params"].update(z_dim=5)),
+    (lambda p: (p["hyperparameters"].update(z_dim=5), p["fit_params"].update(z_dim=5)),
      r"do not match the weights in variables/"),
     (lambda p: p.update(threshold="abc"), "field 'threshold' must be a finite number, got 'abc'"),
     (lambda p: p.update(threshold=None), "field 'threshold' must be a finite number"),
@@ -457,6 +457,8 @@ def _edit_saved(path, edit) -> None:
     (lambda p: p.pop("history"), "field 'history' is missing"),
     (lambda p: p["params"].update(seed=-3), "field 'params' is invalid \\(seed must be"),
     (lambda p: p["params"].update(gamma=1), r"field 'params' has unknown entries \['gamma'\]"),
+    (lambda p: p["fit_params"].update(seed=-3), "field 'fit_params' is invalid \\(seed must be"),
+    (lambda p: p.pop("fit_params"), "field 'fit_params' is missing"),
     # was a KeyError from the handler of the missing field's own error
     (lambda p: p["hyperparameters"].pop("norm"), "field 'hyperparameters.norm' is missing"),
     # were OverflowError
@@ -470,16 +472,21 @@ def _edit_saved(path, edit) -> None:
      "field 'mean' must be null or a list of 8 finite float32 numbers"),
     (lambda p: p.update(mean=[0.0] * 8, scale=[1e-300] * 8),
      "field 'scale' must hold positive float32 numbers"),
-    # params and the saved model disagreeing were accepted (get_params() then misdescribed it)
-    (lambda p: p["params"].update(z_dim=7),
-     "field 'hyperparameters.z_dim' is 4 but the saved params give 7"),
-    (lambda p: p["params"].update(beta=3.0),
+    # the fit's arguments and the saved model disagreeing were accepted (get_params() then
+    # misdescribed it)
+    (lambda p: p["fit_params"].update(z_dim=7),
+     "field 'hyperparameters.z_dim' is 4 but the saved fit_params give 7"),
+    (lambda p: p["fit_params"].update(beta=3.0),
+     "field 'hyperparameters.beta' is 10.0 but the saved fit_params give 3.0"),
+    (lambda p: p["fit_params"].update(model="mnist"),
+     "field 'fit_params' do not fit the saved model"),
+    (lambda p: p["fit_params"].update(standardize=True),
+     "field 'fit_params' say standardize=True but mean and scale are null"),
+    (lambda p: p["fit_params"].update(batch_size=64),
+     "field 'hyperparameters.batch_size' is 40 but the saved fit_params give 64"),
+    # a version 1 file has no fit_params: its params are the fit's, and are checked as such
+    (lambda p: (p.pop("fit_params"), p.update(format_version=1), p["params"].update(beta=3.0)),
      "field 'hyperparameters.beta' is 10.0 but the saved params give 3.0"),
-    (lambda p: p["params"].update(model="mnist"), "field 'params' do not fit the saved model"),
-    (lambda p: p["params"].update(standardize=True),
-     "field 'params' say standardize=True but mean and scale are null"),
-    (lambda p: p["params"].update(batch_size=64),
-     "field 'hyperparameters.batch_size' is 40 but the saved params give 64"),
 ])
 def test_load_of_an_edited_file_names_the_file_and_field(small, tmp_path, edit, message):
     path = small.save(tmp_path / "d")
@@ -502,6 +509,35 @@ def test_bfloat16_and_unmasked_input_score_as_float32(small):
 def test_load_of_an_unedited_small_detector_scores_the_same(small, tmp_path):
     back = TollDetector.load(small.save(tmp_path / "d"))
     assert np.array_equal(back.score_samples(X8), small.score_samples(X8))
+
+
+def test_set_params_after_fit_saves_loads_and_applies_at_the_next_fit(small, tmp_path):
+    # Was: saved without error, then load refused the file ("hyperparameters.beta is 10.0 but
+    # the saved params give 5.0"), after overwrite=True had removed the good one.
+    det = TollDetector.load(small.save(tmp_path / "d"))
+    before = det.score_samples(X8)
+    changed = dict(beta=5.0, lr=3e-3, z_dim=3, hidden=(8,), steps=10, eval_every=5, norm=1,
+                   init="flax", batch_size=8, standardize=True, model="mlp", seed=7)
+    det.set_params(**changed)
+    back = TollDetector.load(det.save(tmp_path / "d", overwrite=True))
+    assert back.get_params() == det.get_params() and back.get_params()["beta"] == 5.0
+    assert back.hyperparameters_ == small.hyperparameters_  # the saved model, as fitted
+    np.testing.assert_array_equal(back.score_samples(X8), before)
+    # ... and saved again, it still records the fit's own arguments.
+    again = TollDetector.load(back.save(tmp_path / "e"))
+    np.testing.assert_array_equal(again.score_samples(X8), before)
+    # The changed arguments are those of the next fit.
+    again.fit(X8)
+    assert again.hyperparameters_["beta"] == 5.0 and again.hyperparameters_["hidden"] == [8]
+    assert again.mean_ is not None and again.best_step_ <= 10
+
+
+def test_a_version_1_file_loads_with_its_params_as_the_fits(small, tmp_path):
+    path = small.save(tmp_path / "d")
+    _edit_saved(path, lambda p: (p.pop("fit_params"), p.update(format_version=1)))
+    back = TollDetector.load(path)
+    assert back.get_params() == small.get_params()
+    np.testing.assert_array_equal(back.score_samples(X8), small.score_samples(X8))
 
 
 def test_scoring_data_with_other_features_names_both_shapes(labelled, arrhythmia):

@@ -76,7 +76,10 @@ MODELS = ("auto", "mlp", *model_names())
 SELECTIONS = ("auto", "f1", "auroc", "loss")
 THRESHOLDS = ("contamination", "val_f1")
 _FORMAT = "tolljax.TollDetector"
-_FORMAT_VERSION = 1
+# 2: "fit_params" (the constructor arguments of the fit that made the saved model) beside
+# "params" (the current ones, which set_params may have changed since). In version 1 files,
+# written before set_params after fit could be saved, the two are the same.
+_FORMAT_VERSION = 2
 _CONFIG_FILE = "toll_detector.json"
 _VARIABLES_DIR = "variables"
 # The paper's Arrhythmia setup is the default for tabular data.
@@ -290,17 +293,17 @@ class _SavedConfig:
                              f"got {value!r}")
         return value
 
-    def detector(self, cls: type) -> "TollDetector":
-        params = self.get("params")
+    def detector(self, cls: type, field: str = "params") -> "TollDetector":
+        params = self.get(field)
         if not isinstance(params, dict):
-            raise self.error("params", f"must be an object, got {params!r}")
+            raise self.error(field, f"must be an object, got {params!r}")
         unknown = sorted(set(params) - set(cls._PARAM_NAMES))
         if unknown:
-            raise self.error("params", f"has unknown entries {unknown}")
+            raise self.error(field, f"has unknown entries {unknown}")
         try:
             return cls(**params)
         except TollError as exc:
-            raise self.error("params", f"is invalid ({exc})") from None
+            raise self.error(field, f"is invalid ({exc})") from None
 
     def model(self) -> tuple[str, tuple[int, ...], dict]:
         """``(model_name, input_shape, hyperparameters)``, checked against each other."""
@@ -340,17 +343,17 @@ class _SavedConfig:
                                  f"got {hidden!r}")
         return name, shape, hyper
 
-    def check_params_match(self, det: "TollDetector", name: str, shape: tuple[int, ...],
-                           hyper: dict, standardized: bool) -> None:
-        """``params`` (the constructor arguments) must resolve, as :meth:`TollDetector.fit`
-        resolves them, to the saved model: a file edited on one side only would leave
-        ``get_params()`` describing another model than the one that scores."""
+    def check_params_match(self, det: "TollDetector", field: str, name: str,
+                           shape: tuple[int, ...], hyper: dict, standardized: bool) -> None:
+        """``det``, built from ``field`` (the constructor arguments of the fit), must resolve,
+        as :meth:`TollDetector.fit` resolves them, to the saved model: a file edited on one
+        side only would describe another fit than the one that made the model that scores."""
         try:
             resolved_name, resolved = det._resolve(shape)
         except TollError as exc:
-            raise self.error("params", f"do not fit the saved model ({exc})") from None
+            raise self.error(field, f"do not fit the saved model ({exc})") from None
         if resolved_name != name:
-            raise self.error("params", f"give model {resolved_name!r} but model_name is {name!r}")
+            raise self.error(field, f"give model {resolved_name!r} but model_name is {name!r}")
         for key, value in resolved.items():
             saved = hyper.get(key)
             if key == "batch_size" and det.batch_size is None:
@@ -358,10 +361,10 @@ class _SavedConfig:
             else:
                 ok = saved == value
             if not ok:
-                raise self.error("hyperparameters." + key, f"is {saved!r} but the saved params "
-                                 f"give {value!r}")
+                raise self.error("hyperparameters." + key, f"is {saved!r} but the saved "
+                                 f"{field} give {value!r}")
         if bool(det.standardize) != standardized:
-            raise self.error("params", f"say standardize={bool(det.standardize)} but mean and "
+            raise self.error(field, f"say standardize={bool(det.standardize)} but mean and "
                              f"scale are {'null' if not standardized else 'set'}")
 
     def standardization(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -697,6 +700,7 @@ class TollDetector:
             threshold = float(self.threshold)
 
         # Only now (training succeeded) does the detector change state.
+        self._fit_params = self.get_params()  # what save() records as the fit's arguments
         self.threshold_ = threshold
         self.model_name_, self.input_shape_ = name, shape
         self.mean_, self.scale_ = mean, scale
@@ -783,8 +787,9 @@ class TollDetector:
     # ------------------------------------------------------------------ persistence
     def save(self, path, *, overwrite: bool = False) -> Path:
         """Save to the folder ``path``: ``variables/`` (orbax checkpoint of params and
-        BatchNorm statistics) and ``toll_detector.json`` (constructor arguments, resolved
-        hyperparameters, preprocessing statistics, threshold, selection history)."""
+        BatchNorm statistics) and ``toll_detector.json`` (constructor arguments, now and at
+        the fit, resolved hyperparameters, preprocessing statistics, threshold, selection
+        history)."""
         self._check_fitted("save")
         path = _folder(path, "save")
         if path.exists():
@@ -808,11 +813,12 @@ class TollDetector:
         # Creates the folder, or a one-line TollError for an unusable path (/proc/..., a
         # read-only place) instead of an OSError traceback.
         output_dir(path, "TollDetector.save: folder")
-        params = {k: _plain(v) for k, v in self.get_params().items()}
+        plain = lambda params: {k: _plain(v) for k, v in params.items()}
         payload = {
             "format": _FORMAT, "format_version": _FORMAT_VERSION,
             "tolljax": tolljax.__version__, "jax": jax.__version__,
-            "params": params,
+            # set_params after fit changes the first (for the next fit), not the saved model
+            "params": plain(self.get_params()), "fit_params": plain(self._fit_params),
             "model_name": self.model_name_, "input_shape": list(self.input_shape_),
             "hyperparameters": self.hyperparameters_,
             "mean": None if self.mean_ is None else self.mean_.tolist(),
@@ -860,9 +866,11 @@ class TollDetector:
         # file must fail at load, not as a flax/NumPy error at the first score_samples().
         cfg = _SavedConfig(config_file, payload)
         det = cfg.detector(cls)
+        fit_field = "params" if version == 1 else "fit_params"
+        fitted = det if version == 1 else cfg.detector(cls, fit_field)
         name, shape, hyper = cfg.model()
         mean, scale = cfg.standardization(shape)
-        cfg.check_params_match(det, name, shape, hyper, mean is not None)
+        cfg.check_params_match(fitted, fit_field, name, shape, hyper, mean is not None)
         threshold = cfg.real("threshold")
         selection = cfg.choice("selection", SELECTIONS[1:])
         best_step, nonfinite_step = cfg.integer("best_step"), cfg.integer("nonfinite_step")
@@ -888,6 +896,7 @@ class TollDetector:
                                 f"do not match the weights in {_VARIABLES_DIR}/ ({where}: saved "
                                 f"{tuple(np.shape(leaf))}, expected {tuple(want.shape)}); "
                                 "restore the original toll_detector.json or save again")
+        det._fit_params = fitted.get_params()
         det.model_name_, det.input_shape_ = name, shape
         det.n_features_in_ = int(np.prod(shape))
         det.hyperparameters_ = hyper
