@@ -420,6 +420,37 @@ def test_save_to_an_unusable_path_is_a_toll_error(small, tmp_path):
             small.save(path)
 
 
+
+@pytest.mark.parametrize("name", ["toll[beta=10]", "a\\b", "[x]-*?", "gs:/d"])
+def test_save_to_oddly_named_folders_loads_back(small, tmp_path, name):
+    # Were saved "successfully" with an unfinished orbax checkpoint (orbax globs the folder to
+    # finish it), which load() then called damaged; "a\\b" also left a stray a/b/ folder and
+    # could not be restored (tensorstore opened a/b); "gs:" was a KeyError traceback.
+    path = small.save(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name.split("/")[0]]
+    np.testing.assert_array_equal(TollDetector.load(path).score_samples(X8),
+                                  small.score_samples(X8))
+
+
+def test_a_failed_overwrite_keeps_the_saved_detector(small, tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    path = small.save(tmp_path / "d")
+    other = TollDetector(steps=20, eval_every=20, hidden=(16,), z_dim=4, seed=1).fit(X8)
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.StandardCheckpointer, "save", disk_full)
+    with pytest.raises(TollError, match="cannot write the detector to .*No space left on device"):
+        other.save(path, overwrite=True)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(TollDetector.load(path).score_samples(X8),
+                                  small.score_samples(X8))  # was removed before the write
+    # and an overwrite that succeeds replaces it
+    np.testing.assert_array_equal(TollDetector.load(other.save(path, overwrite=True))
+                                  .score_samples(X8), other.score_samples(X8))
+
 def _edit_saved(path, edit) -> None:
     config = path / "toll_detector.json"
     payload = json.loads(config.read_text())
@@ -455,6 +486,18 @@ def _edit_saved(path, edit) -> None:
     (lambda p: p.update(selection="best"), "field 'selection' must be one of f1, auroc, loss"),
     (lambda p: p.update(best_step="20"), "field 'best_step' must be an integer"),
     (lambda p: p.pop("history"), "field 'history' is missing"),
+    # were accepted (load checked only that history was an object)
+    (lambda p: p.update(best_step=-5), "field 'best_step' must be an integer >= 20"),
+    (lambda p: p.update(best_step=30), "field 'best_step' must be a checkpoint step"),
+    (lambda p: p.update(nonfinite_step=-7), "field 'nonfinite_step' must be an integer >= -1"),
+    (lambda p: p.update(nonfinite_step=p["best_step"]),
+     "field 'nonfinite_step' must be -1 or a step after best_step"),
+    (lambda p: p["history"].pop("train_loss"), "field 'history' must be an object with step"),
+    (lambda p: p["history"].update(step=[10]), "field 'history.step' must be the checkpoint steps"),
+    (lambda p: p["history"].update(selection=[]),
+     "field 'history.selection' must be a list of 1 entries, each a finite number"),
+    (lambda p: p["history"].update(train_loss=["1.0"]),
+     "field 'history.train_loss' must be a list of 1 entries"),
     (lambda p: p["params"].update(seed=-3), "field 'params' is invalid \\(seed must be"),
     (lambda p: p["params"].update(gamma=1), r"field 'params' has unknown entries \['gamma'\]"),
     (lambda p: p["fit_params"].update(seed=-3), "field 'fit_params' is invalid \\(seed must be"),

@@ -43,6 +43,7 @@ with a ``RuntimeWarning`` naming the rows; it is never reported as normal.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -50,6 +51,7 @@ import math
 import numbers
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -141,6 +143,25 @@ def _real(name: str, value) -> float:
     if out is None:
         raise TollError(f"{name} must be a finite number, got {value!r}")
     return out
+
+
+@contextlib.contextmanager
+def _plain_path_to(folder: Path):
+    """``folder`` as orbax can open it: a symbolic link to it from a new temporary folder.
+
+    orbax and tensorstore read some folder names as something else: a backslash as a path
+    separator ("a\\b" opened a/b), a component "gs:" as a cloud-storage scheme (a KeyError).
+    Where links cannot be made, the folder itself."""
+    staging = Path(tempfile.mkdtemp(prefix="tolljax-load-"))
+    try:
+        link = staging / "checkpoint"  # rmtree below removes the link, not what it points to
+        try:
+            link.symlink_to(folder.resolve(), target_is_directory=True)
+        except OSError:
+            link = folder
+        yield link
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,6 +387,38 @@ class _SavedConfig:
         if bool(det.standardize) != standardized:
             raise self.error(field, f"say standardize={bool(det.standardize)} but mean and "
                              f"scale are {'null' if not standardized else 'set'}")
+
+    def training(self, hyper: dict) -> tuple[int, int, dict]:
+        """``(best_step, nonfinite_step, history)``, checked against the saved run's steps:
+        ``history`` holds one entry per checkpoint, as :meth:`TollDetector.fit` writes it."""
+        steps, every = hyper["steps"], hyper["eval_every"]
+        if steps % every:
+            raise self.error("hyperparameters.steps", f"is {steps}, not a multiple of "
+                             f"eval_every={every}")
+        best = self.integer("best_step", minimum=every)
+        if best > steps or best % every:
+            raise self.error("best_step", f"must be a checkpoint step (a multiple of {every} up "
+                             f"to {steps}), got {best}")
+        bad = self.integer("nonfinite_step", minimum=-1)
+        if bad != -1 and not best < bad <= steps:
+            raise self.error("nonfinite_step", f"must be -1 or a step after best_step={best} "
+                             f"up to {steps}, got {bad}")
+        history = self.get("history")
+        if not isinstance(history, dict) or set(history) != {"step", "selection", "train_loss"}:
+            raise self.error("history", "must be an object with step, selection and "
+                             f"train_loss, got {history!r:.80}")
+        checkpoints = list(range(every, steps + 1, every))
+        if history["step"] != checkpoints:
+            raise self.error("history.step", f"must be the checkpoint steps {every}, "
+                             f"{2 * every}, ... {steps}")
+        for key in ("selection", "train_loss"):
+            values = history[key]
+            if (not isinstance(values, list) or len(values) != len(checkpoints)
+                    or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                              or finite_float(v) is None) for v in values)):
+                raise self.error("history." + key, f"must be a list of {len(checkpoints)} "
+                                 "entries, each a finite number or null")
+        return best, bad, history
 
     def standardization(self, shape: tuple[int, ...]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """``(mean, scale)``: both null, or one finite value per feature (tabular) / channel."""
@@ -792,6 +845,7 @@ class TollDetector:
         history)."""
         self._check_fitted("save")
         path = _folder(path, "save")
+        replace = False
         if path.exists():
             if not path.is_dir():
                 raise TollError(f"cannot save to {path}: it is a file; pass a folder path")
@@ -802,11 +856,7 @@ class TollDetector:
                 if not (path / _CONFIG_FILE).is_file():
                     raise TollError(f"{path} is not empty and holds no saved TollDetector; "
                                     "refusing to overwrite it, choose another folder")
-                try:
-                    shutil.rmtree(path)
-                except OSError as exc:
-                    raise TollError(f"cannot replace the saved detector in {path} "
-                                    f"({exc.strerror or exc}); choose another folder") from None
+                replace = True
         import tolljax
         import orbax.checkpoint as ocp
 
@@ -827,14 +877,26 @@ class TollDetector:
             "best_step": self.best_step_, "nonfinite_step": self.nonfinite_step_,
             "history": self.history_,
         }
+        # Written in a new temporary folder first, then moved in: orbax finishes a checkpoint
+        # by globbing its folder, so a name such as "toll[beta=10]" (a glob character class)
+        # left an unfinished checkpoint that load() could not restore, with only a logged
+        # warning; and a failed write no longer costs the detector it was to replace.
+        staging = Path(tempfile.mkdtemp(prefix="tolljax-save-"))
         try:
             with ocp.StandardCheckpointer() as ckptr:
-                ckptr.save(path / _VARIABLES_DIR, self.variables_)
+                ckptr.save(staging / _VARIABLES_DIR, self.variables_)
             # float32 values survive JSON exactly (float32 → float64 → repr → float64 → float32).
-            (path / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+            (staging / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
+            if replace:
+                for old in path.iterdir():
+                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+            for name in (_VARIABLES_DIR, _CONFIG_FILE):
+                shutil.move(str(staging / name), str(path / name))
         except OSError as exc:  # disk full, permissions changed under us, ...
             raise TollError(f"cannot write the detector to {path} ({exc.strerror or exc}); "
                             "check the folder and free space") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return path
 
     @classmethod
@@ -873,15 +935,12 @@ class TollDetector:
         cfg.check_params_match(fitted, fit_field, name, shape, hyper, mean is not None)
         threshold = cfg.real("threshold")
         selection = cfg.choice("selection", SELECTIONS[1:])
-        best_step, nonfinite_step = cfg.integer("best_step"), cfg.integer("nonfinite_step")
-        history = cfg.get("history")
-        if not isinstance(history, dict):
-            raise cfg.error("history", f"must be an object, got {history!r}")
+        best_step, nonfinite_step, history = cfg.training(hyper)
         model = cls._build(name, shape, hyper)
         abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
         try:
-            with ocp.StandardCheckpointer() as ckptr:
-                variables = ckptr.restore(path / _VARIABLES_DIR, abstract)
+            with _plain_path_to(path / _VARIABLES_DIR) as source, ocp.StandardCheckpointer() as ckptr:
+                variables = ckptr.restore(source, abstract)
         except Exception as exc:
             raise TollError(f"cannot restore {path / _VARIABLES_DIR} ({type(exc).__name__}); "
                             "the checkpoint is damaged or does not match toll_detector.json") from None
