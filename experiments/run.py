@@ -26,7 +26,9 @@ from tolljax.losses import parse_norm
 
 NORM_CHOICES = ("1", "2", "inf")
 METHODS = ("toll", "cance")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tolljax" / "xla"
+# An empty XDG_CACHE_HOME counts as unset (XDG spec; the README's ${XDG_CACHE_HOME:-~/.cache}),
+# not as the current folder.
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tolljax" / "xla"
 
 
 def compile_cache_folder(folder: str | None) -> str | None:
@@ -267,6 +269,16 @@ def _classes(dataset: str, spec: str | None) -> tuple[list, list]:
     return everything, chosen
 
 
+def random_bits_config() -> dict:
+    """JAX's settings that decide which random bits a key gives (``JAX_DEFAULT_PRNG_IMPL``,
+    ``JAX_THREEFRY_PARTITIONABLE``): another generator is another initialisation and other
+    batches."""
+    import jax
+
+    return {"prng_impl": str(jax.config.jax_default_prng_impl),
+            "threefry_partitionable": bool(jax.config.jax_threefry_partitionable)}
+
+
 def environment() -> dict:
     import flax
     import jax
@@ -287,7 +299,7 @@ def environment() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # which convolution code ran (it decides the last bits of image-model results)
         "conv": ops.resolve_conv_impl(), "conv_transpose": ops.resolve_impl(),
-        "onednn": onednn.version(),
+        "onednn": onednn.version(), **random_bits_config(),
     }
 
 
@@ -381,7 +393,8 @@ def run_key(config: dict, seeds: list[int]) -> str:
                  tolljax=__import__("tolljax").__version__, jax=jax.__version__,
                  jaxlib=jaxlib.__version__, onednn=onednn.version(),
                  matmul_precision=str(jax.config.jax_default_matmul_precision),
-                 xla_flags=result_xla_flags(), conv=[ops.resolve_conv_impl(), ops.resolve_impl()])
+                 xla_flags=result_xla_flags(), conv=[ops.resolve_conv_impl(), ops.resolve_impl()],
+                 **random_bits_config())
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

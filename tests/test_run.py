@@ -159,6 +159,36 @@ def test_resume_key_depends_on_the_convolution_paths(monkeypatch):
     assert run_key(config, [0, 1]) == run_key(config, [0, 1])
 
 
+def test_resume_key_depends_on_the_random_bit_generator():
+    # Was: a run with JAX_DEFAULT_PRNG_IMPL=rbg reused the chunks of a threefry run, whose
+    # initialisations and batches are other ones.
+    import jax
+
+    from experiments.run import RESULT_KEYS, environment, run_key
+
+    config = {k: 1 for k in RESULT_KEYS}
+    base = run_key(config, [0, 1])
+    assert environment()["prng_impl"] == "threefry2x32"
+    for name, value in (("jax_default_prng_impl", "rbg"), ("jax_threefry_partitionable", False)):
+        before = getattr(jax.config, name)
+        jax.config.update(name, value)
+        try:
+            assert run_key(config, [0, 1]) != base
+            assert environment()[name.removeprefix("jax_").replace("default_", "")] == value
+        finally:
+            jax.config.update(name, before)
+    assert run_key(config, [0, 1]) == base
+
+
+def test_an_empty_xdg_cache_home_counts_as_unset(tmp_path):
+    # Was: the compilation cache went to ./tolljax/xla under the current folder.
+    env = {**os.environ, "XDG_CACHE_HOME": "", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", "from experiments.run import DEFAULT_CACHE; "
+                          "print(DEFAULT_CACHE)"], cwd=REPO, env=env, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == str(tmp_path / ".cache" / "tolljax" / "xla")
+
+
 def test_out_of_memory_gives_advice(tmp_path, capsys, monkeypatch):
     import experiments.run as cli
 
