@@ -137,6 +137,11 @@ def load_results(results_dir) -> dict:
     for i, run in enumerate(results.get("runs", [])):
         if not isinstance(run, dict):
             raise _bad(path, f"runs[{i}]", "an object", run)
+    config = results.get("config")
+    if isinstance(config, dict) and "variants" in config and "ae_loss" in config:
+        # was: "... lacks runs[].best_step ...; it was not written by python -m experiments.run"
+        raise TollError(f"{path} holds CANCE results (python -m experiments.run --method "
+                        "cance); these plots are of Toll runs: pass the --out folder of a Toll run")
     missing = [k for k in ("config", "metric", "runs") if k not in results]
     run_keys = ("normal_class", "seeds", "test_metric", "best_step", "val_curve", "loss_curve")
     for run in results.get("runs") or []:

@@ -497,6 +497,13 @@ def test_runner_end_to_end_on_arrhythmia(tmp_path, capsys):
     assert "Not the paper's protocol" in md and "| CANCE |" in md and "| Error |" in md
     assert main(["--variants", "cance,dagmm", "--out", str(out)]) == 2
     assert "unknown variant" in capsys.readouterr().err
+    # The Toll plots name CANCE results as such (was: "lacks runs[].best_step, ...; it was not
+    # written by python -m experiments.run").
+    from experiments.plots import main as plots_main
+
+    assert plots_main([str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds CANCE results" in err and len(err.strip().splitlines()) == 1
 
 
 def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, random_mnist_dir):
