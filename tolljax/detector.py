@@ -889,7 +889,10 @@ class TollDetector:
             (staging / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
             if replace:
                 for old in path.iterdir():
-                    shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+                    if old.is_dir() and not old.is_symlink():
+                        shutil.rmtree(old)
+                    else:
+                        old.unlink()
             for name in (_VARIABLES_DIR, _CONFIG_FILE):
                 shutil.move(str(staging / name), str(path / name))
         except OSError as exc:  # disk full, permissions changed under us, ...
