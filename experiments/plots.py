@@ -442,7 +442,11 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
     return fpr, tpr, area
 
 
-def _runs_with_scores(results: dict, scores: dict) -> list[tuple[dict, str, np.ndarray, np.ndarray]]:
+def _runs_with_scores(results: dict, scores: dict) -> list[tuple[dict, str, np.ndarray, np.ndarray,
+                                                                 np.ndarray]]:
+    """``(run, label, scores, labels, reported)`` per class with scores; ``reported`` marks the
+    seeds with a test metric: a failed (diverged) seed's scores are saved but it reports none,
+    so the figures leave it out as the tables do."""
     out = []
     for run, label in zip(results["runs"], _labels(results)):
         tag = class_tag(run["normal_class"])
@@ -451,8 +455,17 @@ def _runs_with_scores(results: dict, scores: dict) -> list[tuple[dict, str, np.n
                 raise TollError(f"{SCORES_FILE} has scores of {scores[tag][0].shape[0]} seeds for "
                                 f"class {tag}, {RESULTS_FILE} {len(run['seeds'])}; they come from "
                                 "different runs: re-run python -m experiments.run")
-            out.append((run, label, *scores[tag]))
+            reported = np.array([v is not None for v in run["test_metric"]], bool)
+            out.append((run, label, *scores[tag], reported))
     return out
+
+
+def _no_reported_seed(ax, label: str) -> None:
+    ax.text(0.5, 0.5, "every seed failed\n(non-finite loss):\nno test metric", ha="center",
+            va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_title(label, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
 
 
 def _seed_names(run: dict, n: int) -> list:
@@ -464,16 +477,23 @@ def plot_roc(results: dict, scores: dict, out_dir: Path, formats=FORMATS) -> lis
     """ROC curves of the test scores: one panel per class, one line per seed."""
     items = _runs_with_scores(results, scores)
     fig, axes = _grid(len(items), panel=(3.0, 3.0), single=(5.0, 4.6))
-    for ax, (run, label, s, y) in zip(axes, items):
+    for ax, (run, label, s, y, reported) in zip(axes, items):
+        if not reported.any():
+            _no_reported_seed(ax, label)
+            continue
         areas = []
         names = _seed_names(run, s.shape[0])
         for k, row in enumerate(s):
+            if not reported[k]:
+                continue
             fpr, tpr, area = roc_curve(row, y)
             areas.append(area)
             ax.plot(fpr, tpr, lw=1.0, alpha=0.7,
                     label=f"seed {names[k]}: AUROC {100 * area:.1f}" if s.shape[0] <= 5 else None)
         ax.plot([0, 1], [0, 1], ls="--", color="k", lw=0.8, label="chance")
-        ax.set_title(f"{label}\nAUROC {100 * np.mean(areas):.1f} ± {100 * np.std(areas):.1f} %",
+        failed = int((~reported).sum())
+        ax.set_title(f"{label}\nAUROC {100 * np.mean(areas):.1f} ± {100 * np.std(areas):.1f} %"
+                     + (f" ({failed} failed seed{'s' * (failed > 1)} left out)" if failed else ""),
                      fontsize=9)
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
@@ -493,9 +513,14 @@ def plot_histograms(results: dict, scores: dict, out_dir: Path, formats=FORMATS)
     items = _runs_with_scores(results, scores)
     fig, axes = _grid(len(items), panel=(3.4, 2.6))
     dataset = results["config"].get("dataset")
-    for ax, (run, label, s, y) in zip(axes, items):
-        areas = np.array([roc_curve(row, y)[2] for row in s])
-        k = int(np.argsort(areas, kind="stable")[(len(areas) - 1) // 2])  # median (lower)
+    for ax, (run, label, s, y, reported) in zip(axes, items):
+        if not reported.any():
+            _no_reported_seed(ax, label)
+            continue
+        areas = np.array([roc_curve(row, y)[2] if ok else np.nan for row, ok in zip(s, reported)])
+        candidates = np.flatnonzero(reported)
+        # median (lower) of the seeds that report a metric
+        k = int(candidates[np.argsort(areas[candidates], kind="stable")[(candidates.size - 1) // 2]])
         row = s[k].astype(np.float64)
         ok = np.isfinite(row)
         bins = np.histogram_bin_edges(row[ok], bins=int(np.clip(2 * np.sqrt(ok.sum()), 10, 50)))

@@ -97,6 +97,33 @@ def test_multiclass_results_with_a_failed_seed(tmp_path):
     assert {p.stem for p in paths} == set(FIGURES) and len(paths) == 10
 
 
+def test_failed_seeds_are_left_out_of_the_roc_and_histogram(tmp_path, monkeypatch):
+    # Were drawn with an AUROC, and a failed seed could be the histogram's "median" one; a run
+    # whose seeds all failed showed "AUROC 66.2 ± 4.4 %".
+    results = _fake_results(tmp_path / "res", classes=range(3))
+    results["runs"][0]["test_metric"] = [None] * 3  # class 0: every seed failed
+    (tmp_path / "res" / "results.json").write_text(json.dumps(results))
+    scores = load_scores(tmp_path / "res")
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name, formats: figures.update({name: fig}))
+    plots.plot_roc(results, scores, tmp_path / "p")
+    plots.plot_histograms(results, scores, tmp_path / "p")
+    roc, hist = figures["roc"].axes, figures["score_hist"].axes
+
+    assert "every seed failed" in roc[0].texts[0].get_text() and not roc[0].lines
+    assert "every seed failed" in hist[0].texts[0].get_text() and not hist[0].patches
+    # class 2: seed 1 failed; the others' curves and the mean over them, as the tables
+    s, y = scores["2"]
+    areas = [roc_curve(s[k], y)[2] for k in (0, 2)]
+    assert [line.get_label() for line in roc[2].lines][:2] == [
+        f"seed {k}: AUROC {100 * a:.1f}" for k, a in zip((0, 2), areas)]
+    assert roc[2].get_title().endswith(f"AUROC {100 * np.mean(areas):.1f} ± "
+                                       f"{100 * np.std(areas):.1f} % (1 failed seed left out)")
+    assert f"seed {(0, 2)[int(np.argmin(areas))]} (median AUROC" in hist[2].get_title()
+    # class 1: nothing failed, all three seeds
+    assert len(roc[1].lines) == 4 and "left out" not in roc[1].get_title()
+
+
 def test_missing_class_in_scores_is_noted(tmp_path):
     _fake_results(tmp_path / "res", classes=range(3), with_scores=False)
     save_scores(tmp_path / "res", 1, np.array([[0.1, 0.9, 0.3]] * 3), np.array([0, 1, 0]))
