@@ -284,10 +284,16 @@ def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
 _NORM_SUBSCRIPT = {1: "₁", 2: "₂", math.inf: "∞"}
 
 
+def latent_norm(config: dict) -> str:
+    """The run's latent norm (``config.norm``: 1, 2 or inf; 2 when absent, as
+    ``experiments.run``'s default) as a label: ``‖z‖₁`` for ``--norm 1``."""
+    return f"‖z‖{_NORM_SUBSCRIPT[parse_norm(config.get('norm', 2))]}"
+
+
 def toll_formula(config: dict) -> str:
-    """Toll's loss / anomaly score with the run's latent norm (``config.norm``: 1, 2 or inf;
-    2 when absent, as ``experiments.run``'s default): ``‖x̂−x‖₂ + β‖z‖₁`` for ``--norm 1``."""
-    return f"‖x̂−x‖₂ + β‖z‖{_NORM_SUBSCRIPT[parse_norm(config.get('norm', 2))]}"
+    """Toll's loss / anomaly score with the run's latent norm: ``‖x̂−x‖₂ + β‖z‖₁`` for
+    ``--norm 1``."""
+    return f"‖x̂−x‖₂ + β{latent_norm(config)}"
 
 
 def _subtitle(results: dict) -> str:

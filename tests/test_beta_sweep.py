@@ -24,6 +24,22 @@ def test_sweep_compiles_once_and_writes_results_and_plot(tmp_path, capsys):
     assert res["config"]["vmap_width"] == 1
 
 
+def test_an_l1_sweep_shows_no_paper_value_of_the_l2_model(tmp_path, monkeypatch):
+    # Was: "60.0 (Table 4)" beside an --norm 1 sweep, and "β (weight of ||z||₂)" on its axis.
+    import matplotlib.figure
+
+    labels = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: labels.append(fig.axes[0].get_xlabel()))
+    out = tmp_path / "sweep"
+    assert main(["--dataset", "arrhythmia", "--betas", "10", "--norm", "1", "--steps", "20",
+                 "--eval-every", "20", "--seeds", "1", "--out", str(out), "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["norm"] == "1" and res["paper_points"] == []
+    assert "Table 4" not in (out / "results.md").read_text()
+    assert labels == ["β (weight of ‖z‖₁)"] * 2  # png and pdf
+
+
 def test_vmap_width_is_a_flag_of_the_sweep_and_recorded(tmp_path):
     # It was refused, so a sweep's numbers followed the machine's core count unpinned.
     runs = {}
