@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from tolljax.errors import TollError, output_dir
+from tolljax.errors import TollError, check_float32, output_dir
 
 
 # What to lower when a run does not fit in memory (experiments.run's advice names its flags).
@@ -296,7 +296,7 @@ def summarize(runs: list[dict], weights: list[float]) -> dict:
 def failure_warnings(results: dict) -> list[str]:
     """One line per (class, λ) with failed seeds (as experiments.run reports them)."""
     return [f"warning: class {r['normal_class']}, λ = {w}: seeds {rec['failed_seeds']} diverged "
-            "(non-finite loss or scores) and are excluded from the means; try a smaller --lr"
+            "(non-finite loss or scores) and are excluded from the means; try a smaller --lr or λ"
             for r in results["runs"] for w, rec in r["by_weight"].items() if rec["failed_seeds"]]
 
 
@@ -342,11 +342,15 @@ def markdown_table(cfg: dict, results: dict) -> str:
 
 
 def load_mnist(data_dir, normal_class: int):
-    """The MNIST split of ``normal_class``; its errors do not suggest the tfds source (an
-    option of experiments.run, not of this demo)."""
-    from tolljax.data import load_dataset
+    """The MNIST split of ``normal_class``, checked as the other runners check theirs (a test
+    set of one class was a NumPy traceback, or a false "diverged"); its errors do not suggest
+    the tfds source (an option of experiments.run, not of this demo)."""
+    from tolljax.data import load_dataset, validate_split
+    from tolljax.models import sample_shape
 
-    return load_dataset("mnist", data_dir=data_dir, normal_class=normal_class, offer_tfds=False)
+    split = load_dataset("mnist", data_dir=data_dir, normal_class=normal_class, offer_tfds=False)
+    validate_split(split, sample_shape=sample_shape("mnist"))
+    return split
 
 
 def _int_list(flag: str, spec: str) -> list[int]:
@@ -384,6 +388,10 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise TollError(f"{flag} must be at least 1, got {value}")
     if not (np.isfinite(args.lr) and args.lr > 0):
         raise TollError(f"--lr must be a finite number > 0, got {args.lr}")
+    # values that float32 makes 0 (nothing trains) or inf, as the other runners refuse them
+    check_float32("--lr", args.lr)
+    for w in weights:
+        check_float32("--weights λ", w)
     if args.batch_size < 4 or args.batch_size % 2:
         raise TollError(f"--batch-size must be even and >= 4, got {args.batch_size}")
     if args.test_limit is not None and args.test_limit < 2:  # a normal and an anomaly at least

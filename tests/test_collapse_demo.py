@@ -71,6 +71,10 @@ def test_cli_writes_results_and_rejects_bad_arguments(mnist_dir, tmp_path, capsy
     (["--weights", "0,nan"], "finite λ > 0"),
     (["--weights", "0,1,1"], "lists a λ twice"),
     (["--weights", "0,a"], "--weights takes comma-separated numbers"),
+    # were accepted: float32 makes them 0 (nothing trains) or inf
+    (["--lr", "1e-50"], "--lr=1e-50 is 0 in the float32 arithmetic"),
+    (["--weights", "0,1e-50"], "--weights λ=1e-50 is 0 in the float32 arithmetic"),
+    (["--weights", "0,1e39"], "--weights λ=1e+39 is beyond the float32 range"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--feature-dim", "0"], "--feature-dim must be at least 1"),
     (["--norm", "fro"], "--norm: unknown latent norm 'fro'"),
@@ -106,6 +110,25 @@ def test_data_errors_do_not_suggest_flags_the_demo_lacks(tmp_path, capsys):
     assert "the official set has 60000" in err and "tfds" not in err
 
 
+@pytest.mark.parametrize("limit", [[], ["--test-limit", "40"]])
+def test_a_test_set_without_the_normal_digit_is_one_line(mnist_dir, tmp_path, capsys, limit):
+    # Was a NumPy traceback (with --test-limit) or "every run ... failed (non-finite loss)".
+    import shutil
+
+    from test_data_images import idx_name, write_idx
+
+    folder = shutil.copytree(mnist_dir, tmp_path / "mnist")
+    labels = folder / idx_name("t10k", "labels", "dash", False)
+    y = np.frombuffer(labels.read_bytes()[8:], np.uint8).copy()
+    write_idx(labels, np.where(y == 1, 2, y).astype(np.uint8), False)
+    assert collapse_demo.main(["--data-dir", str(folder), "--classes", "1", "--seeds", "1",
+                               "--steps", "2", "--batch-size", "8", *limit,
+                               "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "only one class" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_diverged_seeds_report_no_auroc(mnist_dir, tmp_path, capsys):
     """A learning rate that makes the loss non-finite: no AUROC for the seed (null, n/a,
     a warning), and exit 1 when every seed of a λ failed, as experiments.run."""
@@ -115,6 +138,7 @@ def test_diverged_seeds_report_no_auroc(mnist_dir, tmp_path, capsys):
                                "--feature-dim", "8", "--lr", "1e30", "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert "λ = 1.0: seeds [0] diverged" in captured.out and "every run of λ" in captured.err
+    assert "try a smaller --lr or λ" in captured.out
     saved = json.loads((out / "results.json").read_text())
     rec = saved["runs"][0]["by_weight"]["1.0"]
     assert rec["logit_auroc"] == [None] and rec["distance_auroc"] == [None]
