@@ -547,8 +547,19 @@ def test_error_shipped_indices_need_official_files(tmp_path, small_mnist):
 
 
 def test_error_mnist_files_loaded_as_fmnist(full_mnist_dir):
-    with pytest.raises(TollError, match="look like MNIST .* use --dataset mnist"):
+    with pytest.raises(TollError, match="the train files in .* look like MNIST .* use --dataset mnist"):
         load_dataset("fmnist", data_dir=full_mnist_dir[0], normal_class=0)
+
+
+def test_error_fmnist_test_files_among_mnist_train_files(full_mnist_dir, tmp_path):
+    # Was accepted: trained on MNIST, tested on Fashion-MNIST (both use t10k-* file names).
+    folder, train_x, train_y, _, test_y = full_mnist_dir
+    fmnist_like = np.where(np.random.default_rng(2).random((10_000, 28, 28)) < 0.2868, 255, 0)
+    mixed = write_mnist(tmp_path / "mixed", train_x, train_y, fmnist_like.astype(np.uint8), test_y,
+                        style="dot", gz=False)
+    with pytest.raises(TollError, match="mnist: the test files in .* look like Fashion-MNIST "
+                                        r"\(mean pixel 0.28"):
+        load_dataset("mnist", data_dir=mixed, normal_class=0)
 
 
 # --------------------------------------------------------------------------- real MNIST
