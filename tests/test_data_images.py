@@ -465,6 +465,14 @@ def test_cifar_pickles_of_any_protocol_load(protocol):
     ({1: 2}, r"has no data / labels entry \(keys: 1\)"),  # was a TypeError building the message
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0.5, 1.0]},
      "labels are float64, expected integer class numbers"),  # was "2 labels for 2 images"
+    # were a NumPy ValueError ("inhomogeneous shape") through the CLI
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, [2]]},
+     r"labels is not a regular array \(ValueError\)"),
+    ({b"data": [[0] * 3072, [0]], b"labels": [1, 2]}, r"data is not a regular array"),
+    # were "2 labels for 2 images" / "labels are float64"
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[1], [2]]},
+     r"labels have shape \(2, 1\) for 2 images, expected one class number per image"),
+    ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "data_batch_1 holds no images"),
 ])
 def test_cifar_batch_errors_name_the_problem(batch, message):
     from tolljax.data.cifar import CIFAR10, _batch_arrays, unpickle

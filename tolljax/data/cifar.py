@@ -105,17 +105,26 @@ def _batch_arrays(batch: dict, layout: CifarLayout, source: str) -> tuple[np.nda
         raise TollError(f"{source} has no {' / '.join(missing)} entry (keys: "
                         f"{', '.join(keys)}); expected a "
                         f"{layout.name} python batch, check the --dataset and the files")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[layout.label_key])
+    arrays = []
+    for key, what in ((b"data", "data"), (layout.label_key, "labels")):
+        try:
+            arrays.append(np.asarray(batch[key]))
+        except (ValueError, TypeError) as exc:  # ragged lists: "inhomogeneous shape"
+            raise TollError(f"{source}: {what} is not a regular array ({type(exc).__name__}); the "
+                            "file is corrupt or not a CIFAR batch") from None
+    data, labels = arrays
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise TollError(f"{source}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072) "
                         "rows of 32x32x3 images; the file is corrupt or not a CIFAR batch")
+    if data.shape[0] == 0:  # (its empty label list would read as float64, a wrong message)
+        raise TollError(f"{source} holds no images; the file is corrupt, download it again")
     if labels.dtype.kind not in "iu":  # as in the official files: a list of ints
         raise TollError(f"{source}: labels are {labels.dtype}, expected integer class numbers; "
                         "the file is corrupt or not a CIFAR batch")
     if labels.shape != (data.shape[0],):
-        raise TollError(f"{source}: {labels.shape[0] if labels.ndim else 0} labels for "
-                        f"{data.shape[0]} images; the file is corrupt, download it again")
+        raise TollError(f"{source}: labels have shape {labels.shape} for {data.shape[0]} images, "
+                        "expected one class number per image; the file is corrupt, download it "
+                        "again")
     if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
         raise TollError(f"{source}: labels outside 0..{layout.num_classes - 1}; the file is "
                         f"corrupt or not {layout.name}")
