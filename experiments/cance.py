@@ -272,6 +272,8 @@ def parse_hidden(spec: str) -> tuple[int, ...]:
         hidden = tuple(int(h) for h in spec.split(",") if h.strip())
     except ValueError:
         raise TollError(f"--nce-hidden takes comma-separated widths, got {spec!r}") from None
+    if not hidden:  # was "hidden widths must be positive integers, got ()", no flag named
+        raise TollError(f"--nce-hidden needs at least one width, got {spec!r}")
     if any(h < 1 for h in hidden):
         raise TollError(f"--nce-hidden widths must be at least 1, got {spec!r}")
     return hidden
