@@ -564,6 +564,10 @@ def _class_result(out: dict, normal_class, seeds: list[int], config: dict, paper
         **summarize(test_pct),
         "paper": paper, "paper_source": source,
         "failed_seeds": [int(s) for s, bad in zip(seeds, out["nonfinite_step"]) if bad >= 0],
+        # finite losses, but no checkpoint had a validation metric: no test metric either
+        "unselected_seeds": [int(s) for s, bad, best in zip(seeds, out["nonfinite_step"],
+                                                             out["best_step"])
+                             if bad < 0 and best == 0],
         "constant_score_seeds": [int(s) for s, c in zip(seeds, out["constant_test_scores"]) if c],
     })
 
@@ -613,7 +617,8 @@ def report(config: dict, results: dict, log=print) -> None:
         log(f"{'seed':>6} {'test ' + metric + ' %':>12} {'best step':>10} {'val ' + metric + ' %':>11}")
         for s, t, b, v, bad in zip(r["seeds"], r["test_metric"], r["best_step"],
                                    r["best_val_metric"], r["nonfinite_step"]):
-            flag = f"  FAILED: non-finite loss at step {bad}" if bad >= 0 else ""
+            flag = (f"  FAILED: non-finite loss at step {bad}" if bad >= 0 else
+                    "  FAILED: no checkpoint had a validation metric" if b == 0 else "")
             log(f"{s:>6} {_fmt(t):>12} {b:>10} {_fmt(v):>11}{flag}")
     else:
         log(markdown_table(config, results).rstrip())
@@ -622,6 +627,10 @@ def report(config: dict, results: dict, log=print) -> None:
         if r["failed_seeds"]:
             log(f"warning: {where}seeds {r['failed_seeds']} diverged (non-finite loss) and are "
                 "excluded from the mean; try a smaller --lr or --beta")
+        if r["unselected_seeds"]:
+            log(f"warning: {where}seeds {r['unselected_seeds']}: no checkpoint had a finite "
+                "validation metric (non-finite validation scores), so none was selected and "
+                "they report no test metric")
         if r["constant_score_seeds"]:
             log(f"warning: {where}seeds {r['constant_score_seeds']} give (near-)constant test "
                 "scores, so their AUROC/F1 carries no information (collapsed model?)")
@@ -684,7 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     report(config, results)
     print(f"results: {out_dir / 'results.json'}")
     if results["summary"]["mean"] is None:
-        print("error: every run failed (non-finite loss); see the warnings above", file=sys.stderr)
+        print("error: every run failed (non-finite loss, or no checkpoint selected); see the "
+              "warnings above", file=sys.stderr)
         return 1
     return 0
 

@@ -125,6 +125,28 @@ def test_diverged_run_is_reported_as_failed(tmp_path, capsys):
     assert scores["scores_all"].shape == (2, 90) and scores["labels_all"].shape == (90,)
 
 
+def test_seeds_without_a_selected_checkpoint_are_reported(capsys):
+    from experiments.paper import paper_value
+    from experiments.run import _class_result, report
+
+    out = {"n_train": np.array([232] * 3), "test_metric": np.array([0.6, np.nan, np.nan]),
+           "best_step": np.array([40, 0, 0]), "best_val_metric": np.array([0.5, -np.inf, -np.inf]),
+           "nonfinite_step": np.array([-1, -1, 3]), "val_curve": np.full((3, 2), 0.5),
+           "loss_curve": np.ones((3, 2)), "constant_test_scores": np.zeros(3, bool)}
+    config = {"dataset": "arrhythmia", "beta": 10.0, "norm": "2", "z_dim": 16, "lr": 1e-3,
+              "batch_size": 100, "steps": 40, "eval_every": 20, "paper_protocol": False,
+              "classes": [None]}
+    run = _class_result(out, None, [0, 1, 2], config, paper_value)
+    assert run["failed_seeds"] == [2] and run["unselected_seeds"] == [1]
+    assert run["test_metric"] == [pytest.approx(60.0), None, None]
+    report(config, {"metric": "f1", "runs": [run],
+                    "summary": {**run, "std_is": "over seeds", "paper": None},
+                    "timings": {"compile_s": 0, "run_s": 0, "load_s": 0, "total_s": 0}})
+    printed = capsys.readouterr().out
+    assert "     1          n/a          0         n/a  FAILED: no checkpoint had a validation metric" in printed
+    assert "warning: seeds [1]: no checkpoint had a finite validation metric" in printed
+
+
 def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
     out = tmp_path / "out"
     argv = ["--steps", "40", "--seeds", "2", "--out", str(out)]

@@ -298,6 +298,19 @@ def test_a_model_without_batchnorm_trains_and_is_selected(data):
     assert float(best["val"]) == float(jnp.max(values))
 
 
+def test_protocol_without_a_selectable_checkpoint_reports_no_metric(data):
+    # One NaN in val_x makes every validation F1 NaN, so no checkpoint is selected. The test
+    # metric was the untrained network's (an F1 that looked like a result).
+    config = ProtocolConfig(**{**SHORT, "steps": 40})
+    model = build_model("arrhythmia", z_dim=4)
+    bad = {**data, "val_x": data["val_x"].at[5, 0].set(jnp.nan)}
+    out = jax.jit(lambda d: protocol(jax.random.key(0), d, 10.0, model=model, config=config))(bad)
+    assert int(out["best_step"]) == 0 and int(out["nonfinite_step"]) == -1
+    assert np.isnan(np.asarray(out["val_curve"])).all() and np.isnan(float(out["test_metric"]))
+    good = protocol(jax.random.key(0), data, 10.0, model=model, config=config)
+    assert int(good["best_step"]) > 0 and np.isfinite(float(good["test_metric"]))
+
+
 def test_protocol_names_missing_data_and_accepts_numpy(data):
     config = ProtocolConfig(**{**SHORT, "steps": 20})
     model = build_model("arrhythmia", z_dim=4)

@@ -241,7 +241,8 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
 
     Failure handling: once a step's loss is not finite the run is failed: later checkpoints
     are never selected and the test metric is NaN, so a diverged model never reports a
-    metric. Constant test scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless
+    metric. Where no checkpoint had a validation metric (all NaN), ``best_step`` is 0 and
+    the test metric is NaN too: the untrained network's would not be a result. Constant test scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless
     0.5; they are flagged rather than silently reported.
     """
     missing = [k for k in PROTOCOL_DATA_KEYS if k not in data]
@@ -268,7 +269,11 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     spread = jnp.max(test_scores) - jnp.min(test_scores)
     magnitude = jnp.max(jnp.abs(test_scores))
     return {
-        "test_metric": jnp.where(bad_step >= 0, jnp.nan, metric(test_scores, data["test_y"])),
+        # No metric for a failed run, nor where no checkpoint was selected (step 0: every
+        # validation value NaN, e.g. from non-finite validation scores): that would be the
+        # untrained network's.
+        "test_metric": jnp.where((bad_step >= 0) | (best["step"] == 0), jnp.nan,
+                                 metric(test_scores, data["test_y"])),
         "best_step": best["step"],
         "best_val_metric": best["val"],
         "test_scores": test_scores,
