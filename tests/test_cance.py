@@ -389,6 +389,28 @@ def test_fit_autoencoder_two_stages(loss):
     assert float(out["best_val"]) == pytest.approx(-float(jnp.mean(f[:20, -2])), rel=1e-4)
 
 
+def test_fit_functions_accept_numpy_arrays_outside_jit():
+    # Were a TracerArrayConversionError from inside the scan (the traced batch indices cannot
+    # index a NumPy array); the results are those of device arrays, bit for bit.
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(40, 6)).astype(np.float32)
+    val_x = np.concatenate([rng.normal(size=(20, 6)), 4 + rng.normal(size=(5, 6))]).astype(np.float32)
+    val_y = np.array([0] * 20 + [1] * 5, np.int32)
+    model = _tiny_ae()
+    cfg = cance.AEConfig(steps=4, decoder_steps=0, batch_size=16, eval_every=2)
+    host = {"train": train, "val_x": val_x, "val_y": val_y}
+    a = cance.fit_autoencoder(jax.random.key(0), host, model=model, config=cfg)
+    b = cance.fit_autoencoder(jax.random.key(0), {k: jnp.asarray(v) for k, v in host.items()},
+                              model=model, config=cfg)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
+    ncfg = cance.NCEConfig(features="composite", steps=4, eval_every=2, batch_size=16, hidden=(8,))
+    args = (train, 40, val_x, val_y, val_x, val_y)
+    a = cance.fit_nce(jax.random.key(1), *args, config=ncfg)
+    b = cance.fit_nce(jax.random.key(1), *map(jnp.asarray, args), config=ncfg)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(
+        lambda x, y: np.array_equal(x, y, equal_nan=True), a, b))
+
+
 def test_small_mnist_autoencoder_trains_without_xla_convolutions_on_cpu():
     """The budget AE's convolutions are tolljax.ops.Conv: GEMMs on CPU (XLA:CPU's own
     convolution gradients inside the scanned training loop made a 2-seed budget run take

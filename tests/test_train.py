@@ -298,6 +298,17 @@ def test_a_model_without_batchnorm_trains_and_is_selected(data):
     assert float(best["val"]) == float(jnp.max(values))
 
 
+def test_train_and_select_accepts_numpy_training_data(data):
+    # Was a TracerArrayConversionError from inside the scan (called outside jit).
+    model = build_model("arrhythmia", z_dim=4)
+    state = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    select = lambda v: -jnp.mean(score(model.apply, v, data["val_x"], 1.0))
+    run = lambda train: train_and_select(state, jax.random.key(1), train, 232, select,
+                                         batch_size=16, steps=4, eval_every=2, beta=1.0)
+    a, b = run(np.asarray(data["train"])), run(data["train"])
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
+
+
 def test_protocol_without_a_selectable_checkpoint_reports_no_metric(data):
     # One NaN in val_x makes every validation F1 NaN, so no checkpoint is selected. The test
     # metric was the untrained network's (an F1 that looked like a result).

@@ -369,6 +369,8 @@ def fit_autoencoder(key: jax.Array, data: dict[str, jnp.ndarray], *, model: nn.M
     (stage 1 then stage 2), and ``nonfinite`` (a training loss was NaN/inf; checkpoints from
     then on are never selected).
     """
+    # NumPy arrays cannot be indexed by the traced batch indices (called outside jit).
+    data = {k: jnp.asarray(v) for k, v in data.items()}
     kw = dict(model=model, config=config)
     carry1, keys1, keys2 = ae_start(key, data, **kw)
     carry1, curves1 = jax.lax.scan(
@@ -660,7 +662,8 @@ def fit_nce(key: jax.Array, train: jnp.ndarray, n_train: int | jnp.ndarray, val_
     """
     metric = METRICS[config.metric]
     cols = functools.partial(select_features, kind=config.features)
-    train, val_x, test_x = cols(train), cols(val_x), cols(test_x)
+    # jnp first: NumPy arrays cannot be indexed by the traced batch indices (outside jit).
+    train, val_x, test_x = (cols(jnp.asarray(a)) for a in (train, val_x, test_x))
     n_rows, d = train.shape
     nu = config.noise_ratio
     stats = fit_noise_stats(train, n_train, config.n_recon)

@@ -194,6 +194,8 @@ def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
     ``variables``, its selection value ``val`` and ``step``; ``values`` and ``mean_losses``
     have one entry per checkpoint; ``nonfinite_step`` is −1 when every loss was finite.
     """
+    # NumPy arrays cannot be indexed by the traced batch indices (called outside jit).
+    train = jnp.asarray(train)
     n_rows = train.shape[0]
 
     def step(carry, step_key):
