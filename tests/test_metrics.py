@@ -128,3 +128,12 @@ def test_traced_metrics_still_work_and_give_nan_for_nonfinite_scores():
     assert float(f1(scores[0], Y5, 0.6)) == 1.0 and np.isnan(float(f1(scores[2], Y5, 0.6)))
     with pytest.raises(TollError, match=r"4 scores but labels of shape \(5,\)"):
         jax.jit(auroc)(np.arange(4.0), Y5)
+
+
+def test_f1_compares_integer_scores_in_float32():
+    # int64 scores above 2**31 became int32 (x64 off) and wrapped: 3e9 ranked lowest, F1 0.0.
+    scores, labels = np.array([3_000_000_000, 1, 2, 3]), np.array([1, 0, 0, 0])
+    expected = f1_score(labels, np.array([1, 0, 0, 0]))  # the rule flags the top quarter
+    assert float(f1_top_fraction(scores, labels, 0.75)) == expected == 1.0
+    assert float(f1_top_fraction(scores, labels, 0.75)) == float(
+        f1_top_fraction(scores.astype(np.float32), labels, 0.75))

@@ -309,6 +309,36 @@ def test_train_and_select_accepts_numpy_training_data(data):
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, a, b))
 
 
+def test_batch_size_beta_and_empty_batches_are_checked(data):
+    # Were accepted: batch_size -1 trained on all rows but one (argsort(...)[:-1]), 0 gave NaN
+    # losses reported as divergence, an empty batch NaN BatchNorm statistics, and a negative
+    # or NaN beta trained (or scored) silently.
+    model = build_model("arrhythmia", z_dim=4)
+    state = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    select = lambda v: jnp.float32(0)
+    for size in (-1, 0):
+        with pytest.raises(TollError, match=f"batch_size must be a positive integer, got {size}"):
+            train_and_select(state, jax.random.key(1), data["train"], 232, select,
+                             batch_size=size, steps=2, eval_every=1, beta=1.0)
+        with pytest.raises(TollError, match="batch_size must be a positive integer"):
+            sample_batch_indices(jax.random.key(0), 10, 10, size)
+    with pytest.raises(TollError, match="train_step: the batch is empty"):
+        train_step(state, data["train"][:0], 1.0)
+    config = ProtocolConfig(**{**SHORT, "steps": 20})
+    for beta in (-1.0, float("nan")):
+        with pytest.raises(TollError, match="beta must be a finite number >= 0"):
+            train_step(state, data["train"][:8], beta)
+        with pytest.raises(TollError, match="beta must be a finite number >= 0"):
+            score(model.apply, {"params": state.params, "batch_stats": state.batch_stats},
+                  data["val_x"], beta)
+        with pytest.raises(TollError, match="beta must be a finite number >= 0"):
+            protocol(jax.random.key(0), data, beta, model=model, config=config)
+    # a traced beta (a vmapped sweep) is not checked, and trains as before
+    losses = jax.vmap(lambda b: train_step(state, data["train"][:8], b)[1]["loss"])(
+        jnp.array([0.0, 10.0]))
+    assert losses.shape == (2,) and bool(jnp.all(jnp.isfinite(losses)))
+
+
 def test_protocol_without_a_selectable_checkpoint_reports_no_metric(data):
     # One NaN in val_x makes every validation F1 NaN, so no checkpoint is selected. The test
     # metric was the untrained network's (an F1 that looked like a result).

@@ -127,7 +127,8 @@ def f1_top_fraction(scores: jnp.ndarray, labels: jnp.ndarray,
     scores, labels = _check("f1_top_fraction", scores, labels)
     n = scores.shape[0]
     n_predicted_normal = int(round(normal_fraction * n))
-    scores = jnp.asarray(scores)
+    # float32 as in auroc: int64 scores became int32 (x64 off) and wrapped above 2**31
+    scores = jnp.asarray(scores, jnp.float32)
     order = jnp.argsort(scores, stable=True)
     predicted = jnp.zeros(n, jnp.int32).at[order[n_predicted_normal:]].set(1)
     actual = (jnp.asarray(labels) == 1).astype(jnp.int32)

@@ -95,8 +95,12 @@ def train_step(state: TrainState, batch: jnp.ndarray, beta: float | jnp.ndarray,
     """One Adam step on the Toll loss ``mean(||x̂ − x||₂ + β·||z||_p)`` (paper eq. 1).
 
     BatchNorm uses batch statistics and its running averages are updated. ``beta`` may be a
-    traced value (so a β sweep can be vmapped); ``norm`` is static.
+    traced value (so a β sweep can be vmapped); ``norm`` is static. A concrete ``beta`` is
+    checked as :func:`check_beta` checks it.
     """
+    if batch.shape[0] == 0:  # the mean of nothing: a NaN loss and NaN BatchNorm statistics
+        raise TollError("train_step: the batch is empty; pass at least one sample")
+    check_beta("beta", beta)
 
     def loss_fn(params):
         (x_hat, z), updates = state.apply_fn(
@@ -134,8 +138,10 @@ def score(apply_fn: Callable, variables: dict, x: jnp.ndarray, beta: float | jnp
     """Anomaly scores of ``x`` in eval mode (BatchNorm running statistics), paper eq. 1.
 
     Samples are scored ``chunk`` at a time (:func:`map_in_chunks`) so that scoring 10,000
-    images does not hold all their activations at once.
+    images does not hold all their activations at once. A concrete ``beta`` is checked as
+    :func:`check_beta` checks it.
     """
+    check_beta("beta", beta)
 
     def score_batch(xb):
         x_hat, z = apply_fn(variables, xb, train=False)
@@ -153,6 +159,7 @@ def sample_batch_indices(key: jax.Array, n_valid: int | jnp.ndarray, n_rows: int
     serves them all. Sorting 32-bit random keys is how ``jax.random.permutation`` works too;
     padded rows get the largest key and are never drawn while ``n_valid >= batch_size``.
     """
+    batch_size = positive_int("batch_size", batch_size)  # -1 drew all rows but one, 0 none
     available = n_rows if isinstance(n_valid, jax.core.Tracer) else min(n_rows, int(n_valid))
     if batch_size > available:  # argsort(...)[:batch_size] would give fewer or padding rows
         raise TollError(f"batch_size {batch_size} is larger than the {available} training rows; "
@@ -247,6 +254,7 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     the test metric is NaN too: the untrained network's would not be a result. Constant test scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless
     0.5; they are flagged rather than silently reported.
     """
+    check_beta("beta", beta)  # (a concrete one; config.beta is not what this run trains with)
     missing = [k for k in PROTOCOL_DATA_KEYS if k not in data]
     if missing:
         raise TollError(f"protocol data lacks {', '.join(missing)}; it needs "
