@@ -118,7 +118,20 @@ def test_validate_split_names_each_problem(arrhythmia):
         validate_split(AnomalySplit("t", s.train[:0], s.val_x, s.val_y, s.test_x, s.test_y))
     with pytest.raises(TollError, match="only one class"):
         validate_split(AnomalySplit("t", s.train, s.val_x, np.zeros_like(s.val_y), s.test_x, s.test_y))
+    # were "the train set is empty (shape (232,))", and accepted (inf in float32; a set of
+    # other samples than train's without sample_shape)
+    with pytest.raises(TollError, match=r"the train set has shape \(232,\); expected one sample per row"):
+        validate_split(AnomalySplit("t", s.train[:, 0], s.val_x, s.val_y, s.test_x, s.test_y))
+    with pytest.raises(TollError, match="validation set contains 1 NaN/inf values or values beyond "
+                                        "the float32 range"):
+        huge = s.val_x.astype(np.float64)
+        huge[2, 3] = 1e39
+        validate_split(AnomalySplit("t", s.train, huge, s.val_y, s.test_x, s.test_y))
+    with pytest.raises(TollError, match=r"validation samples have shape \(273,\), the training "
+                                        r"samples have \(274,\)"):
+        validate_split(AnomalySplit("t", s.train, s.val_x[:, :273], s.val_y, s.test_x, s.test_y))
     validate_split(s, sample_shape=(274,), batch_size=100)  # the real split is fine
+    validate_split(s)
 
 
 def test_unknown_dataset():

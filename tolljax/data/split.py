@@ -47,23 +47,34 @@ def validate_split(split: AnomalySplit, *, sample_shape: tuple[int, ...] | None 
                    batch_size: int | None = None) -> None:
     """Raise :class:`TollError` naming the first problem found in ``split``.
 
-    Checks: finite values, the expected sample shape, labels in {0, 1} with both classes
-    present in validation and test (AUROC/F1 are undefined otherwise), and at least
-    ``batch_size`` normal training samples (each step draws ``batch_size`` distinct indices).
+    Checks: one sample per row of every set, all of the expected sample shape (or, without
+    ``sample_shape``, the training samples' shape), values that are finite in the float32
+    training runs in, labels in {0, 1} with both classes present in validation and test
+    (AUROC/F1 are undefined otherwise), and at least ``batch_size`` normal training samples
+    (each step draws ``batch_size`` distinct indices).
     """
     parts = {"train": split.train, "validation": split.val_x, "test": split.test_x}
+    float32_max = float(np.finfo(np.float32).max)
     for part, x in parts.items():
-        if x.ndim < 2 or x.shape[0] == 0:
+        if x.ndim < 2:  # (a 1-D set was called empty)
+            raise TollError(f"{split.name}: the {part} set has shape {x.shape}; expected one "
+                            "sample per row (n_samples, features...)")
+        if x.shape[0] == 0:
             raise TollError(f"{split.name}: the {part} set is empty (shape {x.shape}); "
                             "check the data files and the normal class")
-        if sample_shape is not None and tuple(x.shape[1:]) != tuple(sample_shape):
+        expected = tuple(split.train.shape[1:]) if sample_shape is None else tuple(sample_shape)
+        if tuple(x.shape[1:]) != expected:
+            whose = "the training samples have" if sample_shape is None else "the model expects"
             raise TollError(f"{split.name}: {part} samples have shape {tuple(x.shape[1:])}, "
-                            f"the model expects {tuple(sample_shape)}; pass data with the right "
-                            "number of features or a matching --dataset")
-        if not np.all(np.isfinite(x)):
-            bad = int(np.size(x) - np.isfinite(x).sum())
-            raise TollError(f"{split.name}: the {part} set contains {bad} NaN/inf values; "
-                            "clean or impute the data before training")
+                            f"{whose} {expected}; pass data with the right number of features"
+                            + ("" if sample_shape is None else " or a matching --dataset"))
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(x) & (np.abs(x) <= float32_max)
+        if not finite.all():
+            bad = int(finite.size - finite.sum())
+            raise TollError(f"{split.name}: the {part} set contains {bad} NaN/inf values or "
+                            "values beyond the float32 range training runs in; clean, impute "
+                            "or rescale the data before training")
     for part, x, y in (("validation", split.val_x, split.val_y), ("test", split.test_x, split.test_y)):
         if y.shape != (x.shape[0],):
             raise TollError(f"{split.name}: {part} labels have shape {y.shape}, "
