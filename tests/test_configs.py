@@ -33,3 +33,5 @@ def test_get_config_returns_a_fresh_dict():
 def test_unknown_dataset_names_the_choices():
     with pytest.raises(TollError, match="unknown dataset 'svhn'; choose one of: arrhythmia, cifar10"):
         get_config("svhn")
+    with pytest.raises(TollError, match=r"unknown dataset \['mnist'\]"):  # was a TypeError
+        get_config(["mnist"])

@@ -339,6 +339,13 @@ def test_batch_size_beta_and_empty_batches_are_checked(data):
     assert losses.shape == (2,) and bool(jnp.all(jnp.isfinite(losses)))
 
 
+def test_compile_protocol_refuses_a_width_below_one(data):
+    for width in (0, -2):  # 0 was a ZeroDivisionError
+        with pytest.raises(TollError, match=f"width must be a positive integer, got {width}"):
+            compile_protocol(build_model("arrhythmia"), ProtocolConfig(**SHORT), data, 2,
+                             width=width)
+
+
 def test_protocol_without_a_selectable_checkpoint_reports_no_metric(data):
     # One NaN in val_x makes every validation F1 NaN, so no checkpoint is selected. The test
     # metric was the untrained network's (an F1 that looked like a result).

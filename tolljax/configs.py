@@ -22,7 +22,7 @@ PAPER_HYPERPARAMETERS = {
 
 def get_config(dataset: str) -> dict:
     """The paper's full configuration for ``dataset`` (protocol + hyperparameters)."""
-    if dataset not in PAPER_HYPERPARAMETERS:
+    if not isinstance(dataset, str) or dataset not in PAPER_HYPERPARAMETERS:  # (a list: TypeError)
         raise TollError(f"unknown dataset {dataset!r}; choose one of: "
                         f"{', '.join(sorted(PAPER_HYPERPARAMETERS))}")
     return {"dataset": dataset, **PROTOCOL, **PAPER_HYPERPARAMETERS[dataset]}

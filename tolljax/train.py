@@ -442,6 +442,7 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
         width = default_width(num_seeds or 1, 1, len(devices), model=model,
                               sample_shape=np.shape(data["train"])[1:],
                               platform=devices[0].platform)
+    width = positive_int("width", width)  # (0 was a ZeroDivisionError)
     n_chunks_hint = -(-(num_seeds or width) // width)
     n_dev = max(1, min(len(devices), n_chunks_hint)) if num_seeds else len(devices)
     mesh = Mesh(np.array(devices[:n_dev]), ("dev",))
