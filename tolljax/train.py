@@ -251,8 +251,9 @@ def protocol(key: jax.Array, data: dict[str, jnp.ndarray], beta: float | jnp.nda
     Failure handling: once a step's loss is not finite the run is failed: later checkpoints
     are never selected and the test metric is NaN, so a diverged model never reports a
     metric. Where no checkpoint had a validation metric (all NaN), ``best_step`` is 0 and
-    the test metric is NaN too: the untrained network's would not be a result. Constant test scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless
-    0.5; they are flagged rather than silently reported.
+    the test metric is NaN too: the untrained network's would not be a result. Constant test
+    scores (spread ≤ 1e-6 of their magnitude) make AUROC a meaningless 0.5; they are flagged
+    rather than silently reported.
     """
     check_beta("beta", beta)  # (a concrete one; config.beta is not what this run trains with)
     missing = [k for k in PROTOCOL_DATA_KEYS if k not in data]
