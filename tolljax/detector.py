@@ -391,10 +391,9 @@ class _SavedConfig:
     def training(self, hyper: dict) -> tuple[int, int, dict]:
         """``(best_step, nonfinite_step, history)``, checked against the saved run's steps:
         ``history`` holds one entry per checkpoint, as :meth:`TollDetector.fit` writes it."""
+        # A multiple of eval_every: check_params_match ran first, and the fit_params it
+        # matched them against were checked by TollDetector's own parameter checks.
         steps, every = hyper["steps"], hyper["eval_every"]
-        if steps % every:
-            raise self.error("hyperparameters.steps", f"is {steps}, not a multiple of "
-                             f"eval_every={every}")
         best = self.integer("best_step", minimum=every)
         if best > steps or best % every:
             raise self.error("best_step", f"must be a checkpoint step (a multiple of {every} up "

@@ -55,6 +55,8 @@ def validate_split(split: AnomalySplit, *, sample_shape: tuple[int, ...] | None 
     """
     parts = {"train": split.train, "validation": split.val_x, "test": split.test_x}
     float32_max = float(np.finfo(np.float32).max)
+    expected = tuple(split.train.shape[1:]) if sample_shape is None else tuple(sample_shape)
+    whose = "the training samples have" if sample_shape is None else "the model expects"
     for part, x in parts.items():
         if x.ndim < 2:  # (a 1-D set was called empty)
             raise TollError(f"{split.name}: the {part} set has shape {x.shape}; expected one "
@@ -62,9 +64,7 @@ def validate_split(split: AnomalySplit, *, sample_shape: tuple[int, ...] | None 
         if x.shape[0] == 0:
             raise TollError(f"{split.name}: the {part} set is empty (shape {x.shape}); "
                             "check the data files and the normal class")
-        expected = tuple(split.train.shape[1:]) if sample_shape is None else tuple(sample_shape)
         if tuple(x.shape[1:]) != expected:
-            whose = "the training samples have" if sample_shape is None else "the model expects"
             raise TollError(f"{split.name}: {part} samples have shape {tuple(x.shape[1:])}, "
                             f"{whose} {expected}; pass data with the right number of features"
                             + ("" if sample_shape is None else " or a matching --dataset"))
