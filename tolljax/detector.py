@@ -413,8 +413,7 @@ class _SavedConfig:
         for key in ("selection", "train_loss"):
             values = history[key]
             if (not isinstance(values, list) or len(values) != len(checkpoints)
-                    or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
-                                              or finite_float(v) is None) for v in values)):
+                    or any(v is not None and finite_float(v) is None for v in values)):
                 raise self.error("history." + key, f"must be a list of {len(checkpoints)} "
                                  "entries, each a finite number or null")
         return best, bad, history
