@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tolljax.errors import TollError, check_float32, output_dir
+from tolljax.errors import TollError, output_dir, real_hyperparameter
 
 # Per dataset defaults. Arrhythmia: the Toll MLP (z = 16) as CANCE's AE. MNIST: the CANCE
 # budget AE (`small`, z = 16) — the Appendix-B Toll model is `--ae-model paper`.
@@ -237,24 +237,18 @@ def check_flags(args: argparse.Namespace, d: dict) -> None:
         raise TollError(f"--noise-ratio must be at least 1, got {args.noise_ratio}")
     for flag, value in (("--ae-lr", d["ae_lr"]), ("--nce-lr", args.nce_lr),
                         ("--noise-lr", args.noise_lr)):
-        if not (np.isfinite(value) and value > 0):
-            raise TollError(f"{flag} must be a finite number > 0, got {value}")
-        check_float32(flag, value)
+        real_hyperparameter(flag, value, positive=True)
     # Each loss weight belongs to one stage-1 loss; given with the other it would be ignored.
     if args.beta is not None:
         if args.ae_loss != "toll":
             raise TollError("--beta is the weight of Toll's loss; it needs --ae-loss toll "
                             "(the cance loss weighs its covariance term with --cov-weight)")
-        if not (np.isfinite(args.beta) and args.beta >= 0):
-            raise TollError(f"--beta must be a finite number >= 0, got {args.beta}")
-        check_float32("--beta", args.beta)
+        real_hyperparameter("--beta", args.beta)
     if args.cov_weight is not None:
         if args.ae_loss != "cance":
             raise TollError("--cov-weight weighs the covariance term of --ae-loss cance; "
                             "--ae-loss toll weighs its latent norm with --beta")
-        if not (np.isfinite(args.cov_weight) and args.cov_weight >= 0):
-            raise TollError(f"--cov-weight must be a finite number >= 0, got {args.cov_weight}")
-        check_float32("--cov-weight", args.cov_weight)
+        real_hyperparameter("--cov-weight", args.cov_weight)
     for flag, value in (("--val-limit", args.val_limit), ("--test-limit", args.test_limit)):
         if value is not None and value < 2:  # a stratified subset needs a normal and an anomaly
             raise TollError(f"{flag} must be at least 2, got {value}")

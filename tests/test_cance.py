@@ -32,6 +32,27 @@ def test_reconstruction_features_by_hand():
                                cance.reconstruction_features(x, x_hat))
 
 
+def test_cosine_dissimilarity_holds_at_extreme_scales():
+    # the direct formula squares the entries: [1e-7, 0] gave 1 (its norm product fell below
+    # eps) and [1e20, 0] gave NaN (inf / inf); the cosine does not depend on scale
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 64, 9))
+    reference = 1 - np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    for scale in (1e-30, 1e-20, 1e-7, 1.0, 1e19, 1e30, 1e37):
+        got = cance.cosine_dissimilarity(jnp.asarray(a * scale, jnp.float32),
+                                         jnp.asarray(b * scale, jnp.float32))
+        np.testing.assert_allclose(got, reference, atol=2e-6, err_msg=f"scale {scale}")
+    tiny, huge = jnp.array([[1e-7, 0.0]]), jnp.array([[1e20, 0.0], [3e38, -3e38]])
+    np.testing.assert_allclose(cance.cosine_dissimilarity(tiny, tiny), [0.0], atol=1e-6)
+    np.testing.assert_allclose(cance.cosine_dissimilarity(huge, huge), [0.0, 0.0], atol=1e-6)
+    np.testing.assert_allclose(cance.cosine_dissimilarity(huge, -huge), [2.0, 2.0], atol=1e-6)
+    assert float(cance.cosine_dissimilarity(tiny, jnp.zeros((1, 2)))[0]) == 1.0
+    # ordinary inputs keep the direct formula's bits (the CANCE results do not move)
+    x, y = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    direct = 1 - jnp.sum(x * y, -1) / jnp.sqrt(jnp.sum(x * x, -1) * jnp.sum(y * y, -1))
+    np.testing.assert_array_equal(cance.cosine_dissimilarity(x, y), direct)
+
+
 class _ToyAE(nn.Module):
     """x -> z = x[:, :2] * w, x_hat = 0.5 x (one parameter, so apply_fn works)."""
 
@@ -308,6 +329,11 @@ def test_fit_nce_selection_vmap_and_variants():
     ({"weight_decay": float("nan")}, "weight decay must be a finite number >= 0"),
     ({"hidden": (0,)}, "hidden widths must be positive integers"),
     ({"lr": 1e-50}, "learning rate=1e-50 is 0 in the float32 arithmetic"),
+    # a NumPy TypeError from np.isfinite, or (the noise scale) an error only inside fit_nce
+    ({"lr": "1"}, "learning rate must be a finite number > 0, got '1'"),
+    ({"noise_lr": "0.1"}, "noise learning rate must be a finite number > 0, got '0.1'"),
+    ({"weight_decay": "a"}, "weight decay must be a finite number >= 0, got 'a'"),
+    ({"initial_noise_scale": 1.0}, "initial noise scale must be a finite number > 1, got 1.0"),
 ])
 def test_nce_config_errors(kwargs, message):
     with pytest.raises(TollError, match=message):
@@ -318,6 +344,12 @@ def test_nce_config_errors(kwargs, message):
     ({"loss": "toll", "beta": float("nan")}, "beta must be a finite number >= 0"),
     ({"loss": "toll", "beta": -1.0}, "beta must be a finite number >= 0"),
     ({"batch_size": 2.5}, "batch-size must be a positive integer, got 2.5"),
+    ({"lr": "1"}, "learning rate must be a finite number > 0, got '1'"),
+    ({"cov_weight": "a"}, "--cov-weight must be a finite number >= 0, got 'a'"),
+    ({"cov_weight": -1.0}, "--cov-weight must be a finite number >= 0, got -1.0"),
+    # 2.0 was accepted and a later error named --steps
+    ({"decoder_steps": 20.0}, "--decoder-steps 20.0 must be an integer >= 0"),
+    ({"decoder_steps": -20}, "--decoder-steps -20 must be an integer >= 0"),
 ])
 def test_ae_config_refuses_a_bad_toll_beta_and_fractional_counts(kwargs, message):
     with pytest.raises(TollError, match=message):

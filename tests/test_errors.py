@@ -3,7 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from tolljax.errors import TollError, check_float32, index_list, numeric_array, output_dir
+from tolljax.errors import (TollError, check_float32, index_list, numeric_array, output_dir,
+                            real_hyperparameter)
 
 
 def test_output_dir_creates_nested_folders(tmp_path):
@@ -78,3 +79,23 @@ def test_numeric_array_takes_bfloat16_as_float_and_refuses_masked_entries():
     with pytest.raises(TollError, match="x is a masked array with 1 masked entries"):
         numeric_array(np.ma.masked_array([1.0, 2.0], mask=[0, 1]), "x", kinds="f",
                       shape_hint="", dtype_hint="")
+
+
+@pytest.mark.parametrize("value, positive, message", [
+    ("1", False, "must be a finite number >= 0, got '1'"),
+    (True, False, "must be a finite number >= 0, got True"),
+    (-0.5, False, "must be a finite number >= 0, got -0.5"),
+    (0.0, True, "must be a finite number > 0, got 0.0"),
+    (np.array(np.nan), True, "must be a finite number > 0, got array\\(nan\\)"),
+    (1e39, False, "is beyond the float32 range"),
+    (1e-50, True, "is 0 in the float32 arithmetic"),
+])
+def test_real_hyperparameter_refuses_what_training_cannot_use(value, positive, message):
+    with pytest.raises(TollError, match=f"^w.*{message}"):
+        real_hyperparameter("w", value, positive=positive)
+
+
+def test_real_hyperparameter_returns_python_floats():
+    for value, expected in ((0, 0.0), (np.float32(0.25), 0.25), (np.array(2.0), 2.0), (3, 3.0)):
+        got = real_hyperparameter("w", value)
+        assert type(got) is float and got == expected

@@ -56,11 +56,10 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.scipy.linalg import solve_triangular
 
-from tolljax.errors import TollError, check_float32, finite_float, positive_int
+from tolljax.errors import TollError, finite_float, positive_int, real_hyperparameter
 from tolljax.losses import parse_norm
 from tolljax.metrics import METRICS
 from tolljax.train import (TrainState, check_beta, checkpoint_keys, create_train_state,
@@ -87,11 +86,32 @@ def squared_error(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
 
 
 def cosine_dissimilarity(x: jnp.ndarray, x_hat: jnp.ndarray, eps: float = 1e-12) -> jnp.ndarray:
-    """Per-sample ``1 − <x, x̂> / (||x|| ||x̂||)`` in ``[0, 2]``; 1 if either vector is zero."""
+    """Per-sample ``1 − <x, x̂> / (||x|| ||x̂||)`` in ``[0, 2]``; 1 if either vector is zero.
+
+    Where ``||x||·||x̂||`` is at most ``eps`` or overflows float32 (a vector with entries below
+    ~1e-7 or above ~1e19), both vectors are first divided by their largest magnitude: the
+    cosine does not change, and its squares neither underflow nor overflow. Elsewhere the
+    direct formula is kept, so ordinary inputs give the same bits as it does.
+    """
     a, b = _flat(x), _flat(x_hat)
     dot = jnp.sum(a * b, axis=-1)
     den = jnp.sqrt(jnp.sum(a * a, axis=-1) * jnp.sum(b * b, axis=-1))
-    return 1.0 - jnp.where(den > eps, dot / jnp.where(den > eps, den, 1.0), 0.0)
+    direct_ok = (den > eps) & jnp.isfinite(den)
+    cos = dot / jnp.where(direct_ok, den, 1.0)
+
+    def unit_scale(v):
+        peak = jnp.max(jnp.abs(v), axis=-1, keepdims=True)
+        # two factors of 1/sqrt(peak): XLA:CPU divides by multiplying with the reciprocal, and
+        # 1/peak itself is subnormal (flushed to 0) for peaks above ~8.5e37
+        inv_root = 1.0 / jnp.sqrt(jnp.where(peak > 0, peak, 1.0))
+        return v * inv_root * inv_root, peak[..., 0] > 0
+
+    (sa, a_nonzero), (sb, b_nonzero) = unit_scale(a), unit_scale(b)
+    # each scaled vector has a largest entry of magnitude 1, so its norm lies in [1, sqrt(d)]
+    scaled_den = jnp.sqrt(jnp.sum(sa * sa, axis=-1)) * jnp.sqrt(jnp.sum(sb * sb, axis=-1))
+    scaled_cos = jnp.sum(sa * sb, axis=-1) / jnp.where(a_nonzero & b_nonzero, scaled_den, 1.0)
+    scaled_cos = jnp.where(a_nonzero & b_nonzero, jnp.clip(scaled_cos, -1.0, 1.0), 0.0)
+    return 1.0 - jnp.where(direct_ok, cos, scaled_cos)
 
 
 def reconstruction_features(x: jnp.ndarray, x_hat: jnp.ndarray) -> jnp.ndarray:
@@ -225,11 +245,11 @@ class AEConfig:
         if self.loss not in ("cance", "toll"):
             raise TollError(f"unknown autoencoder loss {self.loss!r}; choose cance or toll")
         _check_common(self, ("steps", "batch_size", "eval_every", "score_chunk"))
-        if self.decoder_steps < 0 or self.decoder_steps % self.eval_every:
-            raise TollError(f"--decoder-steps {self.decoder_steps} must be >= 0 and a multiple "
-                            f"of --eval-every {self.eval_every}")
-        if not (np.isfinite(self.cov_weight) and self.cov_weight >= 0):
-            raise TollError(f"--cov-weight must be >= 0, got {self.cov_weight}")
+        if (isinstance(self.decoder_steps, bool) or not isinstance(self.decoder_steps, numbers.Integral)
+                or self.decoder_steps < 0 or self.decoder_steps % self.eval_every):
+            raise TollError(f"--decoder-steps {self.decoder_steps!r} must be an integer >= 0 and "
+                            f"a multiple of --eval-every {self.eval_every}")
+        real_hyperparameter("--cov-weight", self.cov_weight)
         if self.loss == "toll":  # β was unchecked: NaN or negative trained to NaN
             check_beta("beta", self.beta)
         parse_norm(self.norm)
@@ -244,9 +264,7 @@ def _check_common(cfg, positive: Sequence[str]) -> None:
         raise TollError(f"unknown selection {cfg.select!r}; choose one of {SELECTIONS}")
     if cfg.metric not in METRICS:
         raise TollError(f"unknown metric {cfg.metric!r}; choose one of {sorted(METRICS)}")
-    if not (np.isfinite(cfg.lr) and cfg.lr > 0):
-        raise TollError(f"learning rate must be positive, got {cfg.lr}")
-    check_float32("learning rate", float(cfg.lr))
+    real_hyperparameter("learning rate", cfg.lr, positive=True)
 
 
 def _val_criterion(select: str, metric: Callable, scores: jnp.ndarray, val_y: jnp.ndarray,
@@ -467,17 +485,22 @@ def noise_scale(theta: jnp.ndarray) -> jnp.ndarray:
     return 1.0 + jax.nn.softplus(theta)
 
 
+def initial_noise_scale(value) -> float:
+    """``value`` as a float > 1, else :class:`TollError` (see :func:`init_noise_theta`)."""
+    scale = finite_float(value)
+    if scale is None or not scale > 1.0:
+        raise TollError(f"the initial noise scale must be a finite number > 1, got {value!r}")
+    return scale
+
+
 def init_noise_theta(d: int, initial_scale: float = 1.1) -> jnp.ndarray:
     """``θ`` with ``noise_scale(θ) = initial_scale`` in every direction (must be > 1).
 
     **Choice.** 1.1: the noise starts slightly wider than the data, so that it covers the
     data's tails, and ``softplus`` still has a usable gradient (σ(θ) ≈ 0.1)."""
-    scale = finite_float(initial_scale)
-    if scale is None or not scale > 1.0:
-        raise TollError(f"the initial noise scale must be a finite number > 1, got {initial_scale!r}")
     # softplus⁻¹(y) = log(expm1(y)) = y + log(−expm1(−y)): the second form does not overflow
     # for large y (log(expm1(999)) raises OverflowError).
-    y = scale - 1.0
+    y = initial_noise_scale(initial_scale) - 1.0
     return jnp.full((positive_int("d", d),), y + math.log(-math.expm1(-y)), jnp.float32)
 
 
@@ -635,10 +658,9 @@ class NCEConfig:
         if self.augment and self.features != "composite":
             raise TollError("augmentation replaces reconstruction features: use composite features")
         _check_common(self, ("steps", "batch_size", "eval_every", "noise_ratio"))
-        if not (np.isfinite(self.noise_lr) and self.noise_lr > 0):
-            raise TollError(f"noise learning rate must be positive, got {self.noise_lr}")
-        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise TollError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
+        real_hyperparameter("noise learning rate", self.noise_lr, positive=True)
+        real_hyperparameter("weight decay", self.weight_decay)
+        initial_noise_scale(self.initial_noise_scale)  # it used to fail only inside fit_nce
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, numbers.Integral)
                                   or h < 1 for h in self.hidden):
             raise TollError(f"hidden widths must be positive integers, got {self.hidden}")

@@ -34,6 +34,19 @@ def finite_float(value) -> float | None:
     return out if math.isfinite(out) else None
 
 
+def real_hyperparameter(name: str, value, *, positive: bool = False) -> float:
+    """``value`` as a finite Python float >= 0 (> 0 with ``positive``) that float32 keeps
+    finite and, when nonzero, nonzero; else :class:`TollError` "``name`` must be a finite
+    number > 0" (or ">= 0"). Strings, bools and NumPy 0-d arrays of those are refused."""
+    number = finite_float(value.item() if hasattr(value, "item") and getattr(value, "ndim", 1) == 0
+                          else value)
+    if number is None or number < 0 or (positive and number == 0):
+        raise TollError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                        f"got {value!r}")
+    check_float32(name, number)
+    return number
+
+
 def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str):
     """``x`` as a NumPy array whose dtype kind is one of ``kinds`` (``np.dtype.kind`` letters;
     "f" includes ml_dtypes' floats such as bfloat16), else :class:`TollError`: "``what``

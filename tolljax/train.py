@@ -25,7 +25,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tolljax.errors import TollError, check_float32, finite_float, positive_int
+from tolljax.errors import TollError, check_float32, finite_float, positive_int, real_hyperparameter
 from tolljax.losses import Norm, parse_norm, toll_score
 from tolljax.metrics import METRICS
 from tolljax.models import init_variables
@@ -75,11 +75,7 @@ def check_beta(name: str, beta) -> None:
     traced β is not checked)."""
     if isinstance(beta, jax.core.Tracer):
         return
-    # NumPy/JAX scalars (0-d) as Python numbers; 10**400 is refused, not an OverflowError.
-    value = finite_float(beta.item() if hasattr(beta, "item") and np.ndim(beta) == 0 else beta)
-    if value is None or value < 0:
-        raise TollError(f"{name} must be a finite number >= 0, got {beta!r}")
-    check_float32(name, value)
+    real_hyperparameter(name, beta)  # 10**400 is refused, not an OverflowError
 
 
 def create_train_state(model: nn.Module, key: jax.Array, sample_shape: tuple[int, ...],
