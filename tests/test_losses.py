@@ -84,6 +84,21 @@ def test_shape_checks_work_under_jit():
         loss(X, X_HAT[:, :2], Z)
 
 
+@pytest.mark.parametrize("fn", [toll_score, toll_loss])
+def test_a_concrete_beta_is_checked(fn):
+    # a string was a TypeError from inside the product; -1 and NaN gave meaningless scores
+    for beta in ("1", -1.0, float("nan"), np.array(1e39)):
+        with pytest.raises(TollError, match=r"beta"):
+            fn(X, X_HAT, Z, beta)
+    # NumPy/JAX scalars and a per-sample array are numbers; a traced beta is not checked
+    expected = np.asarray(fn(X, X_HAT, Z, 2.0))
+    for beta in (np.float32(2.0), jnp.asarray(2.0), jnp.full((X.shape[0],), 2.0)):
+        np.testing.assert_array_equal(np.asarray(fn(X, X_HAT, Z, beta)), expected)
+    at_zero, at_one = np.asarray(fn(X, X_HAT, Z, 0.0)), np.asarray(fn(X, X_HAT, Z, 1.0))
+    np.testing.assert_allclose(jax.jit(lambda b: fn(X, X_HAT, Z, b))(-1.0),
+                               2 * at_zero - at_one, rtol=1e-5)
+
+
 def test_empty_batch():
     empty = jnp.zeros((0, 3)), jnp.zeros((0, 3)), jnp.zeros((0, 2))
     assert toll_score(*empty, 1.0).shape == (0,)  # nothing to score: no scores

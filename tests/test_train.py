@@ -419,3 +419,27 @@ def test_default_width_runs_convolutional_seeds_one_at_a_time_on_gpus_only(monke
     assert default_width(10, 1, 4) == 3  # no model: the seeds are only split over devices
     with pytest.raises(TollError, match="sample_shape"):
         default_width(10, model=conv)
+
+
+class _GridCodeAutoencoder(nn.Module):
+    """A code with two non-batch axes, (batch, 2, 3), as image models have."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        z = nn.Dense(6)(x).reshape(x.shape[0], 2, 3)
+        return nn.Dense(x.shape[-1])(z.reshape(x.shape[0], 6)), z
+
+
+@pytest.mark.parametrize("norm", [1, 2, "inf"])
+def test_train_step_reports_the_trained_norm_of_the_whole_code(data, norm):
+    # The metric used to be jnp.linalg.norm(z, axis=-1): L2 whatever the norm, and over the
+    # last axis only (here 3 of the code's 6 entries per row)
+    model = _GridCodeAutoencoder()
+    state = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    batch = data["train"][:16]
+    _, z = model.apply({"params": state.params}, batch)
+    flat = np.asarray(z, np.float64).reshape(16, 6)
+    order = {1: 1, 2: 2, "inf": np.inf}[norm]
+    expected = np.mean(np.linalg.norm(flat, ord=order, axis=1))
+    _, metrics = train_step(state, batch, 1.0, norm)
+    np.testing.assert_allclose(float(metrics["latent_norm"]), expected, rtol=1e-5)

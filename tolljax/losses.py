@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tolljax.errors import TollError, index_list
+from tolljax.errors import TollError, index_list, real_hyperparameter
 
 Norm = Union[int, float, str]
 NORMS = {"1": 1, "2": 2, "inf": math.inf}
@@ -90,9 +90,13 @@ def toll_score(x: jnp.ndarray, x_hat: jnp.ndarray, z: jnp.ndarray, beta: float,
                norm: Norm = 2) -> jnp.ndarray:
     """Per-sample Toll score ``||x̂ − x||₂ + β·||z||_p`` (paper eq. 1), shape ``(batch,)``.
 
-    An empty batch gives an empty array; mismatched shapes raise :class:`TollError`.
+    An empty batch gives an empty array; mismatched shapes raise :class:`TollError`, and so
+    does a concrete scalar ``beta`` that is not a finite number >= 0 in float32 (a string
+    was a TypeError from inside the product). A traced or array ``beta`` is not checked.
     """
     _check_batch("toll_score", x, x_hat, z)
+    if not isinstance(beta, jax.core.Tracer) and np.ndim(beta) == 0:
+        real_hyperparameter("beta", beta)
     return reconstruction_error(x, x_hat) + beta * latent_norm(z, norm)
 
 
@@ -150,15 +154,22 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
     if weights is None:
         w = jnp.ones((n,), f.dtype)
     else:
+        if not isinstance(weights, jax.core.Tracer):  # traced: the loss is NaN instead
+            # checked before the cast, which would turn 1e39 into inf with a NumPy warning
+            host = np.asarray(weights, np.float64)
+            if host.shape != (n,):
+                raise TollError(f"collapse_loss: weights must have shape ({n},), got {host.shape}")
+            largest = float(np.finfo(f.dtype).max)
+            bad = np.flatnonzero(~(np.isfinite(host) & (host >= 0) & (host <= largest)))
+            if bad.size:  # a NaN weight made the total NaN and the loss a silent 0
+                raise TollError(f"collapse_loss: weights must be finite and >= 0 in {f.dtype}; "
+                                f"those at positions {index_list(bad)} are not")
+            if host.sum() > largest:  # the total would be inf and the loss NaN
+                raise TollError(f"collapse_loss: the weights sum to {host.sum():.3g}, beyond "
+                                f"{f.dtype}; rescale them (only their ratios matter)")
         w = jnp.asarray(weights, f.dtype)
         if w.shape != (n,):
             raise TollError(f"collapse_loss: weights must have shape ({n},), got {w.shape}")
-        if not isinstance(weights, jax.core.Tracer):  # traced: the loss is NaN instead
-            host = np.asarray(weights, np.float64)
-            bad = np.flatnonzero(~(np.isfinite(host) & (host >= 0)))
-            if bad.size:  # a NaN weight made the total NaN and the loss a silent 0
-                raise TollError(f"collapse_loss: weights must be finite and >= 0; those at "
-                                f"positions {index_list(bad)} are not")
     total = jnp.sum(w)
     safe_total = jnp.where(total > 0, total, 1.0)
     if isinstance(target, str):

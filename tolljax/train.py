@@ -26,7 +26,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from tolljax.errors import TollError, check_float32, finite_float, positive_int, real_hyperparameter
-from tolljax.losses import Norm, parse_norm, toll_score
+from tolljax.losses import Norm, latent_norm, parse_norm, toll_score
 from tolljax.metrics import METRICS
 from tolljax.models import init_variables
 
@@ -92,7 +92,8 @@ def train_step(state: TrainState, batch: jnp.ndarray, beta: float | jnp.ndarray,
 
     BatchNorm uses batch statistics and its running averages are updated. ``beta`` may be a
     traced value (so a β sweep can be vmapped); ``norm`` is static. A concrete ``beta`` is
-    checked as :func:`check_beta` checks it.
+    checked as :func:`check_beta` checks it. Metrics: the batch loss and the batch mean of
+    ``||z||_p`` in the trained norm, over all of a code's axes.
     """
     if batch.shape[0] == 0:  # the mean of nothing: a NaN loss and NaN BatchNorm statistics
         raise TollError("train_step: the batch is empty; pass at least one sample")
@@ -107,7 +108,7 @@ def train_step(state: TrainState, batch: jnp.ndarray, beta: float | jnp.ndarray,
 
     (loss, (batch_stats, z)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, {"loss": loss, "latent_norm": jnp.mean(jnp.linalg.norm(z, axis=-1))}
+    return state, {"loss": loss, "latent_norm": jnp.mean(latent_norm(z, norm))}
 
 
 def map_in_chunks(fn: Callable[[jnp.ndarray], jnp.ndarray], x: jnp.ndarray,
