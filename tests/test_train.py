@@ -443,3 +443,34 @@ def test_train_step_reports_the_trained_norm_of_the_whole_code(data, norm):
     expected = np.mean(np.linalg.norm(flat, ord=order, axis=1))
     _, metrics = train_step(state, batch, 1.0, norm)
     np.testing.assert_allclose(float(metrics["latent_norm"]), expected, rtol=1e-5)
+
+
+def test_compiled_protocol_checks_its_arguments(data, three_seeds):
+    # JAX's "Argument types differ" / "pytree does not match", and "'int' object is not
+    # iterable" for a bare seed, were the errors; a padded n_train below the batch size drew
+    # padding rows silently
+    run, _ = three_seeds
+    with pytest.raises(TollError, match=r"seeds must be a list of integers, got 3 \(one seed: \[3\]\)"):
+        run(3, data, 10.0)
+    with pytest.raises(TollError, match=r"val_x has shape \(50, 274\) and dtype float32, but the "
+                                        r"program was compiled for \(90, 274\) float32"):
+        run([0], {**data, "val_x": data["val_x"][:50]}, 10.0)
+    with pytest.raises(TollError, match=r"test_y has shape \(90,\) and dtype float32"):
+        run([0], {**data, "test_y": data["test_y"].astype(jnp.float32)}, 10.0)
+    with pytest.raises(TollError, match=r"compiled for data with keys \['test_x', 'test_y', "
+                                        r"'train', 'val_x', 'val_y'\], got \['n_train'"):
+        run([0], {**data, "n_train": 100}, 10.0)
+    with pytest.raises(TollError, match=r"chunk 1: the program was compiled for data with keys"):
+        run.run_chunks([([0], data), ([1], {k: data[k] for k in ("train", "val_x")})], 10.0)
+    padded = {**data, "n_train": np.int32(232)}
+    config = ProtocolConfig(**{**SHORT, "steps": 20, "batch_size": 16})
+    small = compile_protocol(build_model("arrhythmia", z_dim=4), config, padded, 1)
+    for n_train in (8, 233):
+        with pytest.raises(TollError, match=f"n_train {n_train} must lie between the batch size "
+                                            "16 and the 232 rows of train"):
+            small([0], {**padded, "n_train": np.int32(n_train)}, 10.0)
+    # float64 NumPy data is what JAX makes float32 anyway: accepted, the same result
+    as64 = {k: np.asarray(v, np.float64 if v.dtype == jnp.float32 else v.dtype)
+            for k, v in padded.items()}
+    np.testing.assert_array_equal(small([0], as64, 10.0)["test_metric"],
+                                  small([0], padded, 10.0)["test_metric"])

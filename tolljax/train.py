@@ -309,6 +309,9 @@ class CompiledProtocol:
     mesh: Mesh
     width: int
     compile_seconds: float
+    # name -> (shape, dtype) of one dataset, as compiled; batch_size bounds a chunk's n_train
+    data_spec: dict[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
+    batch_size: int = 1
 
     @property
     def num_devices(self) -> int:
@@ -320,6 +323,8 @@ class CompiledProtocol:
         ``beta`` is the β the program trains with (``ProtocolConfig.beta`` is not read here):
         it is checked as the config's is."""
         check_beta("beta", beta)
+        for index, (_, data) in enumerate(chunks):
+            self._check_data(data, f"chunk {index}" if len(chunks) > 1 else "data")
         results = []
         n_dev = self.num_devices
         for start in range(0, len(chunks), n_dev):
@@ -338,6 +343,27 @@ class CompiledProtocol:
                 results.append({k: v[i, : len(seeds)] for k, v in out.items()})
         return results
 
+    def _check_data(self, data: dict, what: str) -> None:
+        """:class:`TollError` unless ``data`` has the compiled keys, shapes and dtypes (it was
+        JAX's "Argument types differ" or "pytree does not match") and a usable ``n_train``."""
+        if not isinstance(data, dict) or set(data) != set(self.data_spec):
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise TollError(f"{what}: the program was compiled for data with keys "
+                            f"{sorted(self.data_spec)}, got {got}")
+        for name, (shape, dtype) in self.data_spec.items():
+            value = data[name]
+            got_shape = tuple(np.shape(value))
+            got_dtype = _canonical_dtype(value)
+            if got_shape != shape or got_dtype != dtype:
+                raise TollError(f"{what}: {name} has shape {got_shape} and dtype {got_dtype}, but "
+                                f"the program was compiled for {shape} {dtype}; compile_protocol "
+                                "again with data of this shape (or pad it to the compiled one)")
+        if "n_train" in data:  # traced inside the program, where padding rows would be drawn
+            n_train, rows = int(np.asarray(data["n_train"])), self.data_spec["train"][0][0]
+            if not self.batch_size <= n_train <= rows:
+                raise TollError(f"{what}: n_train {n_train} must lie between the batch size "
+                                f"{self.batch_size} and the {rows} rows of train")
+
     def __call__(self, seeds, data: dict, beta: float) -> dict[str, np.ndarray]:
         """All ``seeds`` on one dataset: chunks of ``width`` seeds, results stacked over seeds."""
         seeds = seed_array(seeds).tolist()
@@ -346,6 +372,12 @@ class CompiledProtocol:
         groups = [seeds[i:i + self.width] for i in range(0, len(seeds), self.width)]
         parts = self.run_chunks([(g, data) for g in groups], beta)
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _canonical_dtype(value) -> np.dtype:
+    """The dtype JAX gives ``value`` as a program argument (float64 → float32 without x64)."""
+    dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+    return jax.dtypes.canonicalize_dtype(dtype)
 
 
 def _to_host(out: dict) -> dict[str, np.ndarray]:
@@ -459,12 +491,17 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
         lambda a: jax.ShapeDtypeStruct((n_dev, *np.shape(a)), np.asarray(a).dtype), data)
     start = time.perf_counter()
     executable = fn.lower(seeds, shapes, jax.ShapeDtypeStruct((), jnp.float32)).compile()
-    return CompiledProtocol(executable, mesh, width, time.perf_counter() - start)
+    data_spec = {k: (tuple(np.shape(a)), _canonical_dtype(a)) for k, a in data.items()}
+    return CompiledProtocol(executable, mesh, width, time.perf_counter() - start, data_spec,
+                            config.batch_size)
 
 
 def seed_array(seeds) -> np.ndarray:
     """Seeds as the int32 array the compiled protocol takes (each becomes
     ``jax.random.key(seed)`` inside the program); a clear error outside int32."""
+    if np.ndim(seeds) == 0:  # `for s in 3` was "'int' object is not iterable"
+        hint = f" (one seed: [{seeds!r}])" if isinstance(seeds, numbers.Integral) else ""
+        raise TollError(f"seeds must be a list of integers, got {seeds!r}{hint}")
     if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) for s in seeds):
         raise TollError(f"seeds must be integers, got {list(seeds)[:5]}")  # 1.5 became seed 1
     seeds = [int(s) for s in seeds]
