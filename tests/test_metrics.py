@@ -86,6 +86,21 @@ def test_nonfinite_scores_are_an_error_not_a_number(scores):
         f1_top_fraction(scores, Y5, 0.6)
 
 
+def test_subnormal_scores_are_an_error_not_ties():
+    # XLA flushes float32 subnormals to 0: four distinct scores became ties (AUROC 0.5 where
+    # sklearn gives 1.0; F1 1.0 for anomalies scored lowest, where the exact F1 is 0)
+    y = np.array([0, 0, 1, 1])
+    for scores in (np.array([1e-40, 2e-40, 3e-40, 4e-40], np.float32), np.array([1e-50, 1.0, 2.0, 3.0])):
+        with pytest.raises(TollError, match=r"nonzero but smaller in magnitude than float32's "
+                                            r"smallest normal number .* rescale the scores"):
+            auroc(scores, y)
+        with pytest.raises(TollError, match="smallest normal number"):
+            f1_top_fraction(scores[::-1], y, 0.5)
+    # zero and the smallest normal float32 are ordinary scores
+    tiny = np.finfo(np.float32).tiny
+    assert float(auroc(np.array([0.0, tiny, 2 * tiny, 3 * tiny], np.float32), y)) == 1.0
+
+
 def test_all_nan_scores_do_not_give_a_perfect_f1():
     with pytest.raises(TollError, match=r"5 NaN/inf values .* positions \[0, 1, 2, 3, 4\]"):
         f1_top_fraction(np.full(5, np.nan), Y5, 0.6)  # was 1.0

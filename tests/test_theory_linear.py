@@ -231,6 +231,34 @@ def test_bad_covariance_is_rejected():
     assert issubclass(TheoryInputError, ValueError)
 
 
+def test_covariance_checks_are_relative_to_the_scale_of_S():
+    # The tolerances were an absolute 1e-10 below scale 1: an indefinite 1e-11-scale S
+    # passed (the closed form then clamped its negative eigenvalue to 0, off from the flow by
+    # a factor e), and an asymmetric one was symmetrised silently.
+    W = np.ones((1, 2))
+    with pytest.raises(TheoryInputError, match="positive semi-definite"):
+        linear.theorem1_closed_form(W, np.diag([1e-11, -1e-11]), 1.0)
+    with pytest.raises(TheoryInputError, match="symmetric"):
+        linear.lemma1_rhs(W, np.array([[1e-11, 5e-11], [0.0, 1e-11]]))
+    A = np.random.default_rng(0).normal(size=(2, 5))
+    small = 1e-11 * A @ A.T / 5  # a genuine covariance at that scale is still accepted
+    np.testing.assert_allclose(linear.lemma1_rhs(W, small), -W @ small, rtol=1e-12)
+    np.testing.assert_array_equal(linear.lemma1_rhs(W, np.zeros((2, 2))), np.zeros((1, 2)))
+
+
+def test_solve_lemma1_error_is_absolute_once_components_have_decayed():
+    # the documented accuracy: ~1e-14 absolute while W decays by 18 orders of magnitude
+    rng = np.random.default_rng(1)
+    U = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    S = U @ np.diag([2.0, 1.0, 0.5]) @ U.T
+    W0 = rng.normal(size=(2, 3))
+    ts = [5.0, 20.0, 50.0, 80.0]
+    flow = linear.solve_lemma1(W0, S, ts)
+    exact = np.stack([linear.theorem1_closed_form(W0, S, t) for t in ts])
+    assert np.max(np.abs(flow - exact)) <= 1e-13 * np.max(np.abs(W0))
+    assert np.linalg.norm(exact[-1]) < 1e-16  # where a relative bound could not hold
+
+
 def test_shape_mismatches_are_rejected():
     S = np.eye(3)
     with pytest.raises(TheoryInputError, match="shape mismatch"):

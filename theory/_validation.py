@@ -176,7 +176,9 @@ def covariance_matrix(S: Any, name: str = "S") -> np.ndarray:
     """
     S = real_matrix(name, S)
     check_square(name, S.shape)
-    scale = max(1.0, float(np.max(np.abs(S))))
+    # relative to S's own scale: max(1, ·) made both tolerances an absolute 1e-10, which let
+    # diag(1e-11, −1e-11) pass as PSD and an asymmetric 1e-11-scale S be symmetrised silently
+    scale = float(np.max(np.abs(S)))
     asym = float(np.max(np.abs(S - S.T)))
     if asym > SYM_TOL * scale:
         raise TheoryInputError(

@@ -7,6 +7,12 @@ For a sample x with code z = En(x) and reconstruction x̂ = De(z) the score is
 and the training loss is its mean over a batch. As in the authors' code these are norms, not
 squared norms. The same expression, evaluated with BatchNorm in eval mode, is the anomaly
 score (larger = more anomalous).
+
+Range: the L2 norm is ``sqrt(Σ v²)`` in float32, unscaled (as ``torch.norm`` in the authors'
+code, and cheapest in the training loop): a vector with an entry beyond ~1.8e19 has norm inf
+and one whose entries are all below ~1e-19 has norm 0, where the L1 and L∞ norms are still
+finite and exact. Residuals or codes that large mean a diverged model (its run is reported as
+failed, and the metrics refuse inf scores); the underflow only stops a collapse at ~1e-19.
 """
 from __future__ import annotations
 

@@ -63,6 +63,14 @@ def _check(fn: str, scores, labels):
             raise TollError(f"{fn}: scores contain {bad.size} NaN/inf values (or values beyond "
                             f"the float32 range) at positions {index_list(bad)}; a diverged or "
                             "overflowing model cannot be evaluated, drop or fix those samples")
+        tiny = np.finfo(np.float32).tiny
+        with np.errstate(invalid="ignore"):
+            subnormal = np.flatnonzero((scores != 0) & (np.abs(scores) < tiny))
+        if subnormal.size:  # distinct on the host, equal (ties) on the device
+            raise TollError(f"{fn}: {subnormal.size} scores are nonzero but smaller in magnitude "
+                            f"than float32's smallest normal number ({tiny:.3g}) at positions "
+                            f"{index_list(subnormal)}; XLA flushes them to 0, so they would "
+                            "count as ties: rescale the scores")
     if not _traced(labels) and not np.isin(labels, (0, 1)).all():
         raise TollError(f"{fn}: labels must be 0 (normal) or 1 (anomaly) only")
     return scores, labels
