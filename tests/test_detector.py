@@ -1,5 +1,6 @@
 import functools
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -450,6 +451,53 @@ def test_a_failed_overwrite_keeps_the_saved_detector(small, tmp_path, monkeypatc
     # and an overwrite that succeeds replaces it
     np.testing.assert_array_equal(TollDetector.load(other.save(path, overwrite=True))
                                   .score_samples(X8), other.score_samples(X8))
+
+def test_an_overwrite_that_fails_while_copying_in_keeps_the_saved_detector(small, tmp_path,
+                                                                           monkeypatch):
+    # The new files are staged in the system temp folder; where the target is on another
+    # filesystem, moving them in is a copy, and on a full target disk that copy failed after
+    # the old detector had been deleted (it no longer loaded, a half-written variables/ was
+    # left, and the message listed every file: ~2,000 characters).
+    path = small.save(tmp_path / "d")
+    before = sorted(p.name for p in path.iterdir())
+    other = TollDetector(steps=20, eval_every=20, hidden=(16,), z_dim=4, seed=1).fit(X8)
+
+    def full_disk(src, dst, *args, **kwargs):
+        Path(dst).mkdir()
+        (Path(dst) / "part").write_text("x")  # half written
+        raise shutil.Error([(f"{src}/f{i}", f"{dst}/f{i}", "[Errno 28] No space left on device")
+                            for i in range(5)])
+
+    monkeypatch.setattr(shutil, "copytree", full_disk)
+    with pytest.raises(TollError) as error:
+        other.save(path, overwrite=True)
+    message = str(error.value)
+    assert "No space left on device (and 4 more files)" in message and len(message) < 300
+    monkeypatch.undo()
+    assert sorted(p.name for p in path.iterdir()) == before  # nothing left behind
+    np.testing.assert_array_equal(TollDetector.load(path).score_samples(X8),
+                                  small.score_samples(X8))
+
+
+def test_an_overwrite_that_fails_while_swapping_puts_the_old_detector_back(small, tmp_path,
+                                                                           monkeypatch):
+    path = small.save(tmp_path / "d")
+    other = TollDetector(steps=20, eval_every=20, hidden=(16,), z_dim=4, seed=1).fit(X8)
+    rename = Path.rename
+
+    def fail_on_the_config(self, target):  # the new variables/ are in, the config is not
+        if Path(target) == path / "toll_detector.json" and ".tolljax-incoming-" in str(self):
+            raise OSError(5, "Input/output error")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", fail_on_the_config)
+    with pytest.raises(TollError, match="Input/output error"):
+        other.save(path, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(p.name for p in path.iterdir()) == ["toll_detector.json", "variables"]
+    np.testing.assert_array_equal(TollDetector.load(path).score_samples(X8),
+                                  small.score_samples(X8))
+
 
 def _edit_saved(path, edit) -> None:
     config = path / "toll_detector.json"

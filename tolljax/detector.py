@@ -443,6 +443,61 @@ class _SavedConfig:
         return out[0], out[1]
 
 
+def _replace_contents(path: Path, staging: Path, replace: bool) -> None:
+    """Make ``path`` hold ``staging``'s files, keeping its old ones until the new are in.
+
+    ``staging`` may be on another filesystem (the system temp folder), where a move is a
+    copy that can fail half way (a full disk). So the files are first copied into a hidden
+    folder inside ``path`` (any failure there leaves the old files untouched), and only then
+    swapped in by renames within ``path``'s filesystem, which need no space."""
+    incoming = Path(tempfile.mkdtemp(prefix=".tolljax-incoming-", dir=path))
+    retired = None
+    try:
+        for name in (_VARIABLES_DIR, _CONFIG_FILE):
+            source = staging / name
+            if source.is_dir():
+                shutil.copytree(source, incoming / name)
+            else:
+                shutil.copy2(source, incoming / name)
+        if replace:
+            retired = Path(tempfile.mkdtemp(prefix=".tolljax-old-", dir=path))
+            for old in [p for p in path.iterdir() if p not in (incoming, retired)]:
+                old.rename(retired / old.name)
+        try:
+            for name in (_VARIABLES_DIR, _CONFIG_FILE):
+                (incoming / name).rename(path / name)
+        except OSError:
+            if retired is not None:  # put the old detector back
+                for name in (_VARIABLES_DIR, _CONFIG_FILE):
+                    if (path / name).exists() and (retired / name).exists():
+                        _remove(path / name)
+                for old in retired.iterdir():
+                    old.rename(path / old.name)
+            raise
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+        if retired is not None:
+            shutil.rmtree(retired, ignore_errors=True)
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry)
+    else:
+        entry.unlink()
+
+
+def _os_error_text(exc: OSError) -> str:
+    """One short line for ``exc``: a ``shutil.Error`` carries a list of (source, destination,
+    message) for every file that failed, which made a message of ~2,000 characters."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        failures = exc.args[0]
+        first = failures[0][-1] if isinstance(failures[0], tuple) else failures[0]
+        more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
+        return f"{first}{more}"
+    return str(exc.strerror or exc)
+
+
 class TollDetector:
     """Toll anomaly detector (scikit-learn style; see the module docstring for the details).
 
@@ -875,26 +930,18 @@ class TollDetector:
             "best_step": self.best_step_, "nonfinite_step": self.nonfinite_step_,
             "history": self.history_,
         }
-        # Written in a new temporary folder first, then moved in: orbax finishes a checkpoint
-        # by globbing its folder, so a name such as "toll[beta=10]" (a glob character class)
-        # left an unfinished checkpoint that load() could not restore, with only a logged
-        # warning; and a failed write no longer costs the detector it was to replace.
+        # Written in a new temporary folder first: orbax finishes a checkpoint by globbing its
+        # folder, so a name such as "toll[beta=10]" (a glob character class) left an
+        # unfinished checkpoint that load() could not restore, with only a logged warning.
         staging = Path(tempfile.mkdtemp(prefix="tolljax-save-"))
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 ckptr.save(staging / _VARIABLES_DIR, self.variables_)
             # float32 values survive JSON exactly (float32 → float64 → repr → float64 → float32).
             (staging / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
-            if replace:
-                for old in path.iterdir():
-                    if old.is_dir() and not old.is_symlink():
-                        shutil.rmtree(old)
-                    else:
-                        old.unlink()
-            for name in (_VARIABLES_DIR, _CONFIG_FILE):
-                shutil.move(str(staging / name), str(path / name))
+            _replace_contents(path, staging, replace)
         except OSError as exc:  # disk full, permissions changed under us, ...
-            raise TollError(f"cannot write the detector to {path} ({exc.strerror or exc}); "
+            raise TollError(f"cannot write the detector to {path} ({_os_error_text(exc)}); "
                             "check the folder and free space") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
