@@ -48,6 +48,9 @@ def use_compile_cache(folder: str | None) -> None:
     import jax
 
     folder = compile_cache_folder(folder)
+    # "off" must be said to JAX too: it reads $JAX_COMPILATION_CACHE_DIR itself, and kept
+    # writing and serving cache entries there when this function merely returned
+    jax.config.update("jax_enable_compilation_cache", folder is not None)
     if folder is None:
         return
     jax.config.update("jax_compilation_cache_dir", folder)

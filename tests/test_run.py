@@ -426,6 +426,21 @@ def test_compile_cache_flag_wins_over_the_environment(monkeypatch):
     assert compile_cache_folder("/a") is None and compile_cache_folder(None) is None
 
 
+def test_compile_cache_off_wins_over_the_jax_variable(tmp_path):
+    # JAX reads $JAX_COMPILATION_CACHE_DIR itself: "--compile-cache off" used to return
+    # without telling it, so entries were still written there (and served on the next run)
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("JAX_ENABLE_COMPILATION_CACHE", None)
+    command = [sys.executable, "-m", "experiments.run", "--seeds", "1", "--steps", "20",
+               "--eval-every", "20", "--quiet", "--fresh"]
+    for flag, written in ((["--compile-cache", "off"], False), ([], True)):  # the second: control
+        proc = subprocess.run([*command, *flag, "--out", str(tmp_path / "out")], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        cache = tmp_path / "cache"
+        assert (cache.is_dir() and any(cache.iterdir())) == written, flag
+
+
 def _config(*argv):
     from experiments.run import build_parser, resolve_config
 
