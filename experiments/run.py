@@ -379,10 +379,23 @@ def result_xla_flags() -> list[str]:
     return sorted(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
 
 
-def run_key(config: dict, seeds: list[int]) -> str:
+def padding_changes_batches() -> bool:
+    """Whether zero-padding a class's training set changes the batches it draws: with
+    ``JAX_THREEFRY_PARTITIONABLE=false`` the first n of ``jax.random.bits(key, (rows,))``
+    depend on ``rows``, so in a multi-class run (every class padded to the largest) a class's
+    results depend on which other classes run with it. The default (true) and the rbg
+    generators keep them equal."""
+    import jax
+
+    return (not jax.config.jax_threefry_partitionable
+            and str(jax.config.jax_default_prng_impl) == "threefry2x32")
+
+
+def run_key(config: dict, seeds: list[int], padded_rows: int | None = None) -> str:
     """Identifies everything a class's results depend on: the result-relevant config, the
     seeds, and the device layout (XLA's kernels, hence the last float bits, depend on how
-    many seeds share a device)."""
+    many seeds share a device); the padded training-set size (``padded_rows``, None
+    unpadded) where :func:`padding_changes_batches`."""
     import jax
     import jaxlib
 
@@ -398,6 +411,8 @@ def run_key(config: dict, seeds: list[int]) -> str:
                  matmul_precision=str(jax.config.jax_default_matmul_precision),
                  xla_flags=result_xla_flags(), conv=[ops.resolve_conv_impl(), ops.resolve_impl()],
                  **random_bits_config())
+    if padding_changes_batches():
+        ident["padded_rows"] = padded_rows
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -475,7 +490,12 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     width = config.get("vmap_width") or default_width(
         len(seeds), len(classes), model=model, sample_shape=sample_shape(dataset))
     config["vmap_width"] = width
-    key = run_key(config, seeds)
+    if n_rows is not None and padding_changes_batches():
+        print("warning: JAX_THREEFRY_PARTITIONABLE=false: every class's training set is padded "
+              f"to {n_rows} rows, which changes the batches it draws, so its results differ from "
+              "a run of that class alone; unset the variable for results that do not depend on "
+              "--classes", file=sys.stderr)
+    key = run_key(config, seeds, n_rows)
     groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]
     chunks = [(c, g) for c in classes for g in groups]
     outs = {}

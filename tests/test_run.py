@@ -202,6 +202,31 @@ def test_resume_key_depends_on_the_random_bit_generator():
     assert run_key(config, [0, 1]) == base
 
 
+def test_resume_key_covers_the_padding_where_it_changes_the_batches():
+    # With JAX_THREEFRY_PARTITIONABLE=false a class padded to the largest class drew other
+    # batches than alone (MNIST class 0: AUROC 100.0 in a --classes 0,1 run, 95.11 alone),
+    # and a --classes 0 run resumed in the 0,1 run's folder reused the padded chunk.
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.run import RESULT_KEYS, padding_changes_batches, run_key
+
+    config = {k: 1 for k in RESULT_KEYS}
+    key = jax.random.key(0)
+    prefix_equal = lambda: bool(jnp.all(jax.random.bits(key, (50,)) ==
+                                        jax.random.bits(key, (60,))[:50]))
+    assert not padding_changes_batches() and prefix_equal()
+    assert run_key(config, [0], 60) == run_key(config, [0], None)  # chunks stay shareable
+    before = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", False)
+    try:
+        assert padding_changes_batches() and not prefix_equal()
+        assert run_key(config, [0], 60) != run_key(config, [0], None)
+        assert run_key(config, [0], 60) != run_key(config, [0], 70)
+    finally:
+        jax.config.update("jax_threefry_partitionable", before)
+
+
 def test_an_empty_xdg_cache_home_counts_as_unset(tmp_path):
     # Was: the compilation cache went to ./tolljax/xla under the current folder.
     env = {**os.environ, "XDG_CACHE_HOME": "", "HOME": str(tmp_path)}
