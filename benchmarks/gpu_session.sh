@@ -13,7 +13,8 @@
 #   bash benchmarks/gpu_session.sh steps-small       # CIFAR-10 and Arrhythmia train steps
 #   bash benchmarks/gpu_session.sh impls             # XLA's plain layers vs the GEMM fast path
 #
-# Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable. DATA_DIR
+# Results go to $OUT (default runs/gpu): *.log as printed, *.json machine-readable (bundled in
+# $OUT/PART.tar.gz where a part alone writes more than MAX_FILES, default 8). DATA_DIR
 # (default .devicedata/mnist) is read by the parts that run sweeps only (sweep, phases,
 # sweep-vmapped); the other parts take none.
 # A part alone also keeps to BUDGET_S (below): a run's limit is cut to what is left of it, and
@@ -202,8 +203,20 @@ run_part() {  # run_part PART: that part's runs, files to $out
 }
 
 if [[ $part != all ]]; then
+    # The device tool returns at most 8 files from $OUT: a part that writes more (`more`: 4
+    # runs × log + JSON and the 2 environment files) has them bundled in $out/PART.tar.gz at
+    # the end. They are written loose until then, so a call cut short still returns 8.
+    marker=$(mktemp)
     environment
     run_part "$part"
+    mapfile -t written < <(find "$out" -maxdepth 1 -type f -newer "$marker" -printf '%f\n' | sort)
+    rm -f "$marker"
+    if ((${#written[@]} > ${MAX_FILES:-8})); then
+        tar -czf "$out/$part.tar.gz" -C "$out" "${written[@]}"
+        (cd "$out" && rm -f "${written[@]}")
+        echo "$part wrote ${#written[@]} files, more than the ${MAX_FILES:-8} a device call" \
+             "returns: bundled in $out/$part.tar.gz"
+    fi
     if ((${#failed[@]})); then
         echo "failed: ${failed[*]} (see their logs in $out)" >&2
         exit 1

@@ -144,6 +144,26 @@ def test_a_part_alone_keeps_to_the_budget(tmp_path, fake_python):
     assert all(90 <= cap <= 100 for cap in limits(proc.stdout).values())
 
 
+def test_a_part_alone_bundles_more_files_than_a_device_call_returns(tmp_path, fake_python):
+    # `more` wrote 10 files straight into $OUT, and the device tool returns at most 8. Here
+    # the stand-in writes no JSON (6 files), so a limit of 5 stands in for 8.
+    proc, out, _ = run_script(tmp_path, fake_python, "more", MAX_FILES="5")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["more.tar.gz"]
+    with tarfile.open(out / "more.tar.gz") as bundle:
+        assert sorted(bundle.getnames()) == sorted(
+            ["memory.log", "nvidia-smi.txt", "profile.log", "profile_bfloat16.log",
+             "train_step_highest.log", "versions.txt"])
+    assert "more wrote 6 files, more than the 5 a device call returns" in proc.stdout
+    # at the default limit the same files stay loose, and files from before are not touched
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / "older.txt").write_text("x")
+    out = tmp_path / "out2"
+    proc, _, _ = run_script(tmp_path, fake_python, "more", OUT=str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.iterdir())) == 7 and (out / "older.txt").read_text() == "x"
+
+
 def test_a_part_alone_does_not_start_runs_once_the_budget_is_spent(tmp_path, fake_python):
     proc, out, calls = run_script(tmp_path, fake_python, "sweep", str(tmp_path), BUDGET_S="5")
     assert proc.returncode == 1
