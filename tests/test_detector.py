@@ -585,6 +585,8 @@ def test_load_of_an_edited_file_names_the_file_and_field(small, tmp_path, edit, 
     with pytest.raises(TollError, match=message) as err:
         TollDetector.load(path)
     assert str(path / "toll_detector.json") in str(err.value) and "\n" not in str(err.value)
+    # once: a bad beta/lr named the file and field twice and repeated the advice
+    assert str(err.value).count(str(path / "toll_detector.json")) == 1
 
 
 def test_bfloat16_and_unmasked_input_score_as_float32(small):

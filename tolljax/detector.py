@@ -344,8 +344,9 @@ class _SavedConfig:
             raise self.error("hyperparameters", f"must be an object, got {hyper!r}")
         p = "hyperparameters."
         for key, sign in (("beta", dict(nonnegative=True)), ("lr", dict(positive=True))):
+            value = self.real(key, hyper, p, **sign)  # its own error names the file and field
             try:
-                check_float32(key, self.real(key, hyper, p, **sign))
+                check_float32(key, value)
             except TollError as exc:
                 raise self.error(p + key, f"is unusable: {exc}") from None
         for key in ("z_dim", "batch_size", "steps", "eval_every"):
