@@ -462,16 +462,17 @@ def _replace_contents(path: Path, staging: Path, replace: bool) -> None:
                 shutil.copy2(source, incoming / name)
         if replace:
             retired = Path(tempfile.mkdtemp(prefix=".tolljax-old-", dir=path))
-            for old in [p for p in path.iterdir() if p not in (incoming, retired)]:
-                old.rename(retired / old.name)
         try:
+            if replace:
+                for old in [p for p in path.iterdir() if p not in (incoming, retired)]:
+                    old.rename(retired / old.name)
             for name in (_VARIABLES_DIR, _CONFIG_FILE):
                 (incoming / name).rename(path / name)
-        except OSError:
-            if retired is not None:  # put the old detector back
-                for name in (_VARIABLES_DIR, _CONFIG_FILE):
-                    if (path / name).exists() and (retired / name).exists():
-                        _remove(path / name)
+        except OSError:  # undo: the new entries that were moved in go, the old ones come back
+            for name in (_VARIABLES_DIR, _CONFIG_FILE):
+                if not (incoming / name).exists() and (path / name).exists():
+                    _remove(path / name)
+            if retired is not None:
                 for old in retired.iterdir():
                     old.rename(path / old.name)
             raise
