@@ -70,15 +70,21 @@ def set_impls(conv_transpose: str, conv: str) -> None:
     os.environ[ops.CONV_ENV_VAR] = conv
 
 
-def impl_label(dataset: str, conv_transpose: str, conv: str) -> str:
-    """e.g. ``tolljax[convT fast, conv xla]``; layers the model does not have are left out."""
+def impl_label(dataset: str, conv_transpose: str, conv: str, dtype: str = "float32") -> str:
+    """e.g. ``tolljax[convT fast, conv xla]``; layers the model does not have are left out.
+    oneDNN takes float32 only: other dtypes run its layers on the GEMM path (``fast``), and
+    are labelled so (bfloat16 rows used to say ``onednn`` with no oneDNN call compiled)."""
     model = build_model(dataset)
     classes = layer_classes(model, sample_shape(dataset))
+
+    def as_run(impl: str) -> str:
+        return "fast" if impl == "onednn" and dtype != "float32" else impl
+
     parts = []
     if "conv_transpose" in classes:
-        parts.append(f"convT {ops.resolve_impl(conv_transpose)}")
+        parts.append(f"convT {as_run(ops.resolve_impl(conv_transpose))}")
     if "conv" in classes:
-        parts.append(f"conv {ops.resolve_conv_impl(conv) if classes['conv'] == 'tolljax.Conv' else 'xla'}")
+        parts.append(f"conv {as_run(ops.resolve_conv_impl(conv)) if classes['conv'] == 'tolljax.Conv' else 'xla'}")
     return f"tolljax[{', '.join(parts)}]" if parts else "tolljax"
 
 
@@ -90,7 +96,8 @@ class JaxRunner:
         hp = PAPER_HYPERPARAMETERS[dataset]
         set_impls(conv_transpose, conv)
         self.steps_per_call, self.dtype = scan, dtype
-        self.label = (impl_label(dataset, conv_transpose, conv) + ("" if dtype == "float32" else f" {dtype}")
+        self.label = (impl_label(dataset, conv_transpose, conv, dtype)
+                      + ("" if dtype == "float32" else f" {dtype}")
                       + (f" scan×{scan}" if scan > 1 else ""))
         model = build_model(dataset, dtype=jnp.dtype(dtype))
         self.state = create_train_state(model, jax.random.key(seed), sample_shape(dataset),

@@ -31,7 +31,8 @@ exits with one line saying so.
 
 Usage::
 
-    python benchmarks/torch_arrhythmia.py [--seeds 10] [--steps 2000] [--json OUT.json] [--compile]
+    python benchmarks/torch_arrhythmia.py [--seeds 10] [--seed-offset 0] [--steps 2000]
+        [--threads N] [--json OUT.json] [--compile]
 """
 from __future__ import annotations
 
@@ -211,7 +212,10 @@ def run_protocol(seeds=range(10), steps=2000, eval_every=EVAL_EVERY, batch_size=
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--seeds", type=positive_int, default=10,
-                   help="run seeds 0..SEEDS-1 (default 10)")
+                   help="run SEEDS seeds from --seed-offset (default 10)")
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch intra-op threads (default: torch's, one per core)")
     p.add_argument("--steps", type=positive_int, default=2000,
                    help=f"training steps per seed, a multiple of the validation interval "
                         f"{EVAL_EVERY} (default 2000)")
@@ -222,9 +226,12 @@ def main(argv=None) -> int:
         p.error(f"--steps {args.steps} is not a multiple of the validation interval "
                 f"{EVAL_EVERY} (checkpoints are taken every {EVAL_EVERY} steps)")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}"
           f"{', torch.compile' if args.compile else ''}", flush=True)
-    res = run_protocol(seeds=range(args.seeds), steps=args.steps, verbose=True,
+    res = run_protocol(seeds=range(args.seed_offset, args.seed_offset + args.seeds),
+                       steps=args.steps, verbose=True,
                        compile_model=args.compile)
     print("per-seed test F1 (%): " + " ".join(f"{100 * f:.1f}" for f in res["per_seed_f1"]))
     print(f"mean F1 {100 * res['mean_f1']:.1f} ± {100 * res['std_f1']:.1f} %  "

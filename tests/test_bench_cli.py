@@ -124,3 +124,17 @@ def test_timed_steps_refuses_zero_steps():
 
     with pytest.raises(ValueError, match="steps must be at least 1"):
         timed_steps(lambda: None, 0, 0.0)
+
+
+def test_impl_labels_say_which_path_a_dtype_runs():
+    # oneDNN takes float32 only (tolljax.ops sends other dtypes to the GEMM path): bfloat16
+    # rows were labelled "onednn" with no oneDNN call in their program
+    from benchmarks.jax_steps import impl_label
+    from tolljax import onednn, ops
+
+    f32 = impl_label("cifar10", "onednn", "onednn")
+    bf16 = impl_label("cifar10", "onednn", "onednn", "bfloat16")
+    assert bf16 == "tolljax[convT fast, conv fast]"
+    expected = "onednn" if ops.resolve_impl("onednn") == "onednn" else "fast"
+    assert f32 == f"tolljax[convT {expected}, conv {expected}]", onednn.available()
+    assert impl_label("arrhythmia", "auto", "auto", "bfloat16") == "tolljax"
