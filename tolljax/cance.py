@@ -68,10 +68,10 @@ import optax
 from jax.scipy.linalg import solve_triangular
 
 from tolljax.errors import TollError, finite_float, positive_int, real_hyperparameter
-from tolljax.losses import parse_norm
+from tolljax.losses import check_beta, parse_norm
 from tolljax.metrics import METRICS
-from tolljax.train import (TrainState, check_beta, checkpoint_keys, create_train_state,
-                           map_in_chunks, sample_batch_indices, train_step, tree_where)
+from tolljax.train import (TrainState, checkpoint_keys, create_train_state, map_in_chunks,
+                           sample_batch_indices, train_step, tree_where)
 
 # Number of reconstruction features appended to z: squared error e and cosine dissimilarity c.
 N_RECON = 2

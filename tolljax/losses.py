@@ -38,6 +38,14 @@ def parse_norm(norm: Norm) -> float:
     return NORMS[key]
 
 
+def check_beta(name: str, beta) -> None:
+    """:class:`TollError` unless ``beta`` is a finite number >= 0 that float32 keeps finite (a
+    traced β is not checked)."""
+    if isinstance(beta, jax.core.Tracer):
+        return
+    real_hyperparameter(name, beta)  # 10**400 is refused, not an OverflowError
+
+
 def _flat(x: jnp.ndarray) -> jnp.ndarray:
     # An explicit feature count, not -1: reshape(0, -1) of an empty batch cannot infer it.
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
@@ -101,8 +109,8 @@ def toll_score(x: jnp.ndarray, x_hat: jnp.ndarray, z: jnp.ndarray, beta: float,
     was a TypeError from inside the product). A traced or array ``beta`` is not checked.
     """
     _check_batch("toll_score", x, x_hat, z)
-    if not isinstance(beta, jax.core.Tracer) and np.ndim(beta) == 0:
-        real_hyperparameter("beta", beta)
+    if np.ndim(beta) == 0:
+        check_beta("beta", beta)
     return reconstruction_error(x, x_hat) + beta * latent_norm(z, norm)
 
 

@@ -25,8 +25,8 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tolljax.errors import TollError, check_float32, finite_float, positive_int, real_hyperparameter
-from tolljax.losses import Norm, latent_norm, parse_norm, toll_score
+from tolljax.errors import TollError, check_float32, finite_float, positive_int
+from tolljax.losses import Norm, check_beta, latent_norm, parse_norm, toll_score
 from tolljax.metrics import METRICS
 from tolljax.models import init_variables
 
@@ -68,14 +68,6 @@ class ProtocolConfig:
     @property
     def num_checkpoints(self) -> int:
         return self.steps // self.eval_every
-
-
-def check_beta(name: str, beta) -> None:
-    """:class:`TollError` unless ``beta`` is a finite number >= 0 that float32 keeps finite (a
-    traced β is not checked)."""
-    if isinstance(beta, jax.core.Tracer):
-        return
-    real_hyperparameter(name, beta)  # 10**400 is refused, not an OverflowError
 
 
 def create_train_state(model: nn.Module, key: jax.Array, sample_shape: tuple[int, ...],
