@@ -168,11 +168,12 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
     if weights is None:
         w = jnp.ones((n,), f.dtype)
     else:
+        if np.shape(weights) != (n,):
+            raise TollError(f"collapse_loss: weights must have shape ({n},), got "
+                            f"{np.shape(weights)}")
         if not isinstance(weights, jax.core.Tracer):  # traced: the loss is NaN instead
             # checked before the cast, which would turn 1e39 into inf with a NumPy warning
             host = np.asarray(weights, np.float64)
-            if host.shape != (n,):
-                raise TollError(f"collapse_loss: weights must have shape ({n},), got {host.shape}")
             largest = float(np.finfo(f.dtype).max)
             bad = np.flatnonzero(~(np.isfinite(host) & (host >= 0) & (host <= largest)))
             if bad.size:  # a NaN weight made the total NaN and the loss a silent 0
@@ -182,8 +183,6 @@ def collapse_loss(features: jnp.ndarray, target: Union[str, jnp.ndarray] = "batc
                 raise TollError(f"collapse_loss: the weights sum to {host.sum():.3g}, beyond "
                                 f"{f.dtype}; rescale them (only their ratios matter)")
         w = jnp.asarray(weights, f.dtype)
-        if w.shape != (n,):
-            raise TollError(f"collapse_loss: weights must have shape ({n},), got {w.shape}")
     total = jnp.sum(w)
     safe_total = jnp.where(total > 0, total, 1.0)
     if isinstance(target, str):
