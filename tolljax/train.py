@@ -479,11 +479,10 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
     fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("dev"), P("dev"), P()),
                                out_specs=P("dev"), check_vma=False))
     seeds = jax.ShapeDtypeStruct((n_dev, width), np.int32)
-    shapes = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct((n_dev, *np.shape(a)), np.asarray(a).dtype), data)
+    data_spec = {k: (tuple(np.shape(a)), _canonical_dtype(a)) for k, a in data.items()}
+    shapes = {k: jax.ShapeDtypeStruct((n_dev, *shape), dtype) for k, (shape, dtype) in data_spec.items()}
     start = time.perf_counter()
     executable = fn.lower(seeds, shapes, jax.ShapeDtypeStruct((), jnp.float32)).compile()
-    data_spec = {k: (tuple(np.shape(a)), _canonical_dtype(a)) for k, a in data.items()}
     return CompiledProtocol(executable, mesh, width, time.perf_counter() - start, data_spec,
                             config.batch_size)
 
