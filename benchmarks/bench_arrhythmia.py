@@ -82,28 +82,23 @@ def run_torch(seeds: int, steps: int, workdir: Path, procs: int = 1) -> dict:
     contiguous groups, one 1-thread process each, all at once (on these small matmuls a
     second intra-op thread gains ≤ 10 %, so the seed loop alone leaves cores idle)."""
     script = str(REPO / "benchmarks" / "torch_arrhythmia.py")
-    if procs == 1:
-        out = workdir / "torch.json"
-        process_s = _timed([sys.executable, script, "--seeds", str(seeds), "--steps", str(steps),
-                            "--json", str(out)])
-        parts = [json.loads(out.read_text())]
-    else:
-        sizes = [seeds // procs + (i < seeds % procs) for i in range(procs)]
-        starts = [sum(sizes[:i]) for i in range(procs)]
-        outs = [workdir / f"torch{i}.json" for i in range(procs)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        start = time.perf_counter()
-        running = [subprocess.Popen([sys.executable, script, "--seeds", str(n), "--seed-offset",
-                                     str(first), "--steps", str(steps), "--threads", "1",
-                                     "--json", str(out)], cwd=REPO, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                   for n, first, out in zip(sizes, starts, outs) if n]
-        for proc in running:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                sys.exit(f"benchmark command failed ({proc.returncode}): {proc.args}\n{err}")
-        process_s = time.perf_counter() - start
-        parts = [json.loads(out.read_text()) for out, n in zip(outs, sizes) if n]
+    sizes = [seeds // procs + (i < seeds % procs) for i in range(procs)]
+    starts = [sum(sizes[:i]) for i in range(procs)]
+    outs = [workdir / f"torch{i}.json" for i in range(procs)]
+    one_thread = [] if procs == 1 else ["--threads", "1"]
+    env = None if procs == 1 else {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    running = [subprocess.Popen([sys.executable, script, "--seeds", str(n), "--seed-offset",
+                                 str(first), "--steps", str(steps), *one_thread,
+                                 "--json", str(out)], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for n, first, out in zip(sizes, starts, outs) if n]
+    for proc in running:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"benchmark command failed ({proc.returncode}): {' '.join(proc.args)}\n{err}")
+    process_s = time.perf_counter() - start
+    parts = [json.loads(out.read_text()) for out, n in zip(outs, sizes) if n]
     f1 = [100 * f for part in parts for f in part["per_seed_f1"]]
     train_s = sum(part["train_s"] for part in parts)
     return {"process_s": process_s,
