@@ -72,6 +72,12 @@ elif (($# == 2)); then
         exit 2
     fi
 fi
+for knob in BUDGET_S MIN_PART_S MAX_FILES; do
+    if [[ -n ${!knob:-} && ! ${!knob} =~ ^[0-9]+$ ]]; then
+        echo "$knob must be a whole number of seconds or files, got '${!knob}'" >&2
+        exit 2
+    fi
+done
 data=${2:-.devicedata/mnist}
 out=${OUT:-runs/gpu}
 py=${PYTHON:-python3}
@@ -112,14 +118,19 @@ fi
 # ($deadline, in bash's SECONDS), in `all` mode and for a part alone.
 limit=560
 deadline=$((SECONDS + ${BUDGET_S:-540}))
+budget_left() {  # seconds left of the call's budget, never below 0 (SECONDS can tick past the
+    # deadline between two reads)
+    local left=$((deadline - SECONDS))
+    echo $((left > 0 ? left : 0))
+}
 failed=()
 run() {  # run NAME CMD...: print the command, log its output to $out/NAME.log; a failure or
     # timeout is reported at the end and does not stop the other measurements of the part
     local name=$1; shift
     local cap=$limit
-    if [[ -n ${deadline:-} ]] && ((deadline - SECONDS < cap)); then
-        cap=$((deadline - SECONDS))
-    fi
+    local left
+    left=$(budget_left)
+    ((left < cap)) && cap=$left
     if ((cap < 10)); then
         echo "== $name: not run, the call's budget is spent" | tee "$out/$name.log"
         failed+=("$name")
@@ -236,13 +247,14 @@ started=0 status=0
 for p in "${part_list[@]}"; do
     [[ $p == "$first" ]] && started=1
     ((started)) || continue
-    if ((deadline - SECONDS < ${MIN_PART_S:-60})); then
-        echo "$p and the parts after it: not run, $((deadline - SECONDS)) s of the budget" \
+    left=$(budget_left)
+    if ((left < ${MIN_PART_S:-60})); then
+        echo "$p and the parts after it: not run, $left s of the budget" \
              "left; go on with: bash benchmarks/gpu_session.sh all $p" | tee -a "$summary"
         status=1
         break
     fi
-    echo "#### part $p ($((deadline - SECONDS)) s of the budget left)"
+    echo "#### part $p ($left s of the budget left)"
     mkdir -p "$stage/$p"
     rc=0
     (

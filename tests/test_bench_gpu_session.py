@@ -24,11 +24,13 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 
 @pytest.fixture
 def fake_python(tmp_path: Path) -> Path:
-    """A PYTHON that appends its arguments to calls.txt and exits 3 if they contain $FAIL_ON."""
+    """A PYTHON that appends its arguments to calls.txt, exits 3 if they contain $FAIL_ON and
+    first sleeps $SLEEP_S seconds if they contain $SLOW_ON."""
     script = tmp_path / "fake-python"
     script.write_text('#!/bin/sh\n'
                       'echo "$*" >> "$CALLS"\n'
                       'echo "${TOLLJAX_CONV_TRANSPOSE:-unset} $*" >> "$CALLS.env"\n'
+                      'case "$*" in *"$SLOW_ON"*) [ -n "$SLOW_ON" ] && sleep "$SLEEP_S";; esac\n'
                       'case "$*" in *"$FAIL_ON"*) [ -n "$FAIL_ON" ] && exit 3;; esac\n'
                       'exit 0\n')
     script.chmod(0o755)
@@ -38,7 +40,7 @@ def fake_python(tmp_path: Path) -> Path:
 def run_script(tmp_path: Path, fake_python: Path, *args: str, **env: str):
     out = tmp_path / "out"
     environ = {**os.environ, "PYTHON": str(fake_python), "OUT": str(out),
-               "CALLS": str(tmp_path / "calls.txt"), "FAIL_ON": "", **env}
+               "CALLS": str(tmp_path / "calls.txt"), "FAIL_ON": "", "SLOW_ON": "", **env}
     environ.pop("TOLLJAX_CONV_TRANSPOSE", None)  # what the script sets is what is checked
     proc = subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=environ,
                           capture_output=True, text=True, timeout=120)
@@ -81,13 +83,27 @@ def test_a_failed_run_is_named_and_the_other_parts_still_run(tmp_path, fake_pyth
     assert all(line.endswith("done") for i, line in enumerate(lines) if i != 3)
 
 
+@pytest.mark.parametrize("slow_versions", [False, True])
 def test_no_part_starts_without_enough_budget_and_the_next_command_is_printed(tmp_path,
-                                                                               fake_python):
-    proc, out, calls = run_script(tmp_path, fake_python, "all", "steps", BUDGET_S="0")
+                                                                               fake_python,
+                                                                               slow_versions):
+    # with the versions query slow, the clock is past the deadline when the budget is read: the
+    # time left is still reported as 0 s, not negative
+    slow = {"SLOW_ON": "import jax", "SLEEP_S": "1.2"} if slow_versions else {}
+    proc, out, calls = run_script(tmp_path, fake_python, "all", "steps", BUDGET_S="0", **slow)
     assert proc.returncode == 1
     assert summary(out) == ["steps and the parts after it: not run, 0 s of the budget left; "
                             "go on with: bash benchmarks/gpu_session.sh all steps"]
     assert not [c for c in calls if c.startswith("benchmarks/")]
+
+
+@pytest.mark.parametrize("knob, value", [("BUDGET_S", "-5"), ("MIN_PART_S", "1.5"),
+                                         ("MAX_FILES", "many")])
+def test_budget_and_bundle_knobs_must_be_whole_numbers(tmp_path, fake_python, knob, value):
+    proc, _, calls = run_script(tmp_path, fake_python, "all", **{knob: value})
+    assert proc.returncode == 2
+    assert f"{knob} must be a whole number of seconds or files, got '{value}'" in proc.stderr
+    assert not calls
 
 
 @pytest.mark.parametrize("args, message", [
@@ -170,6 +186,15 @@ def test_a_part_alone_does_not_start_runs_once_the_budget_is_spent(tmp_path, fak
     assert "failed: sweep_float32 sweep_bfloat16" in proc.stderr
     assert not [c for c in calls if c.startswith("benchmarks/")]
     assert "not run, the call's budget is spent" in (out / "sweep_float32.log").read_text()
+
+
+@pytest.mark.parametrize("knob, value", [("BUDGET_S", "-5"), ("MIN_PART_S", "1.5"),
+                                         ("MAX_FILES", "many")])
+def test_budget_and_bundle_knobs_must_be_whole_numbers(tmp_path, fake_python, knob, value):
+    proc, _, calls = run_script(tmp_path, fake_python, "all", **{knob: value})
+    assert proc.returncode == 2
+    assert f"{knob} must be a whole number of seconds or files, got '{value}'" in proc.stderr
+    assert not calls
 
 
 @pytest.mark.parametrize("args, message", [
