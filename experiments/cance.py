@@ -117,8 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args: argparse.Namespace) -> dict:
     from tolljax import cance
-    from tolljax.train import seed_array
-    from experiments.run import _classes
+    from experiments.run import _classes, check_seed_flags
 
     d = dict(DEFAULTS[args.dataset])
     over = {"ae_model": args.ae_model, "z_dim": args.z_dim, "ae_steps": args.ae_steps,
@@ -145,8 +144,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
              subset_seed=args.subset_seed or 0, seed_offset=args.seed_offset,
              data_dir=args.data_dir)
     d["all_classes"], d["classes"] = _classes(args.dataset, args.classes)
-    # As experiments.run: seeds outside int32 are refused, not wrapped (key(2**32) == key(0)).
-    seed_array(range(args.seed_offset, args.seed_offset + d["seeds"]))
+    # As experiments.run: seeds outside 0..2**32-1 are refused, not wrapped (key(2**32) ==
+    # key(0)), before any data is loaded.
+    check_seed_flags(args.seed_offset, d["seeds"])
     budget = []
     if args.val_limit is not None:
         budget.append(f"validation subset {args.val_limit}")

@@ -199,6 +199,18 @@ def norm_flag(value) -> str:
     return "inf" if order == float("inf") else str(int(order))
 
 
+def check_seed_flags(offset: int, count: int) -> None:
+    """:class:`TollError` naming the flags unless seeds ``offset .. offset + count − 1`` are
+    valid (:func:`tolljax.train.seed_array`); checked before data is loaded and the protocol
+    compiled (a bad range used to fail only after both)."""
+    from tolljax.train import seed_array
+
+    try:
+        seed_array(range(offset, offset + count))
+    except TollError as e:
+        raise TollError(f"--seed-offset {offset} with --seeds {count}: {e}") from None
+
+
 def resolve_config(args: argparse.Namespace) -> dict:
     """The paper's configuration for ``args.dataset`` with the user's flags applied."""
     config = get_config(args.dataset)
@@ -209,6 +221,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     config["norm"] = norm_flag(config["norm"])
     if config["seeds"] < 1:
         raise TollError(f"--seeds must be at least 1, got {config['seeds']}")
+    check_seed_flags(args.seed_offset, config["seeds"])
     if args.vmap_width is not None and args.vmap_width < 1:
         raise TollError(f"--vmap-width must be at least 1, got {args.vmap_width}")
     config.update(init=args.init, seed_offset=args.seed_offset, data_dir=args.data_dir,

@@ -616,7 +616,12 @@ def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, 
     (["--variants", "recon", "--nce-steps", "40"],
      "--nce-steps configures the NCE stage, which --variants recon does not run"),
     # ran with key(2**32) == key(0): seed 0's numbers recorded as seed 4294967296's
-    (["--seed-offset", "4294967296"], "seeds must fit in 32-bit integers, got [4294967296]"),
+    (["--seed-offset", "4294967296"],
+     "--seed-offset 4294967296 with --seeds 1: seeds must be integers in 0..2**32-1, "
+     "got [4294967296]"),
+    # -1 was accepted here (as key(2**32 - 1)) and refused by TollDetector
+    (["--seed-offset", "-1"], "--seed-offset -1 with --seeds 1: seeds must be integers in "
+                              "0..2**32-1, got [-1]"),
 ])
 def test_runner_rejects_bad_flags_in_one_line(tmp_path, capsys, argv, message):
     """Bad flags fail before training, as one `error:` line naming the flag (exit 2)."""

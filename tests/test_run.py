@@ -65,6 +65,14 @@ def _nan(x):
     (["--data-dir", "{narrow}"], "273 features per row, expected 274"),
     (["--dataset", "mnist", "--classes", "0,0"], "names a class twice"),
     (["--out", "{file}"], "is a file, not a folder"),
+    # checked before the data is read (the missing folder is not what is reported); -1 was
+    # accepted, as key(2**32 - 1), and TollDetector refused it; 2**32 was refused only after
+    # loading the data and compiling the protocol
+    (["--seed-offset", "-1", "--data-dir", "{tmp}/nowhere"],
+     "--seed-offset -1 with --seeds 10: seeds must be integers in 0..2**32-1, got [-1]"),
+    (["--seed-offset", "4294967290", "--data-dir", "{tmp}/nowhere"],
+     "--seed-offset 4294967290 with --seeds 10: seeds must be integers in 0..2**32-1, got "
+     "[4294967296, 4294967297, 4294967298]"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, argv, message):
     subs = {"{tmp}": str(tmp_path)}

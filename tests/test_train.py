@@ -224,6 +224,18 @@ def test_sharded_over_four_forced_host_devices_matches_one():
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"bit_identical": True, "chunks": 4}
 
 
+def test_a_seed_is_the_same_key_in_the_compiled_protocol_and_in_python():
+    """seed_array's uint32 seeds, keyed inside the program as compile_protocol does, are
+    ``jax.random.key(seed)`` of the Python int that TollDetector and the CANCE runner use."""
+    from tolljax.train import seed_array
+
+    seeds = [0, 7, 2**31 - 1, 2**31, 2**32 - 1]
+    traced = jax.jit(jax.vmap(jax.random.key))(seed_array(seeds))
+    for seed, key in zip(seeds, traced):
+        np.testing.assert_array_equal(jax.random.key_data(key),
+                                      jax.random.key_data(jax.random.key(seed)))
+
+
 def test_compiled_protocol_checks_seeds_and_beta_and_pads_safely(data, three_seeds):
     run, first = three_seeds
     # A lone seed is padded to the program's width by repeating it; its numbers are those of
@@ -232,8 +244,11 @@ def test_compiled_protocol_checks_seeds_and_beta_and_pads_safely(data, three_see
     alone = run([0], data, SHORT["beta"])
     for key in ("loss_curve", "val_curve", "test_metric", "best_step"):
         np.testing.assert_array_equal(alone[key][0], first[key][0])
-    assert run([2**31 - 1], data, SHORT["beta"])["test_metric"].shape == (1,)
-    for seeds, message in (([1.5], "seeds must be integers"), ([], "no seeds to run")):
+    assert run([2**32 - 1], data, SHORT["beta"])["test_metric"].shape == (1,)
+    # the detector's range: -1 was accepted, the same key as 2**32 - 1
+    for seeds, message in (([1.5], "seeds must be integers"), ([], "no seeds to run"),
+                           ([-1], r"seeds must be integers in 0..2\*\*32-1, got \[-1\]"),
+                           ([2**32], r"in 0..2\*\*32-1, got \[4294967296\]")):
         with pytest.raises(TollError, match=message):  # 1.5 was truncated to seed 1
             run(seeds, data, SHORT["beta"])
     for beta in (-3.0, float("nan"), 1e39):  # the β trained with was never checked

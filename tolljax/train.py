@@ -385,7 +385,7 @@ def _to_host(out: dict) -> dict[str, np.ndarray]:
 
 def _pad_seeds(seeds: list[int], width: int) -> list[int]:
     # Padded lanes repeat the last seed: their results are dropped, and a seed's result does
-    # not depend on its neighbours (max(seeds) + 1 overflowed int32 for seed 2**31 − 1).
+    # not depend on its neighbours (max(seeds) + 1 overflowed for the largest seed).
     return list(seeds) + [seeds[-1]] * (width - len(seeds))
 
 
@@ -478,7 +478,7 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
 
     fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("dev"), P("dev"), P()),
                                out_specs=P("dev"), check_vma=False))
-    seeds = jax.ShapeDtypeStruct((n_dev, width), np.int32)
+    seeds = jax.ShapeDtypeStruct((n_dev, width), np.uint32)
     data_spec = {k: (tuple(np.shape(a)), _canonical_dtype(a)) for k, a in data.items()}
     shapes = {k: jax.ShapeDtypeStruct((n_dev, *shape), dtype) for k, (shape, dtype) in data_spec.items()}
     start = time.perf_counter()
@@ -488,16 +488,21 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
 
 
 def seed_array(seeds) -> np.ndarray:
-    """Seeds as the int32 array the compiled protocol takes (each becomes
-    ``jax.random.key(seed)`` inside the program); a clear error outside int32."""
+    """Seeds as the uint32 array the compiled protocol takes (each becomes
+    ``jax.random.key(seed)`` inside the program); a clear error outside 0 .. 2**32 − 1.
+
+    That range is :class:`tolljax.TollDetector`'s too, and on it ``jax.random.key`` of the
+    Python int, of the uint32 and of the int32 are the same key, so a seed means the same run
+    in the CLI, the detector and the CANCE runner. Negative seeds were once accepted here (the
+    detector refused them) and aliased: an int32 −1 is the key of 2**32 − 1."""
     if np.ndim(seeds) == 0:  # `for s in 3` was "'int' object is not iterable"
         hint = f" (one seed: [{seeds!r}])" if isinstance(seeds, numbers.Integral) else ""
         raise TollError(f"seeds must be a list of integers, got {seeds!r}{hint}")
     if any(isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Integral) for s in seeds):
         raise TollError(f"seeds must be integers, got {list(seeds)[:5]}")  # 1.5 became seed 1
     seeds = [int(s) for s in seeds]
-    bad = [s for s in seeds if not -2**31 <= s < 2**31]
+    bad = [s for s in seeds if not 0 <= s < 2**32]
     if bad:
-        raise TollError(f"seeds must fit in 32-bit integers, got {bad[:3]}")
-    return np.asarray(seeds, np.int32)
+        raise TollError(f"seeds must be integers in 0..2**32-1, got {bad[:3]}")
+    return np.asarray(seeds, np.uint32)
 
