@@ -170,6 +170,13 @@ NEUTRAL_FLAGS = frozenset({"help", "dataset", "classes", "seeds", "seed_offset",
 BUDGET_FLAGS = frozenset({"val_limit", "test_limit"})
 
 
+@functools.cache
+def flag_defaults() -> dict[str, object]:
+    """The parser's default of every flag, by argparse dest (``help`` left out): what
+    :func:`changed_defaults` and :func:`check_flags` compare the given flags with."""
+    return {a.dest: a.default for a in build_parser()._actions if a.dest != "help"}
+
+
 def changed_defaults(args: argparse.Namespace, d: dict) -> list[str]:
     """``name=value`` for every result-affecting flag (all but :data:`NEUTRAL_FLAGS`) whose
     value differs from this runner's default for ``args.dataset`` (``d``: the resolved config).
@@ -180,11 +187,10 @@ def changed_defaults(args: argparse.Namespace, d: dict) -> list[str]:
     resolved = {**DEFAULTS[args.dataset], "cov_weight": 1.0, "subset_seed": 0,
                 "beta": PAPER_HYPERPARAMETERS[args.dataset]["beta"]}
     changed = []
-    for action in build_parser()._actions:
-        key = action.dest
+    for key, default in flag_defaults().items():
         if key in NEUTRAL_FLAGS or key in BUDGET_FLAGS:
             continue
-        value, default = getattr(args, key), action.default
+        value = getattr(args, key)
         if key == "nce_hidden":
             value, default = list(parse_hidden(value)), list(parse_hidden(default))
         elif key in resolved:
@@ -214,8 +220,7 @@ def check_flags(args: argparse.Namespace, d: dict) -> None:
         if d[key] < 1:
             raise TollError(f"{flag} must be at least 1, got {d[key]}")
     # Flags a run would not use are refused, not ignored (as everywhere in experiments/).
-    given = {a.dest for a in build_parser()._actions
-             if a.dest != "help" and getattr(args, a.dest) != a.default}
+    given = {key for key, default in flag_defaults().items() if getattr(args, key) != default}
     if args.fixed_noise and "noise_lr" in given:
         raise TollError("--noise-lr trains the noise distribution, which --fixed-noise keeps "
                         "fixed; drop one of them")
