@@ -198,6 +198,16 @@ def test_outputs_are_float64_and_x64_is_not_leaked():
     assert not jax.config.jax_enable_x64
 
 
+def test_the_leak_check_compares_with_the_mode_the_checks_started_in(monkeypatch):
+    assert checks.check_x64_not_leaked().passed
+    monkeypatch.setattr(checks, "CHECKS", [checks.check_x64_not_leaked])
+    with jax.enable_x64(True):  # as under a user's JAX_ENABLE_X64=1: nothing leaked
+        assert checks.check_x64_not_leaked(np.dtype(np.float64)).passed
+        [check] = checks.run_all(printer=None)  # failed, 64 bits against "32 bits"
+        assert check.passed and check.requirement == "64 bits, as before the checks"
+        assert not checks.check_x64_not_leaked().passed  # expected float32: a leak
+
+
 def test_verify_checks_all_pass_and_are_written_to_verify_json(tmp_path, capsys):
     import json
 
