@@ -188,15 +188,6 @@ def test_a_part_alone_does_not_start_runs_once_the_budget_is_spent(tmp_path, fak
     assert "not run, the call's budget is spent" in (out / "sweep_float32.log").read_text()
 
 
-@pytest.mark.parametrize("knob, value", [("BUDGET_S", "-5"), ("MIN_PART_S", "1.5"),
-                                         ("MAX_FILES", "many")])
-def test_budget_and_bundle_knobs_must_be_whole_numbers(tmp_path, fake_python, knob, value):
-    proc, _, calls = run_script(tmp_path, fake_python, "all", **{knob: value})
-    assert proc.returncode == 2
-    assert f"{knob} must be a whole number of seconds or files, got '{value}'" in proc.stderr
-    assert not calls
-
-
 @pytest.mark.parametrize("args, message", [
     (["steps", "bogusdir"], "steps takes no DATA_DIR"),
     (["sweep", "no/such/folder"], "DATA_DIR 'no/such/folder' is not a folder"),
