@@ -89,8 +89,10 @@ def main(argv=None) -> int:
     os.environ[ops.ENV_VAR] = args.conv
     os.environ[ops.CONV_ENV_VAR] = args.conv
     dev = jax.devices()[0]
+    # what --conv auto became on this backend: the numbers depend on it
+    resolved = {"transposed": ops.resolve_impl(), "regular": ops.resolve_conv_impl()}
     print(f"backend {jax.default_backend()} ({dev.device_kind}), convolutions: "
-          f"transposed {ops.resolve_impl()}, regular {ops.resolve_conv_impl()}")
+          f"transposed {resolved['transposed']}, regular {resolved['regular']}")
     print(f"{'model':<11} {'batch':>5}  {'train step MiB: args':>20} {'temps':>8} {'peak':>8}"
           f"   {'score MiB: temps':>16} {'peak':>8}")
     results = []
@@ -102,8 +104,10 @@ def main(argv=None) -> int:
               f"{t['peak_mib']:>8.1f}   {s['temporaries_mib']:>16.1f} {s['peak_mib']:>8.1f}",
               flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"backend": jax.default_backend(), "conv": args.conv,
-                                         "results": results}, indent=2))
+        args.json.write_text(json.dumps({"backend": jax.default_backend(),
+                                         "device_kind": dev.device_kind, "conv": args.conv,
+                                         "conv_resolved": resolved, "results": results},
+                                        indent=2))
     return 0
 
 
