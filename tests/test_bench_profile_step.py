@@ -1,12 +1,14 @@
 """benchmarks/profile_step.py and the FLOP count of benchmarks/jax_steps.py."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 from benchmarks.jax_steps import on_host_cpu, xla_flops
-from benchmarks.profile_step import kind_of
+from benchmarks.profile_step import kind_of, summarize
 
 # Kernel names as an H200's trace of the MNIST train step named them (jax 0.11.2, cuDNN).
 H200_KERNELS = [
@@ -43,6 +45,28 @@ def test_hlo_names_keep_their_op_kind():  # CPU traces: XLA's thunks and the one
     assert kind_of("ffi_call.12") == "ffi_call"
     assert kind_of("fusion.3") == "fusion"
     assert kind_of("convolution.2") == "convolution"
+
+
+def _line(name, *events):
+    return SimpleNamespace(name=name, events=[SimpleNamespace(name=n, duration_ns=ns)
+                                              for n, ns in events])
+
+
+def test_cpu_operations_on_every_xla_thread_count_once():
+    # The lines of a CPU trace (names as jax 0.10.2 writes them): the client thread runs the
+    # executable's outer while, some small operations itself, and waits for the worker pool.
+    host = SimpleNamespace(name="/host:CPU", lines=[
+        _line("python", ("PjitFunction(jit(steps))", 9_000_000)),
+        _line("tf_XLAEigen/1", ("dot.1", 2_000_000), ("ThunkExecutor::Execute", 500_000)),
+        _line("tf_XLAEigen/2", ("fusion.4", 1_000_000)),
+        _line("tf_XLAPjRtCpuClient/7", ("while.2", 4_000_000), ("dot.32", 300_000),
+              ("copy.9", 100_000), ("ThunkExecutor::Execute (wait for completion)", 8_000_000)),
+    ])
+    res = summarize(SimpleNamespace(planes=[host]), steps=2)
+    # the client thread's dot.32 and copy.9 were left out; its while.2 encloses the others
+    assert res["ms_per_step_by_op"] == pytest.approx(
+        {"dot.1": 1.0, "fusion.4": 0.5, "dot.32": 0.15, "copy.9": 0.05})
+    assert res["ms_per_step_by_kind"] == pytest.approx({"dot": 1.15, "fusion": 0.5, "copy": 0.05})
 
 
 def test_flops_are_counted_on_the_host_cpu_and_include_convolutions():
