@@ -497,8 +497,18 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         timings["load_s"] += time.perf_counter() - t
         return split
 
-    # One padded training-set size for all classes, so the program is compiled once.
-    n_rows = max(load(c).train.shape[0] for c in classes) if len(classes) > 1 else None
+    # Every class is read first: its fingerprint keys its finished chunks (a chunk is not
+    # reused once the data changed, which a key of --data-dir's spelling missed), and one
+    # padded training-set size for all classes compiles the program once. Only a lone
+    # class's split is kept (all of CIFAR-100's would take ~6 GB); the others are read again.
+    fingerprints, train_rows, splits = {}, {}, {}
+    for c in classes:
+        split = load(c)
+        fingerprints[c], train_rows[c] = split.fingerprint(), split.train.shape[0]
+        if len(classes) == 1:
+            splits[c] = split
+        del split
+    n_rows = max(train_rows.values()) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
     width = config.get("vmap_width") or default_width(
         len(seeds), len(classes), model=model, sample_shape=sample_shape(dataset))
@@ -508,12 +518,14 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
               f"to {n_rows} rows, which changes the batches it draws, so its results differ from "
               "a run of that class alone; unset the variable for results that do not depend on "
               "--classes", file=sys.stderr)
-    key = run_key(config, seeds, n_rows)
+    run_id = run_key(config, seeds, n_rows)
+    key = {c: hashlib.sha256(f"{run_id}:{fingerprints[c]}".encode()).hexdigest()[:16]
+           for c in classes}
     groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]
     chunks = [(c, g) for c in classes for g in groups]
     outs = {}
     for c, g in chunks:
-        done = load_chunk(out_dir, c, g, key) if resume else None
+        done = load_chunk(out_dir, c, g, key[c]) if resume else None
         if done is not None:
             outs[(c, g[0])] = done
     if outs:
@@ -524,11 +536,12 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     # all devices (idle ones repeat a chunk).
     n_dev = (len(jax.devices()) if jax.process_count() > 1 else
              max(1, min(len(jax.devices()), len(pending))))
-    compiled, splits = None, {}
+    compiled = None
     bar = tqdm(total=len(pending), desc=f"{dataset}", unit="chunk", disable=not show_bar)
     for first in range(0, len(pending), n_dev):
         batch = pending[first:first + n_dev]
-        splits = {c: splits.get(c) or load(c) for c in dict.fromkeys(c for c, _ in batch)}
+        splits = {c: splits[c] if c in splits else load(c)
+                  for c in dict.fromkeys(c for c, _ in batch)}
         data = {c: _device_data(split, n_rows or split.train.shape[0]) for c, split in splits.items()}
         if compiled is None:
             say(f"compiling the protocol: {width} seed(s) vmapped per device, {n_dev} device(s), "
@@ -544,20 +557,21 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         timings["run_s"] += elapsed
         for (c, g), out in zip(batch, parts):
             out = {**out, "test_labels": splits[c].test_y, "n_train": np.int64(splits[c].train.shape[0])}
-            save_chunk(out_dir, c, g, key, out)
+            save_chunk(out_dir, c, g, key[c], out)
             outs[(c, g[0])] = out
             timings["per_class_run_s"][str(c)] = timings["per_class_run_s"].get(str(c), 0.0) + elapsed / len(batch)
         bar.update(len(batch))
         for c in dict.fromkeys(c for c, _ in batch):
             if c is not None and all((c, g[0]) in outs for g in groups):
-                r = _class_result(_gather(outs, c, groups), c, seeds, config, paper_value)
+                r = _class_result(_gather(outs, c, groups), c, seeds, config, paper_value,
+                                  fingerprints[c])
                 ref = f" (paper {r['paper']:.1f})" if r["paper"] is not None else ""
                 say(f"  class {c}: {_fmt(r['mean'])} ± {_fmt(r['std'])} %{ref}", flush=True)
     bar.close()
     runs, test_scores = [], {}
     for c in classes:
         out = _gather(outs, c, groups)
-        runs.append(_class_result(out, c, seeds, config, paper_value))
+        runs.append(_class_result(out, c, seeds, config, paper_value, fingerprints[c]))
         test_scores[c] = (out["test_scores"], out["test_labels"][0])
     class_means = np.array([np.nan if r["mean"] is None else r["mean"] for r in runs])
     if len(runs) == len(config["all_classes"]):
@@ -582,14 +596,17 @@ def _gather(outs: dict, normal_class, groups: list[list[int]]) -> dict:
             for k in parts[0]}
 
 
-def _class_result(out: dict, normal_class, seeds: list[int], config: dict, paper_value) -> dict:
-    """One normal class's entry of ``results.json`` from the protocol's per-seed outputs."""
+def _class_result(out: dict, normal_class, seeds: list[int], config: dict, paper_value,
+                  data_sha256: str) -> dict:
+    """One normal class's entry of ``results.json`` from the protocol's per-seed outputs;
+    ``data_sha256``: the fingerprint of the split it ran on (``AnomalySplit.fingerprint``)."""
     test_pct = 100.0 * out["test_metric"]
     paper, source = paper_value(config["dataset"], normal_class, beta=config["beta"],
                                 norm=config["norm"])
     return _strict({
         "normal_class": normal_class,
         "n_train": int(out["n_train"][0]),
+        "data_sha256": data_sha256,
         "seeds": seeds,
         "test_metric": _nan_to_none(test_pct),
         "best_step": out["best_step"].tolist(),

@@ -9,7 +9,7 @@ import scipy.io
 
 from experiments.run import main
 from tolljax import onednn, ops
-from tolljax.data import shipped_file
+from tolljax.data import load_arrhythmia, shipped_file
 from tests.conftest import REPO, SHARED_DATA
 
 
@@ -144,7 +144,7 @@ def test_seeds_without_a_selected_checkpoint_are_reported(capsys):
     config = {"dataset": "arrhythmia", "beta": 10.0, "norm": "2", "z_dim": 16, "lr": 1e-3,
               "batch_size": 100, "steps": 40, "eval_every": 20, "paper_protocol": False,
               "classes": [None]}
-    run = _class_result(out, None, [0, 1, 2], config, paper_value)
+    run = _class_result(out, None, [0, 1, 2], config, paper_value, "0" * 16)
     assert run["failed_seeds"] == [2] and run["unselected_seeds"] == [1]
     assert run["test_metric"] == [pytest.approx(60.0), None, None]
     report(config, {"metric": "f1", "runs": [run],
@@ -292,6 +292,32 @@ def test_sweep_killed_mid_run_resumes_to_identical_results(tmp_path):
     a = json.loads((killed / "results.json").read_text())
     b = json.loads((whole / "results.json").read_text())
     assert a["runs"] == b["runs"] and a["summary"] == b["summary"]
+
+
+def test_finished_chunks_are_not_reused_once_the_data_changed(tmp_path, capsys):
+    """A chunk's key includes its split's fingerprint: it was --data-dir's spelling only, so a
+    re-run after the file changed printed the old numbers (and ran with the file gone)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(data), "--steps", "40", "--eval-every", "20", "--seeds", "1",
+            "--compile-cache", "off", "--out", str(out)]
+
+    def run_on(transform):
+        _mat_dir(data, transform)
+        assert main(argv) == 0
+        printed = capsys.readouterr().out
+        record = json.loads((out / "results.json").read_text())
+        return "reusing 1 of 1" in printed, record["runs"][0]
+
+    reused, first = run_on(lambda x: x)
+    assert not reused
+    assert first["data_sha256"] == load_arrhythmia().fingerprint()  # the shipped data
+    reused, again = run_on(lambda x: x)  # the same file rewritten: the same contents
+    assert reused and again == first
+    reused, noisy = run_on(lambda x: np.random.default_rng(0).normal(size=x.shape))  # noise
+    assert not reused and noisy["data_sha256"] != first["data_sha256"]
+    assert noisy["test_metric"] != first["test_metric"]
 
 
 def test_host_devices_flag_overrides_the_device_count_in_xla_flags(monkeypatch):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +32,18 @@ class AnomalySplit:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.train.shape[1:])
+
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of the split's contents: its name and every array's
+        dtype, shape and bytes. Equal splits give equal fingerprints whatever files they were
+        read from; any changed value gives another (``experiments.run`` keys its resumable
+        chunks with it, so results are not reused after the data changed)."""
+        digest = hashlib.sha256(self.name.encode())
+        for field in ("train", "val_x", "val_y", "test_x", "test_y"):
+            a = np.ascontiguousarray(getattr(self, field))
+            digest.update(f"{field}:{a.dtype.str}:{a.shape}".encode())
+            digest.update(memoryview(a).cast("B"))
+        return digest.hexdigest()[:16]
 
     def sizes(self) -> dict[str, int]:
         """Counts per part: train normals, val/test normals and anomalies."""
