@@ -36,6 +36,25 @@ def test_data_dir_reads_the_same_file(tmp_path, arrhythmia):
     np.testing.assert_array_equal(again.train, arrhythmia.train)
 
 
+def test_data_dir_is_checked_as_the_image_loaders_check_it(tmp_path, arrhythmia, monkeypatch):
+    shipped = shipped_file("arrhythmia.mat")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "arrhythmia.mat").write_bytes(shipped.read_bytes())
+    monkeypatch.setenv("HOME", str(tmp_path))  # "~" was not expanded (the image loaders did)
+    np.testing.assert_array_equal(load_arrhythmia("~/data").train, arrhythmia.train)
+    # these were "arrhythmia data file not found: …/nowhere/arrhythmia.mat" and
+    # "…/arrhythmia.mat/arrhythmia.mat"
+    with pytest.raises(TollError, match=r"data dir .*nowhere does not exist"):
+        load_arrhythmia(tmp_path / "nowhere")
+    with pytest.raises(TollError, match="is a file, not a folder") as err:
+        load_arrhythmia(tmp_path / "data" / "arrhythmia.mat")
+    assert f"the folder holding this file is {tmp_path / 'data'}" in str(err.value)
+    (tmp_path / "unpacked" / "arrhythmia.mat").mkdir(parents=True)
+    with pytest.raises(TollError, match="arrhythmia.mat is a folder, not a file: move the file "
+                                        "inside up one level"):
+        load_arrhythmia(tmp_path / "unpacked")
+
+
 def _write_mat(path, x, y):
     scipy.io.savemat(str(path / "arrhythmia.mat"), {"X": x, "y": y.reshape(-1, 1)})
 

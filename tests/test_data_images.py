@@ -351,6 +351,11 @@ def test_cifar_tar_gz_archive(tmp_path, rng):
     raw = img.read_raw("cifar10", tmp_path)
     np.testing.assert_array_equal(raw[0], train_x)
     np.testing.assert_array_equal(raw[2], test_x)
+    # --data-dir may be the archive itself (it was "is a file, not a folder")
+    img.clear_cache()
+    direct = img.read_raw("cifar10", tmp_path / "cifar-10-python.tar.gz")
+    for a, b in zip(direct, raw):
+        np.testing.assert_array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- errors
@@ -369,8 +374,40 @@ def test_error_no_data_dir_and_missing_dir(tmp_path):
     with pytest.raises(TollError, match="does not exist"):
         load_dataset("cifar10", data_dir=tmp_path / "nope", normal_class=0)
     (tmp_path / "f").write_text("x")
-    with pytest.raises(TollError, match="is a file, not a folder"):
+    with pytest.raises(TollError, match="is a file, not a folder") as err:
         load_dataset("mnist", data_dir=tmp_path / "f", normal_class=0)
+    assert str(err.value).endswith(f"(the folder holding this file is {tmp_path})")
+    with pytest.raises(TollError, match="is a file, not a folder"):  # a file, but no archive
+        load_dataset("cifar10", data_dir=tmp_path / "f", normal_class=0)
+
+
+def test_data_dir_with_a_tilde_is_the_home_folder(tmp_path, small_mnist, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_mnist(tmp_path / "mnist", *small_mnist)
+    raw = img.read_raw("mnist", "~/mnist")
+    np.testing.assert_array_equal(raw[0][..., 0], small_mnist[0])
+
+
+def test_a_folder_named_like_a_data_file_is_named_in_the_error(tmp_path, small_mnist, rng):
+    # some unpackers make train-images-idx3-ubyte/train-images-idx3-ubyte: the error listed
+    # the names the user could see as missing
+    write_mnist(tmp_path, *small_mnist, style="dash", gz=False)
+    inner = tmp_path / "train-images-idx3-ubyte"
+    inner.rename(tmp_path / "moved")
+    inner.mkdir()
+    (tmp_path / "moved").rename(inner / "train-images-idx3-ubyte")
+    with pytest.raises(TollError) as err:
+        img.read_raw("mnist", tmp_path)
+    assert "missing train-images in" in str(err.value)
+    assert (f"; {inner} is a folder, not a file: move the file inside up one level; "
+            in str(err.value))
+    blobs = cifar10_blobs(rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), np.arange(10),
+                          rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), np.arange(10))
+    folder = write_blobs(tmp_path / "c", {k: v for k, v in blobs.items() if k != "test_batch"})
+    (folder / "test_batch").mkdir()
+    with pytest.raises(TollError, match="is a folder, not a file") as err:
+        img.read_raw("cifar10", folder)
+    assert f"missing test_batch in {folder}" in str(err.value)
 
 
 def test_error_missing_idx_files_lists_names(tmp_path, small_mnist):

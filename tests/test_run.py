@@ -60,7 +60,8 @@ def _nan(x):
     (["--steps", "30"], "not a multiple of --eval-every"),
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--lr", "1e-50"], "--lr=1e-50 is 0 in the float32 arithmetic training runs in"),
-    (["--data-dir", "{tmp}/nowhere"], "arrhythmia data file not found"),
+    (["--data-dir", "{tmp}/nowhere"], "/nowhere does not exist; pass --data-dir pointing at the "
+                                      "folder with the ODDS arrhythmia files"),
     (["--data-dir", "{nan}"], "X contains 1 NaN/inf values (rows [10])"),
     (["--data-dir", "{narrow}"], "273 features per row, expected 274"),
     (["--dataset", "mnist", "--classes", "0,0"], "names a class twice"),

@@ -8,7 +8,7 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from tolljax.data.split import AnomalySplit, shipped_file
+from tolljax.data.split import AnomalySplit, data_folder, folders_named_like, shipped_file
 from tolljax.errors import TollError, index_list
 
 ARRHYTHMIA_FEATURES = 274
@@ -27,8 +27,10 @@ _SPARSE_ARRAYS = ({"spmatrix": False}
 
 def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
-        raise TollError(f"arrhythmia data file not found: {path}; pass --data-dir pointing at a "
-                        f"folder with {ARRHYTHMIA_FILE} (ODDS format) or omit it to use the shipped copy")
+        raise TollError(f"arrhythmia data file not found: {path}"
+                        f"{folders_named_like(path.parent, [path.name])}; pass --data-dir "
+                        f"pointing at a folder with {ARRHYTHMIA_FILE} (ODDS format) or omit it "
+                        "to use the shipped copy")
     try:
         mat = scipy.io.loadmat(str(path), **_SPARSE_ARRAYS)
     except Exception as exc:  # scipy raises several types for damaged files
@@ -96,7 +98,8 @@ def load_arrhythmia(data_dir: str | Path | None = None) -> AnomalySplit:
     ``data_dir``: folder holding ``arrhythmia.mat``; ``None`` uses the copy shipped with the
     package. Sizes: 232 training normals; validation 77 + 13; test 77 + 13.
     """
-    path = Path(data_dir) / ARRHYTHMIA_FILE if data_dir is not None else shipped_file(ARRHYTHMIA_FILE)
+    path = (data_folder(data_dir, "ODDS arrhythmia") / ARRHYTHMIA_FILE if data_dir is not None
+            else shipped_file(ARRHYTHMIA_FILE))
     x, y = _read_mat(path)
     if x.shape[1] != ARRHYTHMIA_FEATURES:
         raise TollError(f"{path}: {x.shape[1]} features per row, expected {ARRHYTHMIA_FEATURES} "

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tolljax.data.split import folders_named_like
 from tolljax.errors import TollError
 
 
@@ -149,8 +150,9 @@ def locate(layout: CifarLayout, data_dir: Path) -> Path:
     missing = [f for f in layout.files if not (best / f).is_file()]
     raise TollError(f"{layout.name}: missing {', '.join(missing)} in {best} (looked for "
                     f"{', '.join(layout.files)} in {folders[0]} and {folders[1]}, and for "
-                    f"{layout.archive} in {folders[0]}); download the CIFAR python version "
-                    f"({layout.url}) and pass --data-dir pointing at it")
+                    f"{layout.archive} in {folders[0]}){folders_named_like(best, missing)}; "
+                    f"download the CIFAR python version ({layout.url}) and pass --data-dir "
+                    "pointing at it")
 
 
 def read_cifar(layout: CifarLayout, where: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

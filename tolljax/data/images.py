@@ -41,7 +41,7 @@ import numpy as np
 
 from tolljax.data import cifar as _cifar
 from tolljax.data.idx import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, idx_file_names, read_idx
-from tolljax.data.split import AnomalySplit, shipped_file
+from tolljax.data.split import AnomalySplit, data_folder, folders_named_like, shipped_file
 from tolljax.errors import TollError
 
 IMAGE_DATASETS = ("mnist", "fmnist", "cifar10", "cifar100")
@@ -227,8 +227,9 @@ def _find_idx_files(dataset: str, data_dir: Path) -> dict[tuple[str, str], Path]
                 found[(split, kind)] = hit
     if missing:
         raise TollError(f"{dataset}: missing {', '.join(missing)} in {data_dir} (looked for "
-                        f"{', '.join(tried)}); {_IDX_HINT[dataset]} into that folder or pass "
-                        "--data-dir pointing at them")
+                        f"{', '.join(tried)}){folders_named_like(data_dir, tried)}; "
+                        f"{_IDX_HINT[dataset]} into that folder or pass --data-dir pointing "
+                        "at them")
     return found
 
 
@@ -289,20 +290,18 @@ def read_raw(dataset: str, data_dir, *, tfds_hint: str = "") -> tuple[np.ndarray
         hint = f", {tfds_hint}" if tfds_hint else ""
         raise TollError(f"{dataset}: no data folder given; pass --data-dir pointing at the "
                         f"{_PRETTY[dataset]} {what}{hint}")
-    data_dir = Path(data_dir).expanduser()
-    if not data_dir.exists():
-        raise TollError(f"data dir {data_dir} does not exist; pass --data-dir pointing at the "
-                        f"folder with the {_PRETTY[dataset]} files")
-    if not data_dir.is_dir():
-        raise TollError(f"data dir {data_dir} is a file, not a folder; pass --data-dir "
-                        f"pointing at the folder with the {_PRETTY[dataset]} files")
-    if dataset in STANDARDIZATION:
-        files = _find_idx_files(dataset, data_dir)
-        keys = tuple(_stat_key(files[(s, k)]) for s in ("train", "t10k")
-                     for k in ("images", "labels"))
-        return _read_idx_dataset(dataset, keys)
+    given = Path(data_dir).expanduser()
+    if dataset in _cifar.LAYOUTS and given.is_file() and given.name.endswith((".tar.gz", ".tgz")):
+        where = given  # the CIFAR archive itself; read_cifar checks its members
+    else:
+        data_dir = data_folder(data_dir, _PRETTY[dataset])
+        if dataset in STANDARDIZATION:
+            files = _find_idx_files(dataset, data_dir)
+            keys = tuple(_stat_key(files[(s, k)]) for s in ("train", "t10k")
+                         for k in ("images", "labels"))
+            return _read_idx_dataset(dataset, keys)
+        where = _cifar.locate(_cifar.LAYOUTS[dataset], data_dir)
     layout = _cifar.LAYOUTS[dataset]
-    where = _cifar.locate(layout, data_dir)
     paths = [where] if where.is_file() else [where / f for f in layout.files]
     return _read_cifar_dataset(dataset, str(where.resolve()), tuple(_stat_key(p) for p in paths))
 

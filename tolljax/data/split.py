@@ -114,6 +114,31 @@ def pad_rows(train: np.ndarray, n_rows: int) -> np.ndarray:
     return padded
 
 
+def data_folder(data_dir: str | Path, pretty: str) -> Path:
+    """``data_dir`` (``~`` expanded) as an existing folder; else a :class:`TollError` saying
+    whether it does not exist or is a file (naming the folder that holds the file).
+    ``pretty``: the dataset's name in the message."""
+    folder = Path(data_dir).expanduser()
+    if not folder.exists():
+        raise TollError(f"data dir {folder} does not exist; pass --data-dir pointing at the "
+                        f"folder with the {pretty} files")
+    if not folder.is_dir():
+        raise TollError(f"data dir {folder} is a file, not a folder; pass --data-dir "
+                        f"pointing at the folder with the {pretty} files (the folder holding "
+                        f"this file is {folder.parent})")
+    return folder
+
+
+def folders_named_like(folder: Path, names) -> str:
+    """A sentence for a "missing file" error, naming each of ``names`` that exists in
+    ``folder`` as a folder (some unpackers make ``x.gz/x``); "" when none does."""
+    dirs = [str(folder / n) for n in names if (folder / n).is_dir()]
+    if not dirs:
+        return ""
+    return (f"; {', '.join(dirs)} {'is a folder' if len(dirs) == 1 else 'are folders'}, not "
+            "a file: move the file inside up one level")
+
+
 def shipped_file(name: str) -> Path:
     """Path of a data file shipped inside the package (see ``files/SOURCES.md``)."""
     path = resources.files("tolljax.data").joinpath("files", name)
