@@ -510,6 +510,13 @@ def test_cifar_pickles_of_any_protocol_load(protocol):
     ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [[1], [2]]},
      r"labels have shape \(2, 1\) for 2 images, expected one class number per image"),
     ({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, "data_batch_1 holds no images"),
+    ([1, 2], "data_batch_1 holds a list, expected the dict of a CIFAR python batch"),
+    ({b"data": np.zeros((2, 3072), np.int16), b"labels": [1, 2]},
+     r"data is int16 \(2, 3072\), expected uint8 \(N, 3072\)"),
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [1, 2]},
+     r"data is uint8 \(2, 100\), expected uint8 \(N, 3072\)"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 10]}, "labels outside 0..9"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}, "labels outside 0..9"),
 ])
 def test_cifar_batch_errors_name_the_problem(batch, message):
     from tolljax.data.cifar import CIFAR10, _batch_arrays, unpickle
@@ -521,6 +528,9 @@ def test_cifar_batch_errors_name_the_problem(batch, message):
 
 def test_idx_header_whose_size_overflows_int64_is_a_toll_error():
     from tolljax.data.idx import parse_idx
+
+    with pytest.raises(TollError, match=r"truncated inside its IDX header \(8 bytes\)"):
+        parse_idx(bytes([0, 0, 8, 3]) + (5).to_bytes(4, "big"), magic=IDX_IMAGES_MAGIC)
 
     # 2**31 × 2**31 × 4 wrapped to 0 in int64: the reshape failed inside NumPy
     header = bytes([0, 0, 8, 3]) + (2**31).to_bytes(4, "big") * 2 + (4).to_bytes(4, "big")
@@ -691,3 +701,30 @@ def test_tfds_validation_needs_five_training_images():
     assert img.tfds_val_indices(5).tolist() in ([0], [1], [2], [3], [4])
     with pytest.raises(TollError, match="the tfds training split holds 4 images; at least 5"):
         img.tfds_val_indices(4)  # was an empty array, then a message about the indices
+
+
+def test_idx_files_of_another_size_or_label_range_are_named(tmp_path, small_mnist):
+    train_x, train_y, test_x, test_y = small_mnist
+    wide = write_mnist(tmp_path / "wide", np.zeros((200, 32, 32), np.uint8), train_y, test_x,
+                       test_y)
+    with pytest.raises(TollError, match="images are 32x32, expected 28x28; use the MNIST files"):
+        img.read_raw("mnist", wide)
+    img.clear_cache()
+    labels = write_mnist(tmp_path / "labels", train_x, np.where(train_y == 3, 10, train_y),
+                         test_x, test_y)
+    with pytest.raises(TollError, match="label 10 outside 0..9; the file is corrupt or not MNIST"):
+        img.read_raw("mnist", labels)
+
+
+def test_a_cifar_archive_without_a_member_is_named(tmp_path, rng):
+    x = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    blobs = cifar10_blobs(x, np.arange(10), x, np.arange(10))
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        for name, data in blobs.items():
+            if name != "test_batch":
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(TollError, match="has no member cifar-10-batches-py/test_batch; expected "
+                                        "the official cifar-10-python.tar.gz"):
+        img.read_raw("cifar10", tmp_path)
