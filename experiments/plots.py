@@ -377,8 +377,11 @@ def plot_paper_bars(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]
     paper = [r.get("paper") for r in runs]
     summary = results.get("summary") or {}
     if len(runs) > 1:
-        labels.append("mean")
-        ours.append(np.array([np.nanmean(o) if np.isfinite(o).any() else np.nan for o in ours]))
+        class_means = np.array([np.nanmean(o) if np.isfinite(o).any() else np.nan for o in ours])
+        covered = int(np.isfinite(class_means).sum())
+        # the mean of the classes that did not fail: said so (it looked like all classes')
+        labels.append("mean" if covered == len(runs) else f"mean ({covered} of {len(runs)})")
+        ours.append(class_means)
         paper.append(summary.get("paper"))
     n = len(labels)
     fig = Figure(figsize=(max(5.5, 0.75 * n + 2.5), 4.4), layout="constrained")
@@ -404,6 +407,9 @@ def plot_paper_bars(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]
         if np.isfinite(means[i]):
             ax.text(x[i] - width / 2, means[i] + np.nan_to_num(stds[i]) + 0.01 * max(top, 1),
                     f"{means[i]:.1f}", ha="center", va="bottom", fontsize=7)
+        else:  # every seed failed: its 0-height bar lay below an AUROC axis, unmarked
+            ax.text(x[i] - width / 2, 0.01, "failed", ha="center", va="bottom", fontsize=7,
+                    color=OURS, transform=ax.get_xaxis_transform())
         if has[i]:
             ax.text(x[i] + width / 2, paper_vals[i] + 0.01 * max(top, 1), f"{paper_vals[i]:.1f}",
                     ha="center", va="bottom", fontsize=7)

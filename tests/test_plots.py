@@ -291,6 +291,21 @@ def test_bad_norm_in_results_names_the_field(tmp_path, capsys):
     assert "config.norm must be 1, 2 or inf, got '3'" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_class_whose_every_seed_failed_is_marked_and_the_mean_says_what_it_covers(
+        monkeypatch, tmp_path):
+    def edit(r):
+        r["runs"][1]["test_metric"] = [None] * len(r["runs"][1]["test_metric"])
+
+    ax = _figures(monkeypatch, tmp_path, edit, classes=(0, 1, 2))["paper_bars"].axes[0]
+    bottom, top = ax.get_ylim()
+    failed = [t for t in ax.texts if t.get_text() == "failed"]
+    assert len(failed) == 1  # was no bar and no label: a 0-height bar below the AUROC axis
+    x, y = ax.transData.inverted().transform(
+        failed[0].get_transform().transform(failed[0].get_position()))
+    assert x == pytest.approx(1 - 0.19) and bottom <= y <= top
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "mean (2 of 3)"
+
+
 def test_missing_paper_value_label_is_inside_the_auroc_axis(monkeypatch, tmp_path):
     """The "n/a" of a bar without a paper value was drawn at y = 1, below an AUROC axis that
     starts near 50: invisible."""
