@@ -468,6 +468,12 @@ def _runs_with_scores(results: dict, scores: dict) -> list[tuple[dict, str, np.n
                                 f"class {tag}, {RESULTS_FILE} {len(run['seeds'])}; they come from "
                                 "different runs: re-run python -m experiments.run")
             reported = np.array([v is not None for v in run["test_metric"]], bool)
+            bad = [s for s, row, r in zip(_seed_names(run, len(reported)), scores[tag][0],
+                                          reported) if r and not np.isfinite(row).all()]
+            if bad:  # roc_curve ranked NaN lowest: a made-up AUROC beside the table's metric
+                raise TollError(f"{SCORES_FILE}: class {tag}, seed(s) {bad}: NaN/inf scores for "
+                                f"a seed with a test metric in {RESULTS_FILE}; they come from "
+                                "different runs or were edited: re-run python -m experiments.run")
             out.append((run, label, *scores[tag], reported))
     return out
 

@@ -124,6 +124,25 @@ def test_failed_seeds_are_left_out_of_the_roc_and_histogram(tmp_path, monkeypatc
     assert len(roc[1].lines) == 4 and "left out" not in roc[1].get_title()
 
 
+def test_non_finite_scores_of_a_seed_with_a_metric_are_refused(tmp_path, capsys):
+    results = _fake_results(tmp_path / "res", classes=range(3))
+    for c in (0, 2):
+        scores, labels = load_scores(tmp_path / "res")[str(c)]
+        scores = scores.copy()
+        scores[1, :5] = np.nan  # class 2's seed 1 failed (no test metric): its NaNs are fine
+        save_scores(tmp_path / "res", c, scores, labels)
+    # class 0's seed 1 reports a metric: its ROC was drawn with NaN ranked lowest, a made-up
+    # AUROC beside the table's
+    assert main([str(tmp_path / "res"), "--formats", "png"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: scores.npz: class 0, seed(s) [1]: NaN/inf scores for a seed with a "
+                   "test metric in results.json; they come from different runs or were edited: "
+                   "re-run python -m experiments.run")
+    results["runs"][0]["test_metric"][1] = None  # as the CLI writes a failed seed
+    (tmp_path / "res" / "results.json").write_text(json.dumps(results))
+    assert main([str(tmp_path / "res"), "--formats", "png"]) == 0
+
+
 def test_missing_class_in_scores_is_noted(tmp_path):
     _fake_results(tmp_path / "res", classes=range(3), with_scores=False)
     save_scores(tmp_path / "res", 1, np.array([[0.1, 0.9, 0.3]] * 3), np.array([0, 1, 0]))
