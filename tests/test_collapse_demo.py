@@ -55,7 +55,16 @@ def test_cli_writes_results_and_rejects_bad_arguments(mnist_dir, tmp_path, capsy
                                "--feature-dim", "8", "--out", str(out)]) == 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["classes"] == [1] and saved["runs"][0]["normal_class"] == 1
-    assert (out / "results.md").read_text().startswith("# Targeted collapse")
+    assert (saved["runs"][0]["n_test"], saved["runs"][0]["test_size"]) == (40, 10_000)
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Targeted collapse")
+    assert "**Budget:** test subset of 40 of 10000 images." in md
+    # a limit beyond the test set scores all of it: no budget line (was "subset of 100000")
+    assert collapse_demo.main(["--data-dir", str(mnist_dir), "--classes", "1", "--seeds", "1",
+                               "--steps", "2", "--batch-size", "8", "--test-limit", "100000",
+                               "--feature-dim", "8", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["runs"][0]["n_test"] == 10_000
+    assert "Budget" not in (out / "results.md").read_text()
     for argv, message in ((["--weights", "1,0"], "must start with 0"),
                           (["--classes", "12"], "digits 0..9"),
                           (["--batch-size", "7"], "must be even")):
