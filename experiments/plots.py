@@ -121,6 +121,10 @@ def load_scores(results_dir) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
 def load_results(results_dir) -> dict:
     """``results.json`` of a run folder, checked for the keys the plots need."""
     path = Path(results_dir) / RESULTS_FILE
+    if Path(results_dir).is_file():  # was "results folder not found" for an existing file
+        raise TollError(f"{results_dir} is a file; pass the folder that holds it "
+                        f"({Path(results_dir).parent}), the --out folder of python -m "
+                        "experiments.run")
     if not Path(results_dir).is_dir():
         raise TollError(f"results folder not found: {results_dir}; pass the --out folder of "
                         "python -m experiments.run")
@@ -142,6 +146,16 @@ def load_results(results_dir) -> dict:
         # was: "... lacks runs[].best_step ...; it was not written by python -m experiments.run"
         raise TollError(f"{path} holds CANCE results (python -m experiments.run --method "
                         "cance); these plots are of Toll runs: pass the --out folder of a Toll run")
+    # the other runners' folders: their figures are their own (were "not written by (this
+    # version of) python -m experiments.run")
+    if "per_beta" in results:
+        raise TollError(f"{path} holds a β sweep (python -m experiments.beta_sweep), whose "
+                        "figure is beta_sweep.png in that folder; these plots are of "
+                        "python -m experiments.run folders")
+    if any(isinstance(run, dict) and "by_weight" in run for run in results.get("runs", [])):
+        raise TollError(f"{path} holds a collapse demo (python -m experiments.collapse_demo), "
+                        "whose results are its results.md; these plots are of python -m "
+                        "experiments.run folders")
     missing = [k for k in ("config", "metric", "runs") if k not in results]
     run_keys = ("normal_class", "seeds", "test_metric", "best_step", "val_curve", "loss_curve")
     for run in results.get("runs") or []:

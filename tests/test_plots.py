@@ -179,10 +179,20 @@ def test_roc_area_matches_the_library_auroc_with_ties():
     (lambda d: None, "results.json not found"),
     (lambda d: (d / "results.json").write_text("{not json"), "cannot read"),
     (lambda d: (d / "results.json").write_text('{"config": {}}'), "lacks"),
+    # the other runners' folders and the file itself were "not written by (this version of)
+    # python -m experiments.run" and "results folder not found"
+    (lambda d: (d / "results.json").write_text('{"config": {}, "metric": "auroc", '
+                                               '"per_beta": []}'),
+     "holds a β sweep (python -m experiments.beta_sweep), whose figure is beta_sweep.png"),
+    (lambda d: (d / "results.json").write_text('{"config": {}, "runs": [{"normal_class": 8, '
+                                               '"by_weight": {}}]}'),
+     "holds a collapse demo (python -m experiments.collapse_demo)"),
+    (lambda d: [(d / "results.json").write_text("{}"), "results.json"][1],
+     "results.json is a file; pass the folder that holds it ("),
 ])
 def test_bad_results_folder_messages(tmp_path, capsys, setup, message):
-    setup(tmp_path)
-    assert main([str(tmp_path)]) == 2
+    name = setup(tmp_path)
+    assert main([str(tmp_path / name) if isinstance(name, str) else str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
