@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.plots import latent_norm
+from experiments.plots import latent_norm, save_reproducibly
 from experiments.run import (OOM_ADVICE, build_parser, environment, out_of_memory_exit,
                              resolve_config, summarize, use_all_cores, use_compile_cache, write_json,
                              _device_data, _fmt)
@@ -116,7 +116,7 @@ def plot(path: Path, betas, means, stds, config, paper_points) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     for suffix in (".png", ".pdf"):
-        fig.savefig(path.with_suffix(suffix), dpi=150)
+        save_reproducibly(fig, path.with_suffix(suffix), dpi=150)
     plt.close(fig)
 
 

@@ -284,13 +284,23 @@ def _grid(n: int, panel=(3.4, 2.8), single=(6.4, 4.2)):
     return fig, axes[:n]
 
 
+def save_reproducibly(fig, path: Path, dpi: int) -> None:
+    """``fig.savefig(path)`` without a creation date (PDF, SVG) and with SVG's element ids
+    from a fixed salt: the same figure gives the same bytes (the SVGs were dated and had
+    random ids; the β sweep's PDF was dated)."""
+    import matplotlib
+
+    meta = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}.get(path.suffix[1:], {})
+    with matplotlib.rc_context({"svg.hashsalt": "tolljax"}):
+        fig.savefig(path, dpi=dpi, metadata=meta)
+
+
 def _save(fig, out_dir: Path, name: str, formats: Sequence[str]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out_dir / f"{name}.{fmt}"
-        meta = {"CreationDate": None} if fmt == "pdf" else {}
-        fig.savefig(path, dpi=130, metadata=meta)
+        save_reproducibly(fig, path, dpi=130)
         paths.append(path)
     return paths
 

@@ -351,3 +351,18 @@ def test_missing_paper_value_label_is_inside_the_auroc_axis(monkeypatch, tmp_pat
         x, y = ax.transData.inverted().transform(t.get_transform().transform(t.get_position()))
         assert bottom <= y <= top
         assert x == pytest.approx(1 + 0.19) or x == pytest.approx(2 + 0.19)
+
+
+def test_saved_figures_are_byte_reproducible(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    ax = fig.add_subplot()
+    ax.plot([0, 1, 2], [1, 3, 2], marker="o", clip_on=True)
+    for fmt in ("pdf", "svg", "png"):
+        a, b = tmp_path / f"a.{fmt}", tmp_path / f"b.{fmt}"
+        plots.save_reproducibly(fig, a, dpi=100)
+        plots.save_reproducibly(fig, b, dpi=100)
+        assert a.read_bytes() == b.read_bytes(), fmt  # SVG: random clip-path and marker ids
+    assert b"/CreationDate" not in (tmp_path / "a.pdf").read_bytes()
+    assert b"<dc:date>" not in (tmp_path / "a.svg").read_bytes()  # was the time of saving
