@@ -278,7 +278,8 @@ def _read_cifar_dataset(dataset: str, where: str, keys: tuple) -> tuple[np.ndarr
 
 
 def read_raw(dataset: str, data_dir, *, tfds_hint: str = "") -> tuple[np.ndarray, ...]:
-    """Raw ``(train_x, train_y, test_x, test_y)`` from the original files in ``data_dir``.
+    """Raw ``(train_x, train_y, test_x, test_y)`` from the original files in ``data_dir``
+    (``~`` expanded; for CIFAR, ``data_dir`` may also be the official ``.tar.gz`` itself).
 
     Images are read-only NHWC uint8, labels int64 class ids (CIFAR-100: coarse). Cached per
     file path, modification time and size. ``tfds_hint`` is appended to the "no data folder"
