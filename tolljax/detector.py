@@ -70,7 +70,7 @@ from tolljax.losses import parse_norm
 from tolljax.metrics import auroc, f1_top_fraction
 from tolljax.models import (INIT_SCHEMES, MLPAutoencoder, build_model, init_variables,
                             model_names, sample_shape)
-from tolljax.train import create_train_state, score, train_and_select
+from tolljax.train import create_train_state, score, seed_array, train_and_select
 
 # Image sample shapes (NHWC, no batch axis) → the registry model used by ``model="auto"``.
 IMAGE_MODELS = {(28, 28, 1): "mnist", (32, 32, 3): "cifar10"}
@@ -629,13 +629,12 @@ class TollDetector:
         v = self.val_fraction
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 < v < 1:
             raise TollError(f"val_fraction must be in (0, 1), got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
-            raise TollError(f"seed must be an integer, got {self.seed!r}")
-        # NumPy's default_rng (held-out split) rejects negative seeds and jax.random.key
-        # overflows above 2**63; between 2**32 and 2**63 it silently wraps (key(2**32) ==
-        # key(0)), so distinct seeds are exactly 0 .. 2**32 − 1.
-        if not 0 <= self.seed < 2**32:
-            raise TollError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}")
+        # The protocol's seed range (seed_array): NumPy's default_rng (held-out split) rejects
+        # negative seeds and jax.random.key wraps above 2**32 − 1 (key(2**32) == key(0)).
+        try:
+            seed_array([self.seed])
+        except TollError:
+            raise TollError(f"seed must be an integer in 0..2**32-1, got {self.seed!r}") from None
 
     def _resolve(self, shape: tuple[int, ...]) -> tuple[str, dict]:
         """Model name and hyperparameters for samples of ``shape`` (no batch axis)."""
