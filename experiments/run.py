@@ -404,11 +404,14 @@ def padding_changes_batches() -> bool:
             and str(jax.config.jax_default_prng_impl) == "threefry2x32")
 
 
-def run_key(config: dict, seeds: list[int], padded_rows: int | None = None) -> str:
+def run_key(config: dict, seeds: list[int], padded_rows: int | None = None,
+            data_sha256: str | None = None) -> str:
     """Identifies everything a class's results depend on: the result-relevant config, the
     seeds, and the device layout (XLA's kernels, hence the last float bits, depend on how
     many seeds share a device); the padded training-set size (``padded_rows``, None
-    unpadded) where :func:`padding_changes_batches`."""
+    unpadded) where :func:`padding_changes_batches`; and the data, ``data_sha256`` (the
+    class's ``AnomalySplit.fingerprint()``), so a chunk is not reused once the data changed
+    (a key of --data-dir's spelling alone missed that)."""
     import jax
     import jaxlib
 
@@ -418,7 +421,7 @@ def run_key(config: dict, seeds: list[int], padded_rows: int | None = None) -> s
     # The convolution paths (oneDNN / GEMM / plain, $TOLLJAX_CONV*), XLA flags (e.g. fast
     # math) and the jax / jaxlib / oneDNN versions all change the rounding, so a chunk
     # computed under one is not reused under another.
-    ident.update(seeds=seeds, backend=jax.default_backend(), devices=len(jax.devices()),
+    ident.update(seeds=seeds, data_sha256=data_sha256, backend=jax.default_backend(), devices=len(jax.devices()),
                  tolljax=__import__("tolljax").__version__, jax=jax.__version__,
                  jaxlib=jaxlib.__version__, onednn=onednn.version(),
                  matmul_precision=str(jax.config.jax_default_matmul_precision),
@@ -497,8 +500,7 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         timings["load_s"] += time.perf_counter() - t
         return split
 
-    # Every class is read first: its fingerprint keys its finished chunks (a chunk is not
-    # reused once the data changed, which a key of --data-dir's spelling missed), and one
+    # Every class is read first: its fingerprint keys its finished chunks (run_key), and one
     # padded training-set size for all classes compiles the program once. Only a lone
     # class's split is kept (all of CIFAR-100's would take ~6 GB); the others are read again.
     fingerprints, train_rows, splits = {}, {}, {}
@@ -518,9 +520,7 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
               f"to {n_rows} rows, which changes the batches it draws, so its results differ from "
               "a run of that class alone; unset the variable for results that do not depend on "
               "--classes", file=sys.stderr)
-    run_id = run_key(config, seeds, n_rows)
-    key = {c: hashlib.sha256(f"{run_id}:{fingerprints[c]}".encode()).hexdigest()[:16]
-           for c in classes}
+    key = {c: run_key(config, seeds, n_rows, fingerprints[c]) for c in classes}
     groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]
     chunks = [(c, g) for c in classes for g in groups]
     outs = {}
