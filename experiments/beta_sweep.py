@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from experiments.plots import latent_norm, save_reproducibly
-from experiments.run import (OOM_ADVICE, build_parser, environment, out_of_memory_exit,
-                             resolve_config, summarize, use_all_cores, use_compile_cache, write_json,
-                             _device_data, _fmt)
+from experiments.run import (OOM_ADVICE, build_parser, clear_whole_set_limits, environment,
+                             out_of_memory_exit, protocol_deviations, resolve_config, summarize,
+                             use_all_cores, use_compile_cache, write_json, _device_data, _fmt)
 from tolljax.errors import TollError, check_float32, output_dir
 
 DEFAULT_BETAS = "0,1,10,100,1000,10000"
@@ -147,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         cls = normal_class(args)
         args.classes = None if cls is None else str(cls)
         config = resolve_config(args)
+        tag = config["dataset"] if cls is None else f"{config['dataset']}_{cls}"
+        out_dir = output_dir(args.out or Path("runs") / f"beta_sweep_{tag}")
+        results, timings = sweep(config, betas, quiet=args.quiet)
         # The recorded config is what ran: the β grid, not run.py's single β (and the vmap
         # width the sweep compiled, which decides the last bits: see sweep()).
         del config["beta"]
         config["betas"] = betas
-        tag = config["dataset"] if cls is None else f"{config['dataset']}_{cls}"
-        out_dir = output_dir(args.out or Path("runs") / f"beta_sweep_{tag}")
-        results, timings = sweep(config, betas, quiet=args.quiet)
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -212,6 +212,9 @@ def sweep(config: dict, betas: list[float], *, quiet: bool = False):
     t = time.perf_counter()
     split = load_dataset(config["dataset"], data_dir=config["data_dir"],
                          normal_class=config["classes"][0], source=config["source"])
+    for note in clear_whole_set_limits(config, [(split.val_y.size, split.test_y.size)]):
+        say(note)
+    config["paper_protocol"] = not protocol_deviations(config)
     split = limit_split(split, val_limit=config["val_limit"], test_limit=config["test_limit"])
     validate_split(split, sample_shape=sample_shape(config["dataset"]), batch_size=config["batch_size"])
     data = _device_data(split, split.train.shape[0])

@@ -147,11 +147,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
     # As experiments.run: seeds outside 0..2**32-1 are refused, not wrapped (key(2**32) ==
     # key(0)), before any data is loaded.
     check_seed_flags(args.seed_offset, d["seeds"])
-    budget = []
-    if args.val_limit is not None:
-        budget.append(f"validation subset {args.val_limit}")
-    if args.test_limit is not None:
-        budget.append(f"test subset {args.test_limit}")
+    budget = subset_lines(d)
     if d["ae_model"] == "small":
         budget.append("small budget conv AE (not the paper's AE)")
     budget += changed_defaults(args, d)
@@ -159,6 +155,12 @@ def resolve_config(args: argparse.Namespace) -> dict:
     # Validate the stage configs now, so flag errors are reported before any data is loaded.
     ae_config(d), nce_config(d)
     return d
+
+
+def subset_lines(cfg: dict) -> list[str]:
+    """The budget lines (``cfg["budget"]``) of ``--val-limit``/``--test-limit``."""
+    return [f"{what} subset {cfg[key]}" for key, what in
+            (("val_limit", "validation"), ("test_limit", "test")) if cfg[key] is not None]
 
 
 # Flags (by argparse dest) that change no number of a class's results: what runs (dataset,
@@ -423,7 +425,7 @@ def run(cfg: dict, *, log=print) -> dict:
     from tolljax.metrics import METRICS
     from tolljax.models import build_model
     from experiments.paper_cance import paper_value
-    from experiments.run import _fmt, _nan_to_none, summarize
+    from experiments.run import _fmt, _nan_to_none, clear_whole_set_limits, summarize
 
     dataset, metric = cfg["dataset"], METRICS[cfg["metric"]]
     model = (small_mnist_autoencoder(cfg["z_dim"]) if cfg["ae_model"] == "small"
@@ -446,7 +448,15 @@ def run(cfg: dict, *, log=print) -> dict:
         return split
 
     classes = cfg["classes"]
-    n_rows = max(load(c).train.shape[0] for c in classes)
+    shapes = [(s.train.shape[0], s.val_y.size, s.test_y.size) for s in map(load, classes)]
+    n_rows = max(n for n, _, _ in shapes)
+    limited = subset_lines(cfg)
+    for note in clear_whole_set_limits(cfg, [sizes for _, *sizes in shapes]):
+        log(note)  # and its budget line goes: that set is scored whole
+    cleared = set(limited) - set(subset_lines(cfg))
+    if cleared and not subset_lines(cfg):  # no subset left for --subset-seed to draw
+        cleared |= {b for b in cfg["budget"] if b.startswith("subset_seed=")}
+    cfg["budget"] = [b for b in cfg["budget"] if b not in cleared]
     seeds = list(range(cfg["seed_offset"], cfg["seed_offset"] + cfg["seeds"]))
     base = jnp.stack([jax.random.key(s) for s in seeds])
     ae_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(base)

@@ -232,6 +232,22 @@ def resolve_config(args: argparse.Namespace) -> dict:
     return config
 
 
+def clear_whole_set_limits(config: dict, set_sizes: list[tuple[int, int]]) -> list[str]:
+    """Clear ``config``'s ``val_limit``/``test_limit`` where it is at least every loaded
+    class's validation/test set size (``set_sizes``: one ``(n_val, n_test)`` per class, before
+    any limit). Such a limit draws no subset: the whole set is scored, as in the paper's
+    protocol, and the numbers equal those of a run without it (so the run's identity, resume
+    key and protocol label are those of that run). Returns one line per cleared flag."""
+    notes = []
+    for i, (key, what) in enumerate((("val_limit", "validation"), ("test_limit", "test"))):
+        largest = max(sizes[i] for sizes in set_sizes)
+        if config[key] is not None and config[key] >= largest:
+            notes.append(f"--{key.replace('_', '-')} {config[key]} is at least the {what} "
+                         f"set's size ({largest}): the whole set is scored, as in the paper")
+            config[key] = None
+    return notes
+
+
 def protocol_deviations(config: dict) -> dict[str, tuple]:
     """``{flag: (value, paper's value)}`` for every result-affecting setting of ``config`` that
     differs from the paper's protocol (Appendix B); the seed count is not one of them."""
@@ -495,6 +511,7 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         t = time.perf_counter()
         split = load_dataset(dataset, data_dir=config["data_dir"], normal_class=normal_class,
                              source=config["source"])
+        set_sizes[normal_class] = (split.val_y.size, split.test_y.size)
         split = limit_split(split, val_limit=config["val_limit"], test_limit=config["test_limit"])
         validate_split(split, sample_shape=sample_shape(dataset), batch_size=config["batch_size"])
         timings["load_s"] += time.perf_counter() - t
@@ -503,13 +520,16 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
     # Every class is read first: its fingerprint keys its finished chunks (run_key), and one
     # padded training-set size for all classes compiles the program once. Only a lone
     # class's split is kept (all of CIFAR-100's would take ~6 GB); the others are read again.
-    fingerprints, train_rows, splits = {}, {}, {}
+    fingerprints, train_rows, splits, set_sizes = {}, {}, {}, {}
     for c in classes:
         split = load(c)
         fingerprints[c], train_rows[c] = split.fingerprint(), split.train.shape[0]
         if len(classes) == 1:
             splits[c] = split
         del split
+    for note in clear_whole_set_limits(config, list(set_sizes.values())):
+        say(note)
+    config["paper_protocol"] = not protocol_deviations(config)
     n_rows = max(train_rows.values()) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
     width = config.get("vmap_width") or default_width(

@@ -24,6 +24,14 @@ def test_sweep_compiles_once_and_writes_results_and_plot(tmp_path, capsys):
     assert res["config"]["vmap_width"] == 1
 
 
+def test_a_limit_at_least_the_set_size_is_no_limit(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["--dataset", "arrhythmia", "--betas", "10", "--steps", "20", "--eval-every",
+                 "20", "--seeds", "1", "--test-limit", "90", "--out", str(out)]) == 0
+    assert "--test-limit 90 is at least the test set's size (90)" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["config"]["test_limit"] is None
+
+
 def test_an_l1_sweep_shows_no_paper_value_of_the_l2_model(tmp_path, monkeypatch):
     # Was: "60.0 (Table 4)" beside an --norm 1 sweep, and "β (weight of ||z||₂)" on its axis.
     import matplotlib.figure

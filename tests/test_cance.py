@@ -560,6 +560,23 @@ def test_runner_end_to_end_on_arrhythmia(tmp_path, capsys):
     assert "holds CANCE results" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_limit_at_least_the_set_size_is_no_budget(tmp_path, capsys):
+    from experiments.cance import main
+
+    out = tmp_path / "cance"
+    assert main(["--seeds", "1", "--ae-steps", "20", "--decoder-steps", "20",
+                 "--ae-eval-every", "20", "--variants", "recon", "--val-limit", "90",
+                 "--test-limit", "500", "--subset-seed", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "--val-limit 90 is at least the validation set's size (90)" in printed
+    assert "--test-limit 500 is at least the test set's size (90)" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["val_limit"] is None and res["config"]["test_limit"] is None
+    assert res["runs"][0]["n_val"] == 90 and res["runs"][0]["n_test"] == 90
+    # Left: the short training; gone: the subsets and the seed that would have drawn them.
+    assert res["config"]["budget"] == ["ae_steps=20", "decoder_steps=20"]
+
+
 def test_runner_on_mnist_format_files_with_the_small_conv_autoencoder(tmp_path, random_mnist_dir):
     """The MNIST budget path end to end (small conv AE, scanned and seed-vmapped), on
     official-size MNIST-format files of random pixels written here."""

@@ -176,6 +176,45 @@ def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
     assert "reusing" not in capsys.readouterr().out
 
 
+def test_a_limit_at_least_the_set_size_scores_the_whole_set_as_the_paper(tmp_path, capsys):
+    # --test-limit N with N >= the test set's size draws no subset, yet the run was labelled
+    # "not the paper's protocol" and keyed apart from the same run without the flag.
+    out = tmp_path / "out"
+    argv = ["--steps", "40", "--seeds", "1", "--out", str(out)]
+    assert main(argv) == 0
+    whole = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    assert main([*argv, "--val-limit", "90", "--test-limit", "1000"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing 1 of 1 finished" in printed  # the same run: its chunk is reused
+    assert "--val-limit 90 is at least the validation set's size (90)" in printed
+    assert "--test-limit 1000 is at least the test set's size (90)" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["runs"] == whole["runs"] and res["config"] == whole["config"]
+    assert res["config"]["val_limit"] is None and res["config"]["test_limit"] is None
+    # The only deviation left is the step count.
+    assert "steps=40 (paper: 2000)" in (out / "results.md").read_text()
+    assert "limit" not in (out / "results.md").read_text()
+    assert main([*argv, "--test-limit", "89", "--fresh"]) == 0  # one short: a subset
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["test_limit"] == 89
+    assert "test_limit=89 (paper: None)" in (out / "results.md").read_text()
+    assert "is at least" not in capsys.readouterr().out
+
+
+def test_a_limit_is_cleared_only_where_no_class_is_subset():
+    from experiments.run import clear_whole_set_limits
+
+    config = {"val_limit": 500, "test_limit": 10000}
+    sizes = [(480, 10000), (520, 10000)]  # class 1's validation set is larger than 500
+    notes = clear_whole_set_limits(config, sizes)
+    assert config == {"val_limit": 500, "test_limit": None}
+    assert notes == ["--test-limit 10000 is at least the test set's size (10000): the whole "
+                     "set is scored, as in the paper"]
+    config = {"val_limit": None, "test_limit": 9999}
+    assert clear_whole_set_limits(config, sizes) == [] and config["test_limit"] == 9999
+
+
 def test_resume_key_depends_on_the_convolution_paths(monkeypatch):
     # The oneDNN and GEMM paths round differently: a chunk of one is not the other's result.
     from experiments.run import RESULT_KEYS, run_key
