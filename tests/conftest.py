@@ -29,3 +29,23 @@ def random_mnist_dir(tmp_path_factory):
     test_x = rng.integers(0, 256, (10_000, 28, 28), dtype=np.uint8)
     return write_mnist(tmp_path_factory.mktemp("mnist"), train_x, rng.integers(0, 10, 60_000),
                        test_x, rng.integers(0, 10, 10_000), gz=False)
+
+
+@pytest.fixture
+def deny_reading(monkeypatch):
+    """``deny_reading(path)``: opening ``path`` raises PermissionError, as for a file its user
+    may not read. Opening is patched because chmod denies nothing to root (as CI may run)."""
+    import builtins
+    import errno
+    import io
+
+    locked, real_open = set(), builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file).resolve() in locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    return lambda path: locked.add(Path(path).resolve())

@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,27 @@ def test_bad_files_give_clear_errors(tmp_path, case, message):
         _write_mat(tmp_path, x[:400], y[:400])
     with pytest.raises(TollError, match=message):
         load_arrhythmia(tmp_path)
+
+
+def test_an_unreadable_file_is_not_called_corrupt(tmp_path, arrhythmia, deny_reading):
+    # Was: "cannot read … as a MATLAB .mat file (PermissionError …); the file is corrupt".
+    (tmp_path / "arrhythmia.mat").write_bytes(shipped_file("arrhythmia.mat").read_bytes())
+    deny_reading(tmp_path / "arrhythmia.mat")
+    with pytest.raises(TollError) as err:
+        load_arrhythmia(tmp_path)
+    assert str(err.value) == (f"cannot read {tmp_path / 'arrhythmia.mat'} (Permission denied); "
+                              "check the file's permissions or copy it again")
+
+
+def test_an_unreadable_data_dir_is_not_called_missing(tmp_path, monkeypatch):
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real_access(p, mode))
+    for name in ("arrhythmia", "mnist"):  # every loader checks its folder the same way
+        with pytest.raises(TollError, match=f"data dir {tmp_path} cannot be read \\(permission "
+                                            "denied\\); check the folder's permissions"):
+            load_dataset(name, data_dir=tmp_path, normal_class=None if name == "arrhythmia" else 0)
 
 
 @pytest.mark.parametrize("case, message", [

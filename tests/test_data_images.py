@@ -212,8 +212,8 @@ def test_idx_mixed_gzip_and_names(tmp_path, small_mnist):
     write_idx(tmp_path / "train-labels.idx1-ubyte", train_y, False)
     write_idx(tmp_path / "t10k-images.idx3-ubyte.gz", test_x, True)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", test_y, False)
-    s = img.load_images("mnist", data_dir=str(tmp_path), normal_class=0, val_indices=[1, 2, 3])
-    assert s.sizes() == {"train": 20, "val_normal": 0, "val_anomalous": 3,
+    s = img.load_images("mnist", data_dir=str(tmp_path), normal_class=0, val_indices=[0, 1, 2, 3])
+    assert s.sizes() == {"train": 19, "val_normal": 1, "val_anomalous": 3,
                          "test_normal": 5, "test_anomalous": 45}
 
 
@@ -337,6 +337,36 @@ def test_cifar_python2_style_pickles(tmp_path, rng):
     np.testing.assert_array_equal(raw[0], train_x)
     np.testing.assert_array_equal(raw[1], np.tile(np.arange(4), 5))
     np.testing.assert_array_equal(raw[2], test_x)
+
+
+def test_unreadable_files_are_not_called_damaged(tmp_path, rng, small_mnist, deny_reading):
+    # A permission problem: "check the file's permissions", not "download it again".
+    write_mnist(tmp_path / "mnist", *small_mnist, gz=False)
+    locked = tmp_path / "mnist" / "t10k-images-idx3-ubyte"
+    deny_reading(locked)
+    with pytest.raises(TollError) as err:
+        img.read_raw("mnist", tmp_path / "mnist")
+    assert str(err.value) == (f"cannot read {locked} (Permission denied); check the file's "
+                              "permissions or copy it again")
+    blobs = cifar10_blobs(rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+                          np.arange(20) % 10, rng.integers(0, 256, (10, 32, 32, 3), np.uint8),
+                          np.arange(10) % 10)
+    folder = tmp_path / "cifar" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name, data in blobs.items():
+        (folder / name).write_bytes(data)
+    deny_reading(folder / "data_batch_2")
+    with pytest.raises(TollError, match=f"^cannot read {folder / 'data_batch_2'} \\(Permission "
+                                        "denied\\); check the file's permissions"):
+        img.read_raw("cifar10", tmp_path / "cifar")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    deny_reading(archive)
+    with pytest.raises(TollError) as err:  # was: "the archive is truncated or corrupt"
+        img.read_raw("cifar10", archive)
+    assert str(err.value) == (f"cannot read {archive} (Permission denied); check the file's "
+                              "permissions or copy it again")
 
 
 def test_cifar_tar_gz_archive(tmp_path, rng):
@@ -560,6 +590,25 @@ def test_error_normal_class(tmp_path, small_mnist):
     assert "check the files and the normal class" in str(err.value) and "--" not in str(err.value)
 
 
+def test_a_validation_or_test_set_of_one_kind_of_image_is_an_error():
+    # Was: a split whose test AUROC is undefined, from the library (the CLIs caught it).
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 28, 28, 1), np.uint8)
+    y = np.repeat(np.arange(4), 10)
+    split = img.make_split("mnist", x, y, x, y, 1, [0, 15])  # validation: a 0 and a 1
+    assert split.val_y.tolist() == [1, 0] and split.test_y.sum() == 30
+    with pytest.raises(TollError, match=r"the test set holds no images of normal class 1 "
+                                        r"\(1\), so its AUROC is undefined; check the "
+                                        r"data files$"):
+        img.make_split("mnist", x, y, x, np.where(y == 1, 2, y), 1, [0, 15])
+    with pytest.raises(TollError, match=r"the test set holds no images of any class other than "
+                                        r"normal class 1 \(1\) \(anomalies\)"):
+        img.make_split("mnist", x, y, x, np.ones_like(y), 1, [0, 15])
+    with pytest.raises(TollError, match=r"the validation set holds no images of normal class 1 "
+                                        r".*; check the data files and the validation indices"):
+        img.make_split("mnist", x, y, x, y, 1, [0, 1, 25])
+
+
 def test_error_source_and_dataset_names(tmp_path):
     with pytest.raises(TollError, match="unknown data source 'hf'; choose 'files'"):
         load_dataset("mnist", data_dir=tmp_path, normal_class=0, source="hf")
@@ -682,7 +731,10 @@ def test_tfds_mock_cifar100_coarse(tfds):
     from tolljax.data.tfds_source import read_tfds
     with tfds.testing.mock_data(num_examples=40):
         raw = read_tfds("cifar100")
-        k = int(np.bincount(raw[1], minlength=20).argmax())
+        # a class that the validation images (img.tfds_val_indices) hold, beside others
+        val = raw[1][img.tfds_val_indices(40)]
+        k = int(np.bincount(val, minlength=20).argmax())
+        assert 0 < (val == k).sum() < val.size
         s = img.load_images("cifar100", normal_class=k, source="tfds")
     assert raw[0].shape == (40, 32, 32, 3) and raw[1].max() < 20
     lo, hi = minmax("cifar100", k)

@@ -8,7 +8,8 @@ import numpy as np
 import scipy.io
 import scipy.sparse
 
-from tolljax.data.split import AnomalySplit, data_folder, folders_named_like, shipped_file
+from tolljax.data.split import (AnomalySplit, data_folder, folders_named_like, shipped_file,
+                                 unreadable)
 from tolljax.errors import TollError, index_list
 
 ARRHYTHMIA_FEATURES = 274
@@ -33,6 +34,8 @@ def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
                         "to use the shipped copy")
     try:
         mat = scipy.io.loadmat(str(path), **_SPARSE_ARRAYS)
+    except PermissionError as exc:  # not a damaged file: say so
+        raise unreadable(path, exc) from None
     except Exception as exc:  # scipy raises several types for damaged files
         raise TollError(f"cannot read {path} as a MATLAB .mat file ({type(exc).__name__}: {exc}); "
                         "the file is corrupt or not the ODDS arrhythmia.mat") from None

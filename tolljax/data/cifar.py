@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tolljax.data.split import folders_named_like
+from tolljax.data.split import folders_named_like, unreadable
 from tolljax.errors import TollError
 
 
@@ -174,6 +174,8 @@ def read_cifar(layout: CifarLayout, where: Path) -> tuple[np.ndarray, np.ndarray
                         raise TollError(f"{where} has no member {member}; expected the official "
                                         f"{layout.archive} ({layout.url})")
                     blobs[f] = (fh.read(), f"{where}:{member}")
+        except PermissionError as exc:  # not damage: another download would not mend it
+            raise unreadable(where, exc) from None
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
             raise TollError(f"cannot read {where} as a .tar.gz archive ({type(exc).__name__}: "
                             f"{exc}); the archive is truncated or corrupt, download it again") from None
@@ -183,8 +185,7 @@ def read_cifar(layout: CifarLayout, where: Path) -> tuple[np.ndarray, np.ndarray
             try:
                 blobs[f] = (path.read_bytes(), str(path))
             except OSError as exc:
-                raise TollError(f"cannot read {path} ({exc.strerror or exc}); check the file's "
-                                "permissions or copy it again") from None
+                raise unreadable(path, exc) from None
     parts = {f: _batch_arrays(unpickle(*blobs[f]), layout, blobs[f][1]) for f in layout.files}
     rows = [parts[f][0] for f in layout.train_files]
     train_x = to_nhwc(rows[0] if len(rows) == 1 else np.concatenate(rows))

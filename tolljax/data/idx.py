@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tolljax.data.split import unreadable
 from tolljax.errors import TollError
 
 IDX_IMAGES_MAGIC = 0x00000803
@@ -39,8 +40,7 @@ def read_bytes(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise TollError(f"cannot read {path} ({exc.strerror or exc}); check the file's "
-                        "permissions or copy it again") from None
+        raise unreadable(path, exc) from None
     if raw[:2] != _GZIP_MAGIC:
         return raw
     try:

@@ -195,6 +195,16 @@ def make_split(dataset: str, train_x: np.ndarray, train_y: np.ndarray, test_x: n
                         f"({class_names(dataset)[normal_class]}) outside the validation set; "
                         "the data files hold no images of that class; check the files and the "
                         "normal class")
+    # The validation metric picks the checkpoint and the test metric is the result: both
+    # AUROCs are undefined without normal and anomalous images.
+    name = f"normal class {normal_class} ({class_names(dataset)[normal_class]})"
+    for part, labels in (("validation", train_y[idx]), ("test", test_y)):
+        normal = labels == normal_class
+        if normal.all() or not normal.any():
+            lacking = name if not normal.any() else f"any class other than {name} (anomalies)"
+            raise TollError(f"{dataset}: the {part} set holds no images of {lacking}, so its "
+                            "AUROC is undefined; check the data files"
+                            + (" and the validation indices" if part == "validation" else ""))
     return AnomalySplit(
         dataset,
         preprocess(dataset, train_x[train_idx], normal_class),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from importlib import resources
 from pathlib import Path
 
@@ -126,7 +127,17 @@ def data_folder(data_dir: str | Path, pretty: str) -> Path:
         raise TollError(f"data dir {folder} is a file, not a folder; pass --data-dir "
                         f"pointing at the folder with the {pretty} files (the folder holding "
                         f"this file is {folder.parent})")
+    if not os.access(folder, os.R_OK | os.X_OK):  # else its files would look missing
+        raise TollError(f"data dir {folder} cannot be read (permission denied); check the "
+                        "folder's permissions")
     return folder
+
+
+def unreadable(path, exc: OSError) -> TollError:
+    """The error for a data file that is there but cannot be read (permissions, I/O): not to
+    be confused with a damaged file, which another copy would mend."""
+    return TollError(f"cannot read {path} ({exc.strerror or exc}); check the file's "
+                     "permissions or copy it again")
 
 
 def folders_named_like(folder: Path, names) -> str:
