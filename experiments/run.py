@@ -8,6 +8,7 @@ together with the full configuration, library versions, device and timings.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -82,6 +83,27 @@ def use_all_cores(host_devices: int | None = None) -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
+# How long a process waits for the others at start (jax.distributed's default is 300 s).
+JOIN_TIMEOUT_S = 300
+
+
+def check_port_free(port: int) -> None:
+    """Process 0 serves the coordinator on ``port`` (all interfaces); a port already taken
+    made that service fail with a segmentation fault and no message of ours."""
+    import errno
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAIT is no obstacle
+        try:
+            s.bind(("", port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise TollError(f"--coordinator: port {port} is already in use on this host "
+                            "(another run's coordinator?); choose a free port") from None
+
+
 def start_distributed(coordinator: str | None, num_processes: int | None,
                       process_id: int | None) -> None:
     """``jax.distributed.initialize`` for a multi-host run, before any JAX computation.
@@ -102,9 +124,20 @@ def start_distributed(coordinator: str | None, num_processes: int | None,
     if num_processes is not None and not 0 <= process_id < num_processes:
         raise TollError(f"--process-id must be in 0..{num_processes - 1} for --num-processes "
                         f"{num_processes}, got {process_id}")
+    if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise TollError(f"--coordinator {coordinator!r}: expected HOST:PORT, e.g. "
+                            "host0:1234 (process 0's host and a free port)")
+        if process_id == 0:
+            check_port_free(int(port))
+        print(f"process {process_id} of {num_processes}: waiting for all {num_processes} "
+              f"processes to join at {coordinator} (up to {JOIN_TIMEOUT_S} s) ...",
+              file=sys.stderr, flush=True)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   initialization_timeout=JOIN_TIMEOUT_S)
     except (ValueError, RuntimeError) as exc:  # no cluster detected and no --coordinator given
         raise TollError(f"--distributed: {str(exc).rstrip('.')}; outside a TPU pod / SLURM job give --coordinator "
                         f"HOST:PORT --num-processes N --process-id I") from None
@@ -301,14 +334,36 @@ def _classes(dataset: str, spec: str | None) -> tuple[list, list]:
     return everything, chosen
 
 
-def random_bits_config() -> dict:
-    """JAX's settings that decide which random bits a key gives (``JAX_DEFAULT_PRNG_IMPL``,
-    ``JAX_THREEFRY_PARTITIONABLE``): another generator is another initialisation and other
-    batches."""
+def numerics_config() -> dict:
+    """JAX's settings that change a run's numbers without a flag of ours: which random bits a
+    key gives (``JAX_DEFAULT_PRNG_IMPL``, ``JAX_THREEFRY_PARTITIONABLE``: another
+    initialisation and other batches), ``JAX_ENABLE_X64`` (every number's last bits) and
+    ``JAX_DEFAULT_MATMUL_PRECISION`` (TF32 or float32 matmuls on GPUs). Recorded in
+    ``results.json`` and part of the resume key."""
     import jax
 
     return {"prng_impl": str(jax.config.jax_default_prng_impl),
-            "threefry_partitionable": bool(jax.config.jax_threefry_partitionable)}
+            "threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
+            "x64": bool(jax.config.jax_enable_x64),
+            "matmul_precision": str(jax.config.jax_default_matmul_precision)}
+
+
+@functools.cache
+def code_sha256() -> str:
+    """SHA-256 over the source of the ``tolljax`` package and this module: the code a chunk
+    of results came from (the version string does not change with every commit, and an
+    editable install runs whatever is checked out). Any edit, even a comment's, makes
+    finished chunks count as another run's: safe, at the price of recomputing them."""
+    import tolljax
+
+    package = Path(tolljax.__file__).parent
+    sources = {f"tolljax/{p.relative_to(package).as_posix()}": p for p in package.rglob("*.py")}
+    sources["experiments/run.py"] = Path(__file__)
+    digest = hashlib.sha256()
+    for name in sorted(sources):
+        text = sources[name].read_bytes()
+        digest.update(f"{name}\0{len(text)}\0".encode() + text)
+    return digest.hexdigest()
 
 
 def environment() -> dict:
@@ -331,7 +386,7 @@ def environment() -> dict:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # which convolution code ran (it decides the last bits of image-model results)
         "conv": ops.resolve_conv_impl(), "conv_transpose": ops.resolve_impl(),
-        "onednn": onednn.version(), **random_bits_config(),
+        "onednn": onednn.version(), "code_sha256": code_sha256(), **numerics_config(),
     }
 
 
@@ -428,24 +483,44 @@ def run_key(config: dict, seeds: list[int], padded_rows: int | None = None,
     unpadded) where :func:`padding_changes_batches`; and the data, ``data_sha256`` (the
     class's ``AnomalySplit.fingerprint()``), so a chunk is not reused once the data changed
     (a key of --data-dir's spelling alone missed that)."""
+    import flax
     import jax
     import jaxlib
+    import optax
 
     from tolljax import onednn, ops
 
     ident = {k: config[k] for k in RESULT_KEYS}
-    # The convolution paths (oneDNN / GEMM / plain, $TOLLJAX_CONV*), XLA flags (e.g. fast
-    # math) and the jax / jaxlib / oneDNN versions all change the rounding, so a chunk
-    # computed under one is not reused under another.
-    ident.update(seeds=seeds, data_sha256=data_sha256, backend=jax.default_backend(), devices=len(jax.devices()),
-                 tolljax=__import__("tolljax").__version__, jax=jax.__version__,
-                 jaxlib=jaxlib.__version__, onednn=onednn.version(),
-                 matmul_precision=str(jax.config.jax_default_matmul_precision),
-                 xla_flags=result_xla_flags(), conv=[ops.resolve_conv_impl(), ops.resolve_impl()],
-                 **random_bits_config())
+    # The code itself, the convolution paths (oneDNN / GEMM / plain, $TOLLJAX_CONV*), XLA
+    # flags (e.g. fast math), JAX's numerics settings and the library versions all can change
+    # the numbers, so a chunk computed under one is not reused under another.
+    ident.update(seeds=seeds, data_sha256=data_sha256, backend=jax.default_backend(),
+                 devices=len(jax.devices()), code_sha256=code_sha256(), jax=jax.__version__,
+                 jaxlib=jaxlib.__version__, onednn=onednn.version(), flax=flax.__version__,
+                 optax=optax.__version__, numpy=np.__version__, xla_flags=result_xla_flags(),
+                 conv=[ops.resolve_conv_impl(), ops.resolve_impl()], **numerics_config())
     if padding_changes_batches():
         ident["padded_rows"] = padded_rows
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_processes_agree(keys: dict) -> None:
+    """Refuse a multi-process run whose processes would compute different things: each
+    process's run keys (config, seeds, data fingerprints, code, versions; :func:`run_key`)
+    are gathered to all before anything is compiled. Without this, processes given other
+    flags (say another --beta) each trained their share of the seeds their own way and
+    process 0 reported the mixture under its own config."""
+    from jax.experimental import multihost_utils
+
+    text = json.dumps(sorted((str(c), k) for c, k in keys.items()))
+    mine = np.frombuffer(hashlib.sha256(text.encode()).digest(), np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
+    if differ:
+        raise TollError(f"process{'es' if len(differ) > 1 else ''} {', '.join(map(str, differ))} would "
+                        "run another configuration than process 0 (other flags, data files, "
+                        "code or package versions); start every process with the same command "
+                        "on the same data and installation")
 
 
 def _chunk_path(out_dir: Path, normal_class, seeds: list[int]) -> Path:
@@ -463,8 +538,8 @@ def load_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str) -
             if str(f["key"]) != key:
                 return None
             return {k: f[k] for k in f.files if k != "key"}
-    except (OSError, ValueError, KeyError):
-        return None
+    except Exception:  # noqa: BLE001 -- a torn file raises BadZipFile, EOFError, zlib.error, ...
+        return None  # recomputed, never trusted
 
 
 def save_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str, out: dict) -> None:
@@ -541,6 +616,8 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
               "a run of that class alone; unset the variable for results that do not depend on "
               "--classes", file=sys.stderr)
     key = {c: run_key(config, seeds, n_rows, fingerprints[c]) for c in classes}
+    if jax.process_count() > 1:
+        check_processes_agree(key)
     groups = [seeds[i:i + width] for i in range(0, len(seeds), width)]
     chunks = [(c, g) for c in classes for g in groups]
     outs = {}
@@ -604,8 +681,11 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
                **({"std": runs[0]["std"]} if len(runs) == 1 else {}),
                "std_is": "over seeds" if len(runs) == 1 else "over per-class means",
                "paper": paper, "paper_source": source}
+    # Timings cover this process's work only: say how much of the result it reused.
+    chunk_counts = {"total": len(chunks), "reused": len(chunks) - len(pending)}
     return {"dataset": dataset, "metric": config["metric"], "metric_unit": "%",
-            "runs": runs, "summary": summary, "timings": timings, "test_scores": test_scores}
+            "runs": runs, "summary": summary, "timings": timings, "chunks": chunk_counts,
+            "test_scores": test_scores}
 
 
 def _gather(outs: dict, normal_class, groups: list[list[int]]) -> dict:
@@ -728,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     use_all_cores(args.host_devices)
     use_compile_cache(args.compile_cache)
+    out_dir = None
     try:
         cluster = (args.coordinator, args.num_processes, args.process_id)
         distributed = args.distributed or any(v is not None for v in cluster)
@@ -753,6 +834,12 @@ def main(argv: list[str] | None = None) -> int:
     except TollError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; what finished is kept
+        partial = out_dir / "partial" if out_dir is not None else None
+        kept = (f"; the finished chunks are in {partial}: run the same command again to "
+                "resume" if partial is not None and any(partial.glob("*.npz")) else "")
+        print(f"interrupted{kept}", file=sys.stderr)
+        return 130
     except Exception as exc:  # XLA reports device OOM as a runtime error of its own type
         return out_of_memory_exit(exc)
     results["timings"]["total_s"] = time.perf_counter() - start

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -167,6 +168,8 @@ def test_rerun_reuses_finished_results_and_fresh_recomputes(tmp_path, capsys):
     second = json.loads((out / "results.json").read_text())
     assert second["runs"] == first["runs"] and second["summary"] == first["summary"]
     assert second["timings"]["compile_s"] == 0.0  # nothing was compiled or run
+    assert first["chunks"] == {"total": 2, "reused": 0}  # what the timings cover
+    assert second["chunks"] == {"total": 2, "reused": 2}
     assert main([*argv, "--beta", "5"]) == 0  # another configuration is not reused
     assert "reusing" not in capsys.readouterr().out
     assert main([*argv, "--fresh"]) == 0
@@ -213,6 +216,54 @@ def test_a_limit_is_cleared_only_where_no_class_is_subset():
                      "set is scored, as in the paper"]
     config = {"val_limit": None, "test_limit": 9999}
     assert clear_whole_set_limits(config, sizes) == [] and config["test_limit"] == 9999
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_torn_chunk_is_recomputed(tmp_path, capsys, damage):
+    # Was a zipfile.BadZipFile (or EOFError) traceback in every later run of the command.
+    out = tmp_path / "out"
+    argv = ["--steps", "40", "--seeds", "1", "--out", str(out)]
+    assert main(argv) == 0
+    first = json.loads((out / "results.json").read_text())
+    (chunk,) = (out / "partial").glob("*.npz")
+    data = chunk.read_bytes()
+    chunk.write_bytes(data[:len(data) // 2] if damage == "truncated" else b"")
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "reusing" not in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text())["runs"] == first["runs"]
+    assert chunk.read_bytes() == data  # rewritten whole
+
+
+def test_resume_key_covers_the_code_and_jax_numerics_settings(monkeypatch, tmp_path):
+    # JAX_ENABLE_X64 changed every number but was neither recorded nor keyed; the code was
+    # keyed by a version string that never changed.
+    import shutil
+
+    import jax
+
+    import experiments.run as cli
+    import tolljax
+
+    config = _config("--steps", "40")
+    base = cli.run_key(config, [0])
+    monkeypatch.setattr(cli, "code_sha256", lambda: "another commit")
+    assert cli.run_key(config, [0]) != base
+    monkeypatch.undo()
+    assert cli.numerics_config()["x64"] is False and "x64" in cli.environment()
+    with jax.enable_x64(True):
+        assert cli.numerics_config()["x64"] is True and cli.run_key(config, [0]) != base
+    assert cli.run_key(config, [0]) == base
+    # The hash follows the package's source, comments included.
+    copy = tmp_path / "tolljax"
+    shutil.copytree(Path(tolljax.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__", "files"))
+    monkeypatch.setattr(tolljax, "__file__", str(copy / "__init__.py"))
+    same = cli.code_sha256.__wrapped__()
+    assert same == cli.code_sha256()
+    with open(copy / "losses.py", "a") as f:
+        f.write("# a comment\n")
+    assert cli.code_sha256.__wrapped__() != same
 
 
 def test_resume_key_depends_on_the_convolution_paths(monkeypatch):
@@ -442,6 +493,64 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
 def test_distributed_flag_errors(flags, message, capsys):
     assert main(["--steps", "20", "--eval-every", "20", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("coordinator", ["nonsense", "host0:", ":1234", "host0:99999", "h:x"])
+def test_a_coordinator_is_host_and_port(coordinator, capsys):
+    # "nonsense" was an IndexError traceback from inside jax.distributed.
+    assert main(["--coordinator", coordinator, "--num-processes", "2", "--process-id", "1"]) == 2
+    assert f"--coordinator {coordinator!r}: expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_a_coordinator_port_in_use_is_named(capsys):
+    # Was a gRPC log line and a segmentation fault.
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--coordinator", f"localhost:{port}", "--num-processes", "2",
+                     "--process-id", "0"]) == 2
+    assert f"--coordinator: port {port} is already in use" in capsys.readouterr().err
+
+
+def test_processes_given_other_flags_refuse_to_run(tmp_path):
+    """Each process trained its share of the seeds with its own flags, and process 0 reported
+    the mixture under its config (and kept it in partial/ for later runs to reuse)."""
+    common = [sys.executable, "-m", "experiments.run", "--steps", "40", "--eval-every", "20",
+              "--seeds", "2", "--host-devices", "1", "--compile-cache", "off"]
+    port = _free_port()
+    procs = [subprocess.Popen([*common, *extra, "--out", str(tmp_path / f"p{i}"),
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i, extra in enumerate([[], ["--beta", "1000"]])]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2, err[-2000:]
+        assert err.strip().splitlines()[-1] == (
+            "error: process 1 would run another configuration than process 0 (other flags, "
+            "data files, code or package versions); start every process with the same command "
+            "on the same data and installation")
+    assert not (tmp_path / "p0" / "results.json").exists()
+    assert not list((tmp_path / "p0").glob("partial/*"))
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    import experiments.run as cli
+
+    def interrupted(config, *, out_dir, **kwargs):
+        save_chunk(out_dir, None, [0], "k", {"x": np.zeros(1)})
+        raise KeyboardInterrupt
+
+    from experiments.run import save_chunk
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    assert main(["--steps", "40", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == (f"interrupted; the finished chunks are in "
+                                       f"{tmp_path / 'partial'}: run the same command again to "
+                                       "resume\n")
 
 
 @pytest.mark.parametrize("extra", [["--init", "flax"], ["--source", "tfds"], []])
