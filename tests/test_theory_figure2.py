@@ -193,6 +193,28 @@ def test_saved_figures_do_not_depend_on_the_other_formats_or_the_run(tmp_path):
     assert read("b", "pdf") == read("c", "pdf") and read("b", "svg") == read("c", "svg")
 
 
+def test_a_layout_one_ulp_apart_saves_the_same_svg(tmp_path):
+    # kiwisolver placed an axes 1 ulp apart in some processes, and the SVG's clip-path ids
+    # hash the exact position: figure2_training_time.svg differed in ~1 run of 3.
+    import matplotlib.pyplot as plt
+
+    from theory.figures import _save
+
+    def draw(nudge):
+        fig, ax = plt.subplots(1, 2, constrained_layout=True)
+        ax[0].plot([0, 1], [0, 1])
+        ax[1].set_title("a title long enough to move the layout")
+        fig.canvas.draw()
+        x, y, w, h = ax[1].get_position().bounds
+        ax[1].set_position([np.nextafter(x, 1.0) if nudge else x, y, w, h])
+        fig.set_layout_engine("none")
+        return fig
+
+    a = _save(draw(False), tmp_path / "a", "f", ("svg",))[0].read_bytes()
+    b = _save(draw(True), tmp_path / "b", "f", ("svg",))[0].read_bytes()
+    assert a == b
+
+
 def test_figures_cli_refuses_repeated_formats_and_negative_seeds(tmp_path, capsys):
     from theory.__main__ import main
 

@@ -218,8 +218,15 @@ def test_verify_checks_all_pass_and_are_written_to_verify_json(tmp_path, capsys)
     record = json.loads((tmp_path / "verify.json").read_text())
     assert record["failed"] == 0 and record["passed"] == len(record["checks"]) == len(printed)
     for line, check in zip(printed, record["checks"]):  # every printed line, in the file
-        assert line == checks.Check(**{k: v for k, v in check.items() if k != "passed"}).line()
+        assert line == checks.Check.from_record(check).line()
         assert check["passed"] and line.startswith("PASS")
+        # A property check's value is not an error against a tolerance (it was stored as
+        # "error": 2.078, "tol": 0.0, which error <= tol reads as a failure).
+        if check["kind"] == "property":
+            assert "error" not in check and "tol" not in check and check["requirement"]
+        else:
+            assert check["error"] <= check["tol"] and "value" not in check
+    assert {c["kind"] for c in record["checks"]} == {"error", "property"}
     assert jnp.zeros(1).dtype == jnp.float32
 
 

@@ -14,8 +14,6 @@ DEFAULT_VERIFY_OUT = Path("runs") / "theory_verify"
 
 
 def _verify(out: Path) -> int:
-    import dataclasses
-
     from theory import checks
     from theory._validation import output_dir, versions, write_json
 
@@ -29,7 +27,7 @@ def _verify(out: Path) -> int:
           + ("" if n_fail == 0 else f"; {n_fail} FAILED"))
     path = write_json(out / "verify.json", {
         "command": "verify", "passed": len(results) - n_fail, "failed": n_fail,
-        "checks": [{**dataclasses.asdict(c), "passed": c.passed} for c in results],
+        "checks": [c.record() for c in results],
         "seconds": elapsed, "versions": versions()})
     print(f"results: {path}")
     return 0 if n_fail == 0 else 1

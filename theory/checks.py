@@ -38,6 +38,23 @@ class Check:
             return False
         return self.ok if self.requirement else self.error <= self.tol
 
+    def record(self) -> dict:
+        """The check for ``verify.json``: an error check as ``error`` and ``tol``, a property
+        check as the measured ``value`` and its ``requirement`` (storing that value as an
+        "error" with tol 0 read as a failure by ``error <= tol``)."""
+        measured = ({"value": self.error, "requirement": self.requirement} if self.requirement
+                    else {"error": self.error, "tol": self.tol})
+        return {"name": self.name, "kind": "property" if self.requirement else "error",
+                **measured, "passed": self.passed, "note": self.note}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Check":
+        """The check :meth:`record` wrote."""
+        if record["kind"] == "property":
+            return cls(record["name"], record["value"], note=record["note"],
+                       requirement=record["requirement"], ok=record["passed"])
+        return cls(record["name"], record["error"], record["tol"], note=record["note"])
+
     def line(self) -> str:
         status = "PASS" if self.passed else "FAIL"
         if self.requirement:

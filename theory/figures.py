@@ -30,15 +30,26 @@ _NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 matplotlib.rcParams["svg.hashsalt"] = "tolljax-theory"
 
 
+def freeze_layout(fig, decimals: int = 9) -> None:
+    """Lay ``fig`` out once, then fix every axes at its position rounded to ``decimals``.
+
+    One layout for every file: constrained layout is iterative and starts from the axes'
+    current positions, so each save used to move them a little and a format's bytes depended
+    on which formats were saved before it. Rounded: the solver (kiwisolver) placed an axes
+    1 ulp apart in some processes, and an SVG's clip-path ids hash the exact floats (one
+    figure's SVG differed in ~1 run of 3).
+    """
+    fig.canvas.draw()
+    fig.set_layout_engine("none")
+    for ax in fig.axes:
+        ax.set_position(np.round(ax.get_position().bounds, decimals))
+
+
 def _save(fig, out: Path, name: str, formats: Sequence[str]) -> List[Path]:
     # output_dir rather than a bare mkdir: a file at ``out`` is a one-line TheoryInputError,
     # not a FileExistsError traceback.
     out = output_dir(out, "out")
-    # One layout for every file: constrained layout is iterative and starts from the axes'
-    # current positions, so each save used to move them a little and a format's bytes depended
-    # on which formats were saved before it. Drawn once, then frozen.
-    fig.canvas.draw()
-    fig.set_layout_engine("none")
+    freeze_layout(fig)
     paths = []
     for fmt in dict.fromkeys(formats):  # a format named twice is written once
         p = out / f"{name}.{fmt}"
