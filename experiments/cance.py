@@ -17,9 +17,11 @@ paper's one-class-normal setting with AUROC. Budget flags (``--ae-steps``, ``--n
 uses them, or sets any other flag that changes results (``--select``, ``--ae-loss``,
 ``--fixed-noise``, ``--nce-hidden``, ...) to a value other than its default, is labelled *not
 the paper's protocol* in ``results.md``, with the changed values (``config.budget`` in
-``results.json``). Flags that change no number (``--dataset``, ``--classes``, ``--variants``,
+``results.json``). What runs and where (``--dataset``, ``--classes``, ``--variants``,
 ``--seeds``, ``--seed-offset``, ``--data-dir``, ``--out``, ``--compile-cache``, ``--quiet``)
-do not count; seeds are listed beside the table, as in ``experiments.run``. A class's numbers
+does not count; seeds are listed beside the table, as in ``experiments.run``. None of these
+changes a number except ``--seeds``: the seeds are one vmapped axis, whose width decides the
+last bits, so a seed's numbers are bit-identical between runs with the same ``--seeds``. A class's numbers
 are bit-identical whichever other classes run with it (its padded training rows change no
 statistic: :func:`tolljax.cance.fit_noise_stats`).
 
@@ -163,9 +165,10 @@ def subset_lines(cfg: dict) -> list[str]:
             (("val_limit", "validation"), ("test_limit", "test")) if cfg[key] is not None]
 
 
-# Flags (by argparse dest) that change no number of a class's results: what runs (dataset,
-# classes, variants, seeds — recorded beside the label, as in experiments.run), where data and
-# results live, and logging/caching. Every other flag counts as a change of the protocol.
+# Flags (by argparse dest) that are no change of the protocol: what runs (dataset, classes,
+# variants, seeds — recorded beside the label, as in experiments.run; --seeds sets the vmap
+# width, hence a seed's last bits), where data and results live, and logging/caching. Every
+# other flag counts as a change of the protocol.
 NEUTRAL_FLAGS = frozenset({"help", "dataset", "classes", "seeds", "seed_offset", "data_dir",
                            "out", "variants", "compile_cache", "quiet"})
 # Flags labelled by resolve_config in their own words ("validation subset N", ...).
