@@ -635,6 +635,24 @@ def test_set_params_after_fit_saves_loads_and_applies_at_the_next_fit(small, tmp
     assert again.mean_ is not None and again.best_step_ <= 10
 
 
+def test_weights_of_another_detector_are_refused(small, tmp_path):
+    # Another fit's variables/ under this toll_detector.json loaded and scored differently.
+    import shutil
+
+    other = TollDetector(**{**small.get_params(), "seed": small.get_params()["seed"] + 1})
+    other.fit(X8)
+    path, theirs = small.save(tmp_path / "d"), other.save(tmp_path / "e")
+    shutil.rmtree(path / "variables")
+    shutil.copytree(theirs / "variables", path / "variables")
+    with pytest.raises(TollError, match=r"variables holds other weights than the ones saved with "
+                                        r".*toll_detector.json \(their SHA-256 differs"):
+        TollDetector.load(path)
+    # A save from before the checksum (no such field) loads as it is.
+    _edit_saved(path, lambda p: p.pop("variables_sha256"))
+    np.testing.assert_array_equal(TollDetector.load(path).score_samples(X8),
+                                  other.score_samples(X8))
+
+
 def test_a_version_1_file_loads_with_its_params_as_the_fits(small, tmp_path):
     path = small.save(tmp_path / "d")
     _edit_saved(path, lambda p: (p.pop("fit_params"), p.update(format_version=1)))

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import numbers
@@ -489,6 +490,17 @@ def _remove(entry: Path) -> None:
         entry.unlink()
 
 
+def _variables_sha256(variables) -> str:
+    """SHA-256 over every weight and BatchNorm statistic (its path, dtype, shape and bytes):
+    ties ``variables/`` to the ``toll_detector.json`` saved with it."""
+    digest = hashlib.sha256()
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+        leaf = np.asarray(leaf)
+        digest.update(f"{jax.tree_util.keystr(key_path)}|{leaf.dtype}|{leaf.shape}|".encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def _os_error_text(exc: OSError) -> str:
     """One short line for ``exc``: a ``shutil.Error`` carries a list of (source, destination,
     message) for every file that failed, which made a message of ~2,000 characters."""
@@ -930,6 +942,7 @@ class TollDetector:
             "threshold": self.threshold_, "selection": self.selection_,
             "best_step": self.best_step_, "nonfinite_step": self.nonfinite_step_,
             "history": self.history_,
+            "variables_sha256": _variables_sha256(self.variables_),
         }
         # Written in a new temporary folder first: orbax finishes a checkpoint by globbing its
         # folder, so a name such as "toll[beta=10]" (a glob character class) left an
@@ -1004,6 +1017,13 @@ class TollDetector:
                                 f"do not match the weights in {_VARIABLES_DIR}/ ({where}: saved "
                                 f"{tuple(np.shape(leaf))}, expected {tuple(want.shape)}); "
                                 "restore the original toll_detector.json or save again")
+        # Saves before this field have none: their weights are taken as they are.
+        want = payload.get("variables_sha256")
+        if want is not None and _variables_sha256(variables) != want:
+            raise TollError(f"{path / _VARIABLES_DIR} holds other weights than the ones saved with "
+                            f"{config_file} (their SHA-256 differs: another detector's "
+                            "variables/, or damaged data); restore the folder as save() wrote "
+                            "it, or save again")
         det._fit_params = fitted.get_params()
         det.model_name_, det.input_shape_ = name, shape
         det.n_features_in_ = int(np.prod(shape))
