@@ -21,9 +21,9 @@ the paper's protocol* in ``results.md``, with the changed values (``config.budge
 ``--seeds``, ``--seed-offset``, ``--data-dir``, ``--out``, ``--compile-cache``, ``--quiet``)
 does not count; seeds are listed beside the table, as in ``experiments.run``. None of these
 changes a number except ``--seeds``: the seeds are one vmapped axis, whose width decides the
-last bits, so a seed's numbers are bit-identical between runs with the same ``--seeds``. A class's numbers
-are bit-identical whichever other classes run with it (its padded training rows change no
-statistic: :func:`tolljax.cance.fit_noise_stats`).
+last bits, so a seed's numbers are bit-identical between runs with the same ``--seeds``. A
+class's numbers are bit-identical whichever other classes run with it (its padded training
+rows change no statistic: :func:`tolljax.cance.fit_noise_stats`).
 
 Writes ``<out>/results.json`` (config, per-variant per-seed metrics, paper numbers, library
 versions, timings) and ``<out>/results.md``.

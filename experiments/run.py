@@ -94,7 +94,8 @@ def check_port_free(port: int) -> None:
     import socket
 
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAIT is no obstacle
+        # A closed run's connections in TIME_WAIT are no obstacle; a listener is.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("", port))
         except OSError as exc:
@@ -517,10 +518,10 @@ def check_processes_agree(keys: dict) -> None:
     every = np.asarray(multihost_utils.process_allgather(mine))
     differ = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
     if differ:
-        raise TollError(f"process{'es' if len(differ) > 1 else ''} {', '.join(map(str, differ))} would "
-                        "run another configuration than process 0 (other flags, data files, "
-                        "code or package versions); start every process with the same command "
-                        "on the same data and installation")
+        which = f"process{'es' if len(differ) > 1 else ''} {', '.join(map(str, differ))}"
+        raise TollError(f"{which} would run another configuration than process 0 (other "
+                        "flags, data files, code or package versions); start every process "
+                        "with the same command on the same data and installation")
 
 
 def _chunk_path(out_dir: Path, normal_class, seeds: list[int]) -> Path:
@@ -538,7 +539,7 @@ def load_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str) -
             if str(f["key"]) != key:
                 return None
             return {k: f[k] for k in f.files if k != "key"}
-    except Exception:  # noqa: BLE001 -- a torn file raises BadZipFile, EOFError, zlib.error, ...
+    except Exception:  # a torn file raises BadZipFile, EOFError, zlib.error, ...
         return None  # recomputed, never trusted
 
 
