@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     use_all_cores(args.host_devices)
     use_compile_cache(args.compile_cache)
-    out_dir = None
+    out_dir, distributed = None, False
     try:
         cluster = (args.coordinator, args.num_processes, args.process_id)
         distributed = args.distributed or any(v is not None for v in cluster)
@@ -836,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback; what finished is kept
-        partial = out_dir / "partial" if out_dir is not None else None
+        partial = out_dir / "partial" if out_dir is not None and not distributed else None
         kept = (f"; the finished chunks are in {partial}: run the same command again to "
                 "resume" if partial is not None and any(partial.glob("*.npz")) else "")
         print(f"interrupted{kept}", file=sys.stderr)

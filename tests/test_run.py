@@ -540,17 +540,26 @@ def test_processes_given_other_flags_refuse_to_run(tmp_path):
 def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path, capsys, monkeypatch):
     import experiments.run as cli
 
+    finished = []
+
     def interrupted(config, *, out_dir, **kwargs):
-        save_chunk(out_dir, None, [0], "k", {"x": np.zeros(1)})
+        for seed in finished:
+            cli.save_chunk(out_dir, None, [seed], "k", {"x": np.zeros(1)})
         raise KeyboardInterrupt
 
-    from experiments.run import save_chunk
-
     monkeypatch.setattr(cli, "run", interrupted)
-    assert main(["--steps", "40", "--out", str(tmp_path)]) == 130
+    argv = ["--steps", "40", "--out", str(tmp_path)]
+    assert main(argv) == 130  # before any chunk finished: nothing to resume from
+    assert capsys.readouterr().err == "interrupted\n"
+    finished.append(0)
+    assert main(argv) == 130
     assert capsys.readouterr().err == (f"interrupted; the finished chunks are in "
                                        f"{tmp_path / 'partial'}: run the same command again to "
                                        "resume\n")
+    # A multi-process run does not resume, so it gives no such advice.
+    monkeypatch.setattr(cli, "start_distributed", lambda *args: None)
+    assert main([*argv, "--distributed"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 @pytest.mark.parametrize("extra", [["--init", "flax"], ["--source", "tfds"], []])
