@@ -490,14 +490,15 @@ def _remove(entry: Path) -> None:
         entry.unlink()
 
 
-def _variables_sha256(variables) -> str:
-    """SHA-256 over every weight and BatchNorm statistic (its path, dtype, shape and bytes):
-    ties ``variables/`` to the ``toll_detector.json`` saved with it."""
+def _files_sha256(folder: Path) -> str:
+    """SHA-256 over the files of the checkpoint ``folder`` (relative names, sizes, bytes): ties
+    ``variables/`` to the ``toll_detector.json`` saved with it, checked before orbax reads it
+    (a damaged file made orbax's background reads print "Event loop is closed" tracebacks
+    beside the error)."""
     digest = hashlib.sha256()
-    for key_path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
-        leaf = np.asarray(leaf)
-        digest.update(f"{jax.tree_util.keystr(key_path)}|{leaf.dtype}|{leaf.shape}|".encode())
-        digest.update(np.ascontiguousarray(leaf).tobytes())
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = file.read_bytes()
+        digest.update(f"{file.relative_to(folder).as_posix()}\0{len(data)}\0".encode() + data)
     return digest.hexdigest()
 
 
@@ -942,7 +943,6 @@ class TollDetector:
             "threshold": self.threshold_, "selection": self.selection_,
             "best_step": self.best_step_, "nonfinite_step": self.nonfinite_step_,
             "history": self.history_,
-            "variables_sha256": _variables_sha256(self.variables_),
         }
         # Written in a new temporary folder first: orbax finishes a checkpoint by globbing its
         # folder, so a name such as "toll[beta=10]" (a glob character class) left an
@@ -951,6 +951,7 @@ class TollDetector:
         try:
             with ocp.StandardCheckpointer() as ckptr:
                 ckptr.save(staging / _VARIABLES_DIR, self.variables_)
+            payload["variables_sha256"] = _files_sha256(staging / _VARIABLES_DIR)
             # float32 values survive JSON exactly (float32 → float64 → repr → float64 → float32).
             (staging / _CONFIG_FILE).write_text(json.dumps(payload, indent=1))
             _replace_contents(path, staging, replace)
@@ -1000,6 +1001,13 @@ class TollDetector:
         best_step, nonfinite_step, history = cfg.training(hyper)
         model = cls._build(name, shape, hyper)
         abstract = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), shape))
+        # Saves from before this field have none: their checkpoint is read as it is.
+        want = payload.get("variables_sha256")
+        if want is not None and _files_sha256(path / _VARIABLES_DIR) != want:
+            raise TollError(f"{path / _VARIABLES_DIR} is not the checkpoint saved with "
+                            f"{config_file} (the SHA-256 of its files differs: damaged, "
+                            "truncated, or another detector's); restore the folder as save() "
+                            "wrote it, or save again")
         try:
             with _plain_path_to(path / _VARIABLES_DIR) as source, ocp.StandardCheckpointer() as ckptr:
                 variables = ckptr.restore(source, abstract)
@@ -1017,13 +1025,6 @@ class TollDetector:
                                 f"do not match the weights in {_VARIABLES_DIR}/ ({where}: saved "
                                 f"{tuple(np.shape(leaf))}, expected {tuple(want.shape)}); "
                                 "restore the original toll_detector.json or save again")
-        # Saves before this field have none: their weights are taken as they are.
-        want = payload.get("variables_sha256")
-        if want is not None and _variables_sha256(variables) != want:
-            raise TollError(f"{path / _VARIABLES_DIR} holds other weights than the ones saved with "
-                            f"{config_file} (their SHA-256 differs: another detector's "
-                            "variables/, or damaged data); restore the folder as save() wrote "
-                            "it, or save again")
         det._fit_params = fitted.get_params()
         det.model_name_, det.input_shape_ = name, shape
         det.n_features_in_ = int(np.prod(shape))
