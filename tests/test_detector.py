@@ -641,6 +641,9 @@ def test_weights_of_another_detector_or_damaged_ones_are_refused(small, tmp_path
     import shutil
 
     path = small.save(tmp_path / "t")
+    (path / "variables" / ".DS_Store").write_bytes(b"a file manager's")  # no damage
+    np.testing.assert_array_equal(TollDetector.load(path).score_samples(X8),
+                                  small.score_samples(X8))
     for file in (path / "variables").rglob("d/*"):
         file.write_bytes(file.read_bytes()[:file.stat().st_size // 2])
     capfd.readouterr()

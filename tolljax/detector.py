@@ -494,9 +494,12 @@ def _files_sha256(folder: Path) -> str:
     """SHA-256 over the files of the checkpoint ``folder`` (relative names, sizes, bytes): ties
     ``variables/`` to the ``toll_detector.json`` saved with it, checked before orbax reads it
     (a damaged file made orbax's background reads print "Event loop is closed" tracebacks
-    beside the error)."""
+    beside the error). Hidden files are left out: orbax writes none, and a file manager's
+    (``.DS_Store``) must not make the checkpoint unloadable."""
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if any(part.startswith(".") for part in file.relative_to(folder).parts):
+            continue
         data = file.read_bytes()
         digest.update(f"{file.relative_to(folder).as_posix()}\0{len(data)}\0".encode() + data)
     return digest.hexdigest()
