@@ -271,7 +271,8 @@ def clear_whole_set_limits(config: dict, set_sizes: list[tuple[int, int]]) -> li
     class's validation/test set size (``set_sizes``: one ``(n_val, n_test)`` per class, before
     any limit). Such a limit draws no subset: the whole set is scored, as in the paper's
     protocol, and the numbers equal those of a run without it (so the run's identity, resume
-    key and protocol label are those of that run). Returns one line per cleared flag."""
+    key and protocol label are those of that run: ``config["paper_protocol"]``, where the
+    config has one, is brought up to date). Returns one line per cleared flag."""
     notes = []
     for i, (key, what) in enumerate((("val_limit", "validation"), ("test_limit", "test"))):
         largest = max(sizes[i] for sizes in set_sizes)
@@ -279,6 +280,8 @@ def clear_whole_set_limits(config: dict, set_sizes: list[tuple[int, int]]) -> li
             notes.append(f"--{key.replace('_', '-')} {config[key]} is at least the {what} "
                          f"set's size ({largest}): the whole set is scored, as in the paper")
             config[key] = None
+    if notes and "paper_protocol" in config:
+        config["paper_protocol"] = not protocol_deviations(config)
     return notes
 
 
@@ -357,14 +360,12 @@ def code_sha256() -> str:
     finished chunks count as another run's: safe, at the price of recomputing them."""
     import tolljax
 
+    from tolljax._hashing import files_sha256
+
     package = Path(tolljax.__file__).parent
     sources = {f"tolljax/{p.relative_to(package).as_posix()}": p for p in package.rglob("*.py")}
     sources["experiments/run.py"] = Path(__file__)
-    digest = hashlib.sha256()
-    for name in sorted(sources):
-        text = sources[name].read_bytes()
-        digest.update(f"{name}\0{len(text)}\0".encode() + text)
-    return digest.hexdigest()
+    return files_sha256(sources)
 
 
 def environment() -> dict:
@@ -605,7 +606,6 @@ def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = 
         del split
     for note in clear_whole_set_limits(config, list(set_sizes.values())):
         say(note)
-    config["paper_protocol"] = not protocol_deviations(config)
     n_rows = max(train_rows.values()) if len(classes) > 1 else None
     seeds = list(range(config["seed_offset"], config["seed_offset"] + config["seeds"]))
     width = config.get("vmap_width") or default_width(

@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import numbers
@@ -64,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tolljax._hashing import files_sha256
 from tolljax.configs import PAPER_HYPERPARAMETERS
 from tolljax.errors import (TollError, check_float32, finite_float, index_list,
                             numeric_array, output_dir, positive_int)
@@ -496,13 +496,9 @@ def _files_sha256(folder: Path) -> str:
     (a damaged file made orbax's background reads print "Event loop is closed" tracebacks
     beside the error). Hidden files are left out: orbax writes none, and a file manager's
     (``.DS_Store``) must not make the checkpoint unloadable."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if any(part.startswith(".") for part in file.relative_to(folder).parts):
-            continue
-        data = file.read_bytes()
-        digest.update(f"{file.relative_to(folder).as_posix()}\0{len(data)}\0".encode() + data)
-    return digest.hexdigest()
+    names = {p.relative_to(folder): p for p in folder.rglob("*") if p.is_file()}
+    return files_sha256({name.as_posix(): p for name, p in names.items()
+                         if not any(part.startswith(".") for part in name.parts)})
 
 
 def _os_error_text(exc: OSError) -> str:
