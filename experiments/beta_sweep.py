@@ -26,8 +26,8 @@ import numpy as np
 
 from experiments.plots import latent_norm, save_reproducibly
 from experiments.run import (OOM_ADVICE, build_parser, clear_whole_set_limits, environment,
-                             out_of_memory_exit, protocol_deviations, resolve_config, summarize,
-                             use_all_cores, use_compile_cache, write_json, _device_data, _fmt)
+                             out_of_memory_exit, resolve_config, summarize, use_all_cores,
+                             use_compile_cache, write_json, _device_data, _fmt)
 from tolljax.errors import TollError, check_float32, output_dir
 
 DEFAULT_BETAS = "0,1,10,100,1000,10000"
@@ -214,7 +214,6 @@ def sweep(config: dict, betas: list[float], *, quiet: bool = False):
                          normal_class=config["classes"][0], source=config["source"])
     for note in clear_whole_set_limits(config, [(split.val_y.size, split.test_y.size)]):
         say(note)
-    config["paper_protocol"] = not protocol_deviations(config)
     split = limit_split(split, val_limit=config["val_limit"], test_limit=config["test_limit"])
     validate_split(split, sample_shape=sample_shape(config["dataset"]), batch_size=config["batch_size"])
     data = _device_data(split, split.train.shape[0])
