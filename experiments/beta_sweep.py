@@ -21,6 +21,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -34,6 +35,8 @@ DEFAULT_BETAS = "0,1,10,100,1000,10000"
 
 
 def parse_betas(spec: str) -> list[float]:
+    """``--betas``' comma-separated values as floats: distinct, finite, ≥ 0 and finite in
+    float32, else :class:`TollError`."""
     try:
         betas = [float(b) for b in spec.split(",") if b.strip()]
     except ValueError:
@@ -62,14 +65,14 @@ UNUSED_FLAGS = {
 }
 
 
-def reject_unused(args, parser) -> None:
+def reject_unused(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """:class:`TollError` for the first flag of :data:`UNUSED_FLAGS` given a non-default value."""
     for dest, message in UNUSED_FLAGS.items():
         if getattr(args, dest) != parser.get_default(dest):
             raise TollError(message)
 
 
-def normal_class(args) -> int | None:
+def normal_class(args: argparse.Namespace) -> int | None:
     """The sweep's normal class: ``--normal-class`` (default 8) for image datasets; None (and
     the flag refused) for datasets with one fixed normal set."""
     from tolljax.data import IMAGE_DATASETS, num_classes
@@ -85,7 +88,11 @@ def normal_class(args) -> int | None:
     return c
 
 
-def plot(path: Path, betas, means, stds, config, paper_points) -> None:
+def plot(path: Path, betas: list[float], means: Sequence[float | None],
+         stds: Sequence[float | None], config: dict,
+         paper_points: list[tuple[float, float, str]]) -> None:
+    """Test metric (mean ± std over seeds) against β on a log axis, with the paper's values
+    as stars; written as ``path`` .png and .pdf."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sweep(config: dict, betas: list[float], *, quiet: bool = False):
+def sweep(config: dict, betas: list[float], *, quiet: bool = False
+          ) -> tuple[list[dict], dict[str, float]]:
     """Compile the protocol once, then run it for every β. Returns per-β results, timings."""
     from tolljax.data import limit_split, load_dataset, validate_split
     from tolljax.models import build_model, sample_shape

@@ -35,8 +35,15 @@ import functools
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: the CLI imports JAX lazily, so --help stays fast
+    import flax.linen as nn
+
+    from tolljax import cance
+    from tolljax.data import AnomalySplit
 
 from tolljax.errors import TollError, output_dir, real_hyperparameter
 
@@ -283,7 +290,8 @@ def parse_hidden(spec: str) -> tuple[int, ...]:
     return hidden
 
 
-def ae_config(cfg: dict):
+def ae_config(cfg: dict) -> cance.AEConfig:
+    """The autoencoder stage's settings from the run's config."""
     from tolljax import cance
 
     return cance.AEConfig(steps=cfg["ae_steps"], decoder_steps=cfg["decoder_steps"],
@@ -293,7 +301,8 @@ def ae_config(cfg: dict):
                           metric=cfg["metric"])
 
 
-def nce_config(cfg: dict):
+def nce_config(cfg: dict) -> cance.NCEConfig:
+    """The NCE stage's settings from the run's config."""
     from tolljax import cance
 
     return cance.NCEConfig(hidden=tuple(cfg["nce_hidden"]), noise_ratio=cfg["noise_ratio"],
@@ -308,7 +317,7 @@ def nce_config(cfg: dict):
 # --------------------------------------------------------------------------------------------
 
 
-def small_mnist_autoencoder(z_dim: int = 16):
+def small_mnist_autoencoder(z_dim: int = 16) -> nn.Module:
     """A small conv AE for CPU budget runs (not the paper's): encoder Conv(32,3,s2)-BN-LReLU-
     Conv(64,3,s2)-BN-LReLU-Flatten-Dense(z); decoder Dense(7·7·64)-BN-LReLU-Up2-Conv(32,3)-BN-
     LReLU-Up2-Conv(1,3), 3×3 convolutions with SAME padding (``tolljax.ops.Conv``: GEMMs on CPU,
@@ -386,7 +395,7 @@ def stratified_subset(y: np.ndarray, limit: int | None, seed: int) -> np.ndarray
     return np.sort(pick)
 
 
-def prepare(split, cfg: dict, n_rows: int) -> dict:
+def prepare(split: AnomalySplit, cfg: dict, n_rows: int) -> dict:
     """Device arrays: standardised (optional), train zero-padded to ``n_rows``, subsets."""
     import jax.numpy as jnp
 
@@ -417,7 +426,7 @@ def _compile(fn, *args):
     return compiled, time.perf_counter() - t
 
 
-def run(cfg: dict, *, log=print) -> dict:
+def run(cfg: dict, *, log: Callable[..., None] = print) -> dict:
     """Train and score every (class, seed, variant) of ``cfg``; failed seeds (a non-finite
     loss or non-finite test scores) get a null metric and are excluded from the means."""
     import jax

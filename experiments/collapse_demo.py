@@ -33,10 +33,19 @@ GEMMs on CPU, where XLA's own convolutions run 10–50× slower inside a loop).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: the CLI imports JAX lazily, so --help stays fast
+    import flax.linen as nn
+    import jax
+
+    from tolljax.data import AnomalySplit
+    from tolljax.losses import Norm
 
 from tolljax.errors import TollError, check_float32, output_dir
 
@@ -71,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------
 
 
-def classifier(feature_dim: int = 64):
+def classifier(feature_dim: int = 64) -> nn.Module:
+    """The demo's classifier: a small conv encoder and a linear anomaly head."""
     import flax.linen as nn
 
     from tolljax.ops import Conv
@@ -91,7 +101,7 @@ def classifier(feature_dim: int = 64):
     return Classifier(feature_dim)
 
 
-def patch_shuffle(key, x, grid: int = 4):
+def patch_shuffle(key: jax.Array, x: jax.Array, grid: int = 4) -> jax.Array:
     """Permute the ``grid × grid`` tiles of each image independently."""
     import jax
     import jax.numpy as jnp
@@ -105,7 +115,8 @@ def patch_shuffle(key, x, grid: int = 4):
     return tiles.reshape(b, grid, grid, th, tw, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
 
 
-def overlay(key, x, other, low: int = 6, high: int = 10):
+def overlay(key: jax.Array, x: jax.Array, other: jax.Array, low: int = 6,
+            high: int = 10) -> jax.Array:
     """Pixel-wise max of ``x`` and ``other`` rolled by ±[low, high] pixels in each axis."""
     import jax
     import jax.numpy as jnp
@@ -119,7 +130,7 @@ def overlay(key, x, other, low: int = 6, high: int = 10):
     return jnp.maximum(x, rolled)
 
 
-def synthetic_anomalies(key, x, other):
+def synthetic_anomalies(key: jax.Array, x: jax.Array, other: jax.Array) -> jax.Array:
     """Half patch-shuffled, half overlaid images (chosen per sample) made from normals."""
     import jax
     import jax.numpy as jnp
@@ -130,7 +141,8 @@ def synthetic_anomalies(key, x, other):
                      overlay(k_overlay, x, other))
 
 
-def make_batch(key, train, n_train, batch_size: int):
+def make_batch(key: jax.Array, train: jax.Array, n_train: int | jax.Array,
+               batch_size: int) -> tuple[jax.Array, jax.Array]:
     """``batch_size/2`` normal images and as many synthetic anomalies (from other normals)."""
     import jax
     import jax.numpy as jnp
@@ -146,7 +158,10 @@ def make_batch(key, train, n_train, batch_size: int):
     return x, y
 
 
-def loss_fn(params, apply_fn, x, y, weight, norm):
+def loss_fn(params: dict, apply_fn: Callable, x: jax.Array, y: jax.Array, weight: float,
+            norm: Norm) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Binary cross-entropy of the anomaly head plus ``weight`` × the collapse loss on the
+    normal samples' features (``y == 0``); returns the total and ``(bce, collapse)``."""
     import jax.numpy as jnp
     import optax
 
@@ -163,7 +178,10 @@ def loss_fn(params, apply_fn, x, y, weight, norm):
 # --------------------------------------------------------------------------------------------
 
 
-def run(cfg: dict, log=print) -> dict:
+def run(cfg: dict, log: Callable[..., None] = print) -> dict:
+    """For each normal class and collapse weight λ, train every seed's classifier (one compiled
+    program) and score the test set by logit and by feature distance. Returns ``runs`` (per
+    class and λ: per-seed AUROCs, final losses, failed seeds), ``summary`` and ``timings``."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -346,7 +364,7 @@ def markdown_table(cfg: dict, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def load_mnist(data_dir, normal_class: int):
+def load_mnist(data_dir: str | os.PathLike[str] | None, normal_class: int) -> AnomalySplit:
     """The MNIST split of ``normal_class``, checked as the other runners check theirs (a test
     set of one class was a NumPy traceback, or a false "diverged"); its errors do not suggest
     the tfds source (an option of experiments.run, not of this demo)."""

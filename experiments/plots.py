@@ -28,9 +28,12 @@ import os
 import reprlib
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: matplotlib is imported where plots are drawn
+    from matplotlib.figure import Figure
 
 from tolljax.errors import TollError, output_dir
 from tolljax.losses import parse_norm
@@ -44,7 +47,7 @@ OURS, PAPER, ANOMALOUS = "#1f77b4", "#7f7f7f", "#d62728"
 
 
 # ---------------------------------------------------------------------------- scores.npz
-def class_tag(normal_class) -> str:
+def class_tag(normal_class: int | None) -> str:
     """Key suffix of a normal class in ``scores.npz``: the class number, or ``all``."""
     return "all" if normal_class is None else str(int(normal_class))
 
@@ -73,7 +76,8 @@ def _check_scores(tag: str, scores: np.ndarray, labels: np.ndarray) -> tuple[np.
     return scores.astype(np.float32), labels.astype(np.int8)
 
 
-def save_scores(out_dir, normal_class, scores, labels) -> Path:
+def save_scores(out_dir: str | os.PathLike[str], normal_class: int | None,
+                scores: np.ndarray, labels: np.ndarray) -> Path:
     """Add (or replace) one normal class's per-seed test scores in ``out_dir/scores.npz``.
 
     ``scores``: (seeds, n_test) — or (n_test,) for one seed — in the order of the run's
@@ -95,7 +99,8 @@ def save_scores(out_dir, normal_class, scores, labels) -> Path:
     return path
 
 
-def load_scores(results_dir) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+def load_scores(results_dir: str | os.PathLike[str]
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """``{tag: (scores (seeds, n), labels (n,))}`` from ``scores.npz``, or None if absent."""
     path = Path(results_dir) / SCORES_FILE
     if not path.is_file():
@@ -118,7 +123,7 @@ def load_scores(results_dir) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
 
 
 # ---------------------------------------------------------------------------- results.json
-def load_results(results_dir) -> dict:
+def load_results(results_dir: str | os.PathLike[str]) -> dict:
     """``results.json`` of a run folder, checked for the keys the plots need."""
     path = Path(results_dir) / RESULTS_FILE
     if Path(results_dir).is_file():  # was "results folder not found" for an existing file
@@ -284,7 +289,7 @@ def _grid(n: int, panel=(3.4, 2.8), single=(6.4, 4.2)):
     return fig, axes[:n]
 
 
-def save_reproducibly(fig, path: Path, dpi: int) -> None:
+def save_reproducibly(fig: Figure, path: Path, dpi: int) -> None:
     """``fig.savefig(path)`` without a creation date (PDF, SVG) and with SVG's element ids
     from a fixed salt: the same figure gives the same bytes (the SVGs were dated and had
     random ids; the β sweep's PDF was dated)."""
@@ -335,7 +340,7 @@ def _subtitle(results: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- plots
-def plot_val_curves(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]:
+def plot_val_curves(results: dict, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Validation metric over checkpoints per class (mean ± std over seeds, best marked)."""
     metric = metric_name(results)
     every = int(results["config"].get("eval_every", 1))
@@ -364,7 +369,7 @@ def plot_val_curves(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]
     return _save(fig, out_dir, "val_curve", formats)
 
 
-def plot_loss_curves(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]:
+def plot_loss_curves(results: dict, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Mean training loss per checkpoint (mean ± std over seeds), per class."""
     every = int(results["config"].get("eval_every", 1))
     fig, axes = _grid(len(results["runs"]))
@@ -389,7 +394,7 @@ def plot_loss_curves(results: dict, out_dir: Path, formats=FORMATS) -> list[Path
     return _save(fig, out_dir, "loss_curve", formats)
 
 
-def plot_paper_bars(results: dict, out_dir: Path, formats=FORMATS) -> list[Path]:
+def plot_paper_bars(results: dict, out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Test metric per normal class (mean ± std, seeds as dots) beside the paper's value."""
     from matplotlib.figure import Figure
 
@@ -515,7 +520,8 @@ def _seed_names(run: dict, n: int) -> list:
     return list(seeds) if len(seeds) == n else list(range(n))
 
 
-def plot_roc(results: dict, scores: dict, out_dir: Path, formats=FORMATS) -> list[Path]:
+def plot_roc(results: dict, scores: dict, out_dir: Path,
+             formats: Sequence[str] = FORMATS) -> list[Path]:
     """ROC curves of the test scores: one panel per class, one line per seed."""
     items = _runs_with_scores(results, scores)
     fig, axes = _grid(len(items), panel=(3.0, 3.0), single=(5.0, 4.6))
@@ -550,7 +556,8 @@ def plot_roc(results: dict, scores: dict, out_dir: Path, formats=FORMATS) -> lis
     return _save(fig, out_dir, "roc", formats)
 
 
-def plot_histograms(results: dict, scores: dict, out_dir: Path, formats=FORMATS) -> list[Path]:
+def plot_histograms(results: dict, scores: dict, out_dir: Path,
+                    formats: Sequence[str] = FORMATS) -> list[Path]:
     """Test-score histograms, normal vs anomalous, for each class's median-AUROC seed."""
     items = _runs_with_scores(results, scores)
     fig, axes = _grid(len(items), panel=(3.4, 2.6))
@@ -601,7 +608,8 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
-def make_plots(results_dir, out_dir=None, formats: Sequence[str] = FORMATS,
+def make_plots(results_dir: str | os.PathLike[str],
+               out_dir: str | os.PathLike[str] | None = None, formats: Sequence[str] = FORMATS,
                log: Callable = print) -> list[Path]:
     """Write every figure for ``results_dir``; return the paths written."""
     formats = tuple(formats)

@@ -18,6 +18,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def norm_flag(value) -> str:
+def norm_flag(value: str) -> str:
     """``--norm``'s value as the canonical "1" | "2" | "inf"; a bad one is an error naming the
     flag."""
     try:
@@ -530,7 +531,8 @@ def _chunk_path(out_dir: Path, normal_class, seeds: list[int]) -> Path:
     return out_dir / "partial" / f"{tag}_seeds{seeds[0]}-{seeds[-1]}.npz"
 
 
-def load_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str) -> dict | None:
+def load_chunk(out_dir: Path | None, normal_class: int | None, seeds: list[int],
+               key: str) -> dict | None:
     """A finished chunk (one class, a group of seeds) from an earlier, possibly killed, run
     with the same key; None when absent, torn or from another configuration."""
     if out_dir is None:
@@ -544,7 +546,8 @@ def load_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str) -
         return None  # recomputed, never trusted
 
 
-def save_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str, out: dict) -> None:
+def save_chunk(out_dir: Path | None, normal_class: int | None, seeds: list[int], key: str,
+               out: dict) -> None:
     """Write a finished chunk atomically (temp file + rename) as soon as it is known."""
     if out_dir is None:
         return
@@ -555,7 +558,8 @@ def save_chunk(out_dir: Path | None, normal_class, seeds: list[int], key: str, o
     os.replace(tmp, path)
 
 
-def run(config: dict, *, quiet: bool = False, log=print, out_dir: Path | None = None,
+def run(config: dict, *, quiet: bool = False, log: Callable[..., None] = print,
+        out_dir: Path | None = None,
         resume: bool = True) -> dict:
     """Run the protocol for every normal class in ``config`` (see :func:`resolve_config`).
 
@@ -759,7 +763,9 @@ def markdown_table(config: dict, results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(config: dict, results: dict, log=print) -> None:
+def report(config: dict, results: dict, log: Callable[..., None] = print) -> None:
+    """Print a run's results: the settings line, per-seed rows (one class) or the per-class
+    table, warnings for failed seeds, mean ± std against the paper's value, wall times."""
     metric = metric_label(results["metric"])
     label = "" if config["paper_protocol"] else "  [not the paper's protocol: flags differ]"
     n_seeds = len(results["runs"][0]["seeds"])

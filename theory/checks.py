@@ -7,7 +7,7 @@ All computation is float64 inside ``jax.enable_x64(True)``; x64 is never left sw
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -68,7 +68,8 @@ class Check:
 # ------------------------------------------------------------------ random test problems
 
 
-def random_covariance(m: int, rng: np.random.Generator, lam_range=(0.1, 3.0)) -> np.ndarray:
+def random_covariance(m: int, rng: np.random.Generator,
+                      lam_range: tuple[float, float] = (0.1, 3.0)) -> np.ndarray:
     """Symmetric PSD ``S = U diag(λ) Uᵀ`` with distinct eigenvalues in ``lam_range``, random U."""
     U, _ = np.linalg.qr(rng.standard_normal((m, m)))
     # Evenly spaced eigenvalues, jittered: distinct by construction (Theorem 1's U is then unique).
@@ -93,7 +94,7 @@ M, D, N = 5, 3, 40
 TIMES = np.array([0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0])
 
 
-def check_theorem1_vs_expm(seeds=(0, 1, 2)) -> Check:
+def check_theorem1_vs_expm(seeds: Sequence[int] = (0, 1, 2)) -> Check:
     """Theorem 1's eigen-form ``W0 U exp(−Λt) Uᵀ`` equals ``W0 expm(−S t)`` (eq. 13, SciPy)."""
     err = 0.0
     for s in seeds:
@@ -106,7 +107,7 @@ def check_theorem1_vs_expm(seeds=(0, 1, 2)) -> Check:
                  f"{len(seeds)} random S {M}x{M}, {len(TIMES)} times")
 
 
-def check_theorem1_vs_flow(seeds=(0, 1, 2)) -> Check:
+def check_theorem1_vs_flow(seeds: Sequence[int] = (0, 1, 2)) -> Check:
     """Theorem 1's closed form vs the diffrax-integrated Lemma-1 flow (relative, per time)."""
     err = 0.0
     for s in seeds:
@@ -125,7 +126,7 @@ def _grad_err(rhs, grads) -> float:
     return num / scale
 
 
-def check_lemma1_rhs_vs_grad(seeds=(0, 1, 2)) -> Check:
+def check_lemma1_rhs_vs_grad(seeds: Sequence[int] = (0, 1, 2)) -> Check:
     """Lemma 1: ``−W S`` (S = X Xᵀ/n) equals ``−∇_W L_norm`` (eq. 5) by autodiff; also the S form."""
     err = 0.0
     with jax.enable_x64(True):
@@ -144,7 +145,7 @@ def check_lemma1_rhs_vs_grad(seeds=(0, 1, 2)) -> Check:
 THEOREM2_CASES = ((0.0, 1.0), (0.3, 1.0), (1.5, 1.0), (0.3, 0.7), (0.7, 0.3))
 
 
-def check_theorem2_rhs_vs_grad(seeds=(0, 1)) -> Check:
+def check_theorem2_rhs_vs_grad(seeds: Sequence[int] = (0, 1)) -> Check:
     """Theorem 2: eq. 10 (reconstruction weighted by r) equals ``−∇ L`` of eq. 9 by autodiff."""
     err = 0.0
     with jax.enable_x64(True):

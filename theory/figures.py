@@ -30,7 +30,7 @@ _NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 matplotlib.rcParams["svg.hashsalt"] = "tolljax-theory"
 
 
-def freeze_layout(fig, decimals: int = 9) -> None:
+def freeze_layout(fig: matplotlib.figure.Figure, decimals: int = 9) -> None:
     """Lay ``fig`` out once, then fix every axes at its position rounded to ``decimals``.
 
     One layout for every file: constrained layout is iterative and starts from the axes'

@@ -173,8 +173,8 @@ def register(name: str, fn: Callable[[list[Operand], list[Operand]], None]) -> N
                                 api_version=1)
 
 
-def call(name: str, results: jax.ShapeDtypeStruct | Sequence[jax.ShapeDtypeStruct], *args,
-         vmap_method: str = "broadcast_all"):
+def call(name: str, results: jax.ShapeDtypeStruct | Sequence[jax.ShapeDtypeStruct],
+         *args: jax.Array, vmap_method: str = "broadcast_all") -> jax.Array | list[jax.Array]:
     """Call target ``name`` on ``args`` (``jax.ffi.ffi_call``)."""
     return jax.ffi.ffi_call(name, results, vmap_method=vmap_method)(*args)
 

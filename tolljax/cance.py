@@ -77,6 +77,8 @@ from tolljax.train import (TrainState, checkpoint_keys, create_train_state, map_
 N_RECON = 2
 FEATURE_SETS = ("latent", "composite", "recon")
 SELECTIONS = ("metric", "loss", "last")
+# The autoencoder stages' scan carry: (training state, failed so far, best checkpoint dict).
+AECarry = tuple[TrainState, jax.Array, dict[str, Any]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,7 +307,8 @@ def _ae_criterion(variables: dict, data: dict, *, model: nn.Module, config: AECo
     return _val_criterion(config.select, METRICS[config.metric], errors, data["val_y"])
 
 
-def ae_start(key: jax.Array, data: dict, *, model: nn.Module, config: AEConfig):
+def ae_start(key: jax.Array, data: dict, *, model: nn.Module, config: AEConfig
+             ) -> tuple[AECarry, jax.Array, jax.Array | None]:
     """Initial stage-1 carry ``(state, failed, best)`` and the step keys of both stages, shaped
     ``(checkpoints, eval_every)`` (stage 2: None when ``decoder_steps == 0``)."""
     init_key, key1, key2 = jax.random.split(key, 3)
@@ -318,7 +321,7 @@ def ae_start(key: jax.Array, data: dict, *, model: nn.Module, config: AEConfig):
     return (state, jnp.bool_(False), best), keys1, keys2
 
 
-def ae_stage2_start(carry1, *, model: nn.Module, config: AEConfig):
+def ae_stage2_start(carry1: AECarry, *, model: nn.Module, config: AEConfig) -> AECarry:
     """Stage-2 carry: stage 1's selected model, a decoder-only optimizer, selection continued
     from stage 1's best criterion (so stage 2 only replaces it when it improves)."""
     _, _, best = carry1
@@ -338,8 +341,9 @@ def _ae_step_fn(config: AEConfig, stage: int) -> Callable:
     return lambda s, b: ae_loss_step(s, b, config.cov_weight)
 
 
-def ae_step(state_bad, key: jax.Array, data: dict, *, model: nn.Module, config: AEConfig,
-            stage: int):
+def ae_step(state_bad: tuple[TrainState, jax.Array], key: jax.Array, data: dict, *,
+            model: nn.Module, config: AEConfig, stage: int
+            ) -> tuple[tuple[TrainState, jax.Array], jax.Array]:
     """One training step of ``stage`` on a random batch; ``state_bad = (state, failed)``.
     Returns the new pair and the batch loss."""
     del model  # the state carries apply_fn
@@ -350,7 +354,8 @@ def ae_step(state_bad, key: jax.Array, data: dict, *, model: nn.Module, config: 
     return (state, bad | ~jnp.isfinite(m["loss"])), m["loss"]
 
 
-def ae_select(carry, data: dict, *, model: nn.Module, config: AEConfig):
+def ae_select(carry: AECarry, data: dict, *, model: nn.Module, config: AEConfig
+              ) -> tuple[AECarry, jax.Array]:
     """Validate the current model of ``carry = (state, failed, best)`` and keep it as ``best``
     when it is better (see :class:`AEConfig`). Returns the new carry and the criterion."""
     state, bad, best = carry
@@ -361,7 +366,8 @@ def ae_select(carry, data: dict, *, model: nn.Module, config: AEConfig):
     return (state, bad, best), val
 
 
-def ae_checkpoint(carry, keys, data: dict, *, model: nn.Module, config: AEConfig, stage: int):
+def ae_checkpoint(carry: AECarry, keys: jax.Array, data: dict, *, model: nn.Module,
+                  config: AEConfig, stage: int) -> tuple[AECarry, tuple[jax.Array, jax.Array]]:
     """``eval_every`` scanned :func:`ae_step`s of ``stage`` (1: encoder+decoder, 2: decoder
     only), then :func:`ae_select`. Pure: ``carry = (state, failed, best)``, ``keys`` of shape
     ``(eval_every,)``. Returns the carry and ``(criterion, mean training loss)``."""
@@ -373,7 +379,9 @@ def ae_checkpoint(carry, keys, data: dict, *, model: nn.Module, config: AEConfig
     return carry, (val, jnp.mean(losses))
 
 
-def ae_result(carry1, curves1, carry2=None, curves2=None) -> dict[str, Any]:
+def ae_result(carry1: AECarry, curves1: tuple[jax.Array, jax.Array],
+              carry2: AECarry | None = None,
+              curves2: tuple[jax.Array, jax.Array] | None = None) -> dict[str, Any]:
     """The output dict of :func:`fit_autoencoder` from the final carries and curves."""
     _, bad, best = carry1
     out = {"variables": best["variables"], "best_step": best["step"],
@@ -497,7 +505,7 @@ def noise_scale(theta: jnp.ndarray) -> jnp.ndarray:
     return 1.0 + jax.nn.softplus(theta)
 
 
-def initial_noise_scale(value) -> float:
+def initial_noise_scale(value: object) -> float:
     """``value`` as a float > 1, else :class:`TollError` (see :func:`init_noise_theta`)."""
     scale = finite_float(value)
     if scale is None or not scale > 1.0:

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from numpy.typing import ArrayLike
 
 from tolljax._hashing import files_sha256
 from tolljax.configs import PAPER_HYPERPARAMETERS
@@ -283,7 +284,7 @@ class _SavedConfig:
         return TollError(f"{self.file}: field {field!r} {problem}; restore the original file "
                          "or save the detector again")
 
-    def get(self, field: str, source: dict | None = None, prefix: str = ""):
+    def get(self, field: str, source: dict | None = None, prefix: str = "") -> Any:
         source = self.payload if source is None else source
         if field not in source:
             raise self.error(prefix + field, "is missing")
@@ -308,7 +309,7 @@ class _SavedConfig:
         return out
 
     def choice(self, field: str, choices: Sequence[str], source: dict | None = None,
-               prefix: str = ""):
+               prefix: str = "") -> str:
         value = self.get(field, source, prefix)
         if value not in choices:
             raise self.error(prefix + field, f"must be one of {', '.join(map(str, choices))}, "
@@ -685,7 +686,8 @@ class TollDetector:
         return "inf" if math.isinf(order) else int(order)
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, X, y=None, *, X_val=None, y_val=None) -> "TollDetector":
+    def fit(self, X: ArrayLike, y: None = None, *, X_val: ArrayLike | None = None,
+            y_val: ArrayLike | None = None) -> "TollDetector":
         """Train on normal data ``X``; select the checkpoint on ``(X_val, y_val)`` if given.
 
         ``y`` must be ``None`` (present for the scikit-learn signature): Toll trains on normal
@@ -845,7 +847,7 @@ class TollDetector:
                   f"{best_step} by {selection}")
         return self
 
-    def fit_predict(self, X, y=None, **kwargs) -> np.ndarray:
+    def fit_predict(self, X: ArrayLike, y: None = None, **kwargs: Any) -> np.ndarray:
         """``fit(X, ...)`` then ``predict(X)``."""
         return self.fit(X, y, **kwargs).predict(X)
 
@@ -855,7 +857,7 @@ class TollDetector:
             raise TollError(f"this TollDetector is not fitted yet; call fit(X) (or "
                             f"TollDetector.load(path)) before {method}()")
 
-    def score_samples(self, X) -> np.ndarray:
+    def score_samples(self, X: ArrayLike) -> np.ndarray:
         """The paper's anomaly score ``||x̂ − x||₂ + β·||z||_p`` per sample (float32, shape
         ``(n,)``); higher = more anomalous (note: the opposite sign of scikit-learn's
         ``score_samples``).
@@ -890,12 +892,12 @@ class TollDetector:
             scores = np.where(np.isfinite(scores), scores, np.float32(np.inf))
         return scores
 
-    def decision_function(self, X) -> np.ndarray:
+    def decision_function(self, X: ArrayLike) -> np.ndarray:
         """``score_samples(X) − threshold_`` (float64): positive = flagged as anomalous."""
         self._check_fitted("decision_function")
         return self._scores(X).astype(np.float64) - self.threshold_
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X: ArrayLike) -> np.ndarray:
         """1 for anomalies (score above ``threshold_``), 0 for normal samples (int32).
 
         For scikit-learn's convention (−1 outlier, +1 inlier) use ``1 - 2 * predict(X)``.
@@ -904,7 +906,7 @@ class TollDetector:
         return (self._scores(X).astype(np.float64) - self.threshold_ > 0).astype(np.int32)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path, *, overwrite: bool = False) -> Path:
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Save to the folder ``path``: ``variables/`` (orbax checkpoint of params and
         BatchNorm statistics) and ``toll_detector.json`` (constructor arguments, now and at
         the fit, resolved hyperparameters, preprocessing statistics, threshold, selection
@@ -962,7 +964,7 @@ class TollDetector:
         return path
 
     @classmethod
-    def load(cls, path) -> "TollDetector":
+    def load(cls, path: str | os.PathLike[str]) -> "TollDetector":
         """A detector saved with :meth:`save`; it scores bitwise identically."""
         import orbax.checkpoint as ocp
 

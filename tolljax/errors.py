@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:  # imported where used: this module loads before NumPy is needed
+    import os
+    from pathlib import Path
+
+    import numpy as np
 
 
 class TollError(ValueError):
     """A problem with the user's input, data or configuration (message says how to fix it)."""
 
 
-def positive_int(name: str, value) -> int:
+def positive_int(name: str, value: object) -> int:
     """``value`` as an int >= 1, else :class:`TollError` "``name`` must be a positive integer"
     (a bool, a float such as 2.5 or a string such as "40" is refused, not converted)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
@@ -22,7 +29,7 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
-def finite_float(value) -> float | None:
+def finite_float(value: object) -> float | None:
     """``value`` as a finite Python float, or None (bools, non-numbers, NaN/inf, and integers
     too large for a float, on which ``math.isfinite`` raises OverflowError)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -34,7 +41,7 @@ def finite_float(value) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def real_hyperparameter(name: str, value, *, positive: bool = False) -> float:
+def real_hyperparameter(name: str, value: object, *, positive: bool = False) -> float:
     """``value`` as a finite Python float >= 0 (> 0 with ``positive``) that float32 keeps
     finite and, when nonzero, nonzero; else :class:`TollError` "``name`` must be a finite
     number > 0" (or ">= 0"). Strings, bools and NumPy 0-d arrays of those are refused."""
@@ -47,7 +54,8 @@ def real_hyperparameter(name: str, value, *, positive: bool = False) -> float:
     return number
 
 
-def numeric_array(x, what: str, *, kinds: str, shape_hint: str, dtype_hint: str):
+def numeric_array(x: object, what: str, *, kinds: str, shape_hint: str,
+                  dtype_hint: str) -> np.ndarray:
     """``x`` as a NumPy array whose dtype kind is one of ``kinds`` (``np.dtype.kind`` letters;
     "f" includes ml_dtypes' floats such as bfloat16), else :class:`TollError`: "``what``
     cannot be converted to an array (…); ``shape_hint``" for ragged lists and the like,
@@ -87,13 +95,13 @@ def check_float32(name: str, value: float) -> None:
         raise TollError(f"{name}={value!r} is 0 in the float32 arithmetic training runs in")
 
 
-def index_list(indices, shown: int = 5) -> str:
+def index_list(indices: Sequence[int] | np.ndarray, shown: int = 5) -> str:
     """The first ``shown`` of ``indices`` as a list, ``…`` marking more: "[2, 3, 4]",
     "[0, 1, 2, 3, 4]...", for messages that name offending rows."""
     return f"{[int(i) for i in indices[:shown]]}{'...' if len(indices) > shown else ''}"
 
 
-def output_dir(path, what: str = "--out"):
+def output_dir(path: str | os.PathLike[str], what: str = "--out") -> Path:
     """``path`` as a :class:`pathlib.Path` to a folder that exists (created if needed) and is
     writable, else :class:`TollError` naming ``what``.
 

@@ -38,7 +38,7 @@ def parse_norm(norm: Norm) -> float:
     return NORMS[key]
 
 
-def check_beta(name: str, beta) -> None:
+def check_beta(name: str, beta: object) -> None:
     """:class:`TollError` unless ``beta`` is a finite number >= 0 that float32 keeps finite (a
     traced β is not checked)."""
     if isinstance(beta, jax.core.Tracer):

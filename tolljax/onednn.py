@@ -37,6 +37,7 @@ import importlib.metadata
 import os
 import threading
 from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -366,7 +367,7 @@ CONV_GEMM_OUT_CHANNELS = 512
 
 
 @contextlib.contextmanager
-def every_layer():
+def every_layer() -> Iterator[None]:
     """The size rule off (within the block, at trace time): every layer for which oneDNN has
     optimised kernels runs on oneDNN, e.g. to check its numbers or time it on every layer."""
     rule = {"MIN_OUTPUT_PIXELS": 1, "MIN_KERNEL_TAPS": 1, "MIN_CHANNELS": 1,
@@ -380,7 +381,8 @@ def every_layer():
         module.update(saved)
 
 
-def conv_supported(x_shape, k_shape, strides, pads) -> bool:
+def conv_supported(x_shape: Sequence[int], k_shape: Sequence[int], strides: Sequence[int],
+                   pads: Sequence[tuple[int, int]]) -> bool:
     """Whether this convolution runs on oneDNN: of a shape where it gains (see
     :data:`MIN_OUTPUT_PIXELS`) and with optimised (non-reference) kernels for all three
     passes (oneDNN's reference loops are orders of magnitude slower than the GEMM path)."""
@@ -389,7 +391,8 @@ def conv_supported(x_shape, k_shape, strides, pads) -> bool:
     return g.cout < CONV_GEMM_OUT_CHANNELS and _worthwhile(g) and _optimised(plan(g))
 
 
-def conv_transpose_supported(x_shape, k_shape, strides) -> bool:
+def conv_transpose_supported(x_shape: Sequence[int], k_shape: Sequence[int],
+                             strides: Sequence[int]) -> bool:
     """As :func:`conv_supported`, for a transposed convolution."""
     _require()
     g = _transposed_geometry(x_shape, k_shape, strides)

@@ -149,6 +149,7 @@ def _pair(v) -> tuple[int, int]:
 
 
 Padding = Any  # "VALID", "SAME" or ((lo, hi), (lo, hi)), as flax/lax take it
+Stride = int | tuple[int, int]  # one stride for both spatial axes, or (height, width)
 
 
 def _explicit(padding: Padding, pairs: Callable[[str], Sequence[tuple[int, int]]]):
@@ -302,7 +303,7 @@ def _f32_matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 # --------------------------------------------------------------------- transposed convolution
 
 
-def conv_transpose_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_transpose_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                          padding: Padding = "VALID") -> jnp.ndarray:
     """``lax.conv_transpose`` exactly as flax's ``nn.ConvTranspose`` calls it."""
     _check(x, kernel)
@@ -446,7 +447,7 @@ _ct_fast.defvjp(lambda x, kernel, strides: (_ct_forward(x, kernel, strides), (x,
                 lambda strides, res, dy: _ct_backward(*res, strides, dy))
 
 
-def conv_transpose_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_transpose_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                         padding: Padding = "VALID") -> jnp.ndarray:
     """Same values and gradients as :func:`conv_transpose_plain`, fast on CPU (module doc);
     any padding: the full transposed conv, then padded or cropped."""
@@ -455,7 +456,7 @@ def conv_transpose_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     return _from_full_transposed(_ct_fast(x, kernel, strides), kernel.shape[:2], strides, padding)
 
 
-def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                           padding: Padding = "VALID") -> jnp.ndarray:
     """Measured alternative: GEMM + overlap-add for all k² taps, differentiated by autodiff.
 
@@ -470,7 +471,7 @@ def conv_transpose_matmul(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     return _from_full_transposed(_overlap_add(z, strides), (kh, kw), strides, padding)
 
 
-def conv_transpose_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_transpose_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                           padding: Padding = "VALID") -> jnp.ndarray:
     """Same values and gradients as :func:`conv_transpose_plain`, by oneDNN
     (:mod:`tolljax.onednn`); non-float32 inputs, and geometries for which oneDNN has only
@@ -484,7 +485,7 @@ def conv_transpose_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
                                  kernel.shape[:2], strides, padding)
 
 
-def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_transpose_phases(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                           padding: Padding = "VALID") -> jnp.ndarray:
     """Same values as :func:`conv_transpose_plain`, with XLA's convolutions but no
     base-dilated one: a strided layer is one stride-1 convolution over its s² output phases.
@@ -529,7 +530,7 @@ IMPL_FUNCTIONS: dict[str, Callable] = {"plain": conv_transpose_plain, "fast": co
                                        "phases": conv_transpose_phases}
 
 
-def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
+def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1, impl: str = "auto",
                    padding: Padding = "VALID") -> jnp.ndarray:
     """Transposed convolution (flax convention) by ``impl`` (see :func:`resolve_impl`)."""
     return IMPL_FUNCTIONS[resolve_impl(impl)](x, kernel, stride, padding)
@@ -538,7 +539,7 @@ def conv_transpose(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "a
 # ------------------------------------------------------------------------ regular convolution
 
 
-def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_plain(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                padding: Padding = "VALID") -> jnp.ndarray:
     """``lax.conv_general_dilated`` exactly as flax's ``nn.Conv`` calls it."""
     _check(x, kernel)
@@ -629,7 +630,7 @@ def _conv_pads(x_shape, k_shape, strides, padding: Padding):
     return pads
 
 
-def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
               padding: Padding = "VALID") -> jnp.ndarray:
     """Same values and gradients as :func:`conv_plain`, as GEMMs (module doc); any padding:
     the input is padded (or cropped) first, then convolved VALID."""
@@ -645,7 +646,7 @@ def conv_fast(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
     return _conv_fast(x, kernel, strides)
 
 
-def conv_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride=1,
+def conv_onednn(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1,
                 padding: Padding = "VALID") -> jnp.ndarray:
     """Same values and gradients as :func:`conv_plain`, by oneDNN (:mod:`tolljax.onednn`);
     negative padding crops first; non-float32 inputs, and geometries for which oneDNN has
@@ -665,7 +666,7 @@ CONV_FUNCTIONS: dict[str, Callable] = {"plain": conv_plain, "fast": conv_fast,
                                        "onednn": conv_onednn}
 
 
-def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride=1, impl: str = "auto",
+def conv(x: jnp.ndarray, kernel: jnp.ndarray, stride: Stride = 1, impl: str = "auto",
          padding: Padding = "VALID") -> jnp.ndarray:
     """Convolution (flax convention) by ``impl`` (see :func:`resolve_conv_impl`)."""
     return CONV_FUNCTIONS[resolve_conv_impl(impl)](x, kernel, stride, padding)

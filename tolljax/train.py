@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import numbers
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -158,7 +158,7 @@ def sample_batch_indices(key: jax.Array, n_valid: int | jnp.ndarray, n_rows: int
     return jnp.argsort(bits)[:batch_size]
 
 
-def tree_where(pred: jnp.ndarray, new, old):
+def tree_where(pred: jnp.ndarray, new: Any, old: Any) -> Any:
     """``new`` where the scalar ``pred`` holds, else ``old``, leaf by leaf (on-device checkpoint
     selection, no host round-trip)."""
     return jax.tree_util.tree_map(lambda n, o: jnp.where(pred, n, o), new, old)
@@ -177,7 +177,8 @@ def checkpoint_keys(key: jax.Array, steps: int, eval_every: int) -> jax.Array:
 def train_and_select(state: TrainState, key: jax.Array, train: jnp.ndarray,
                      n_train: int | jnp.ndarray, select: Callable[[dict], jnp.ndarray], *,
                      batch_size: int, steps: int, eval_every: int,
-                     beta: float | jnp.ndarray, norm: Norm = 2):
+                     beta: float | jnp.ndarray, norm: Norm = 2
+                     ) -> tuple[dict[str, Any], jax.Array, jax.Array, jax.Array]:
     """The paper's training loop with checkpoint selection, all on the device (§4.1).
 
     ``steps`` Adam steps (``lax.scan``), each on ``batch_size`` distinct rows drawn from the
@@ -393,7 +394,7 @@ def _pad_seeds(seeds: list[int], width: int) -> list[int]:
 SEQUENTIAL_CONV_PLATFORMS = ("gpu", "cuda", "rocm")
 
 
-def subjaxprs(eqn):
+def subjaxprs(eqn: jax.extend.core.JaxprEqn) -> Iterator[jax.extend.core.Jaxpr]:
     """The jaxprs nested in a jaxpr equation's parameters (a scan's or jit's body, a cond's
     branches...), each as a plain ``Jaxpr``."""
     for value in eqn.params.values():
@@ -487,7 +488,7 @@ def compile_protocol(model: nn.Module, config: ProtocolConfig, data: dict[str, j
                             config.batch_size)
 
 
-def seed_array(seeds) -> np.ndarray:
+def seed_array(seeds: Sequence[int] | np.ndarray) -> np.ndarray:
     """Seeds as the uint32 array the compiled protocol takes (each becomes
     ``jax.random.key(seed)`` inside the program); a clear error outside 0 .. 2**32 − 1.
 

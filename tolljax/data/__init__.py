@@ -5,6 +5,8 @@ validation set (for checkpoint selection) and a labelled test set, label 1 = ano
 """
 from __future__ import annotations
 
+import os
+
 from tolljax.data.split import AnomalySplit, limit_split, pad_rows, validate_split, shipped_file
 from tolljax.data.arrhythmia import load_arrhythmia, ARRHYTHMIA_FEATURES
 from tolljax.data.images import (
@@ -15,8 +17,9 @@ from tolljax.errors import TollError
 DATASETS = ("arrhythmia", *IMAGE_DATASETS)
 
 
-def load_dataset(name: str, *, data_dir=None, normal_class: int | None = None,
-                 source: str = "files", offer_tfds: bool = True) -> AnomalySplit:
+def load_dataset(name: str, *, data_dir: str | os.PathLike[str] | None = None,
+                 normal_class: int | None = None, source: str = "files",
+                 offer_tfds: bool = True) -> AnomalySplit:
     """Load ``name`` with the paper's split (SPEC "How the authors' released code runs the protocol").
 
     ``source``: ``"files"`` (the original files in ``data_dir``) or, for the image datasets,

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -95,7 +97,7 @@ def class_names(dataset: str) -> list[str]:
     return list(CLASS_NAMES[dataset])
 
 
-def check_normal_class(dataset: str, normal_class) -> int:
+def check_normal_class(dataset: str, normal_class: object) -> int:
     """``normal_class`` as an int, or a TollError if missing or out of range."""
     k = num_classes(dataset)
     if normal_class is None:
@@ -178,7 +180,8 @@ def _check_val_indices(dataset: str, val_indices, n_train: int) -> np.ndarray:
 
 
 def make_split(dataset: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
-               test_y: np.ndarray, normal_class: int, val_indices) -> AnomalySplit:
+               test_y: np.ndarray, normal_class: int,
+               val_indices: Sequence[int] | np.ndarray) -> AnomalySplit:
     """Build the :class:`AnomalySplit` from raw uint8 NHWC images and class labels.
 
     Validation = ``train_x[val_indices]`` (label 0 iff class == ``normal_class``); training =
@@ -287,7 +290,8 @@ def _read_cifar_dataset(dataset: str, where: str, keys: tuple) -> tuple[np.ndarr
     return arrays
 
 
-def read_raw(dataset: str, data_dir, *, tfds_hint: str = "") -> tuple[np.ndarray, ...]:
+def read_raw(dataset: str, data_dir: str | os.PathLike[str] | None, *,
+             tfds_hint: str = "") -> tuple[np.ndarray, ...]:
     """Raw ``(train_x, train_y, test_x, test_y)`` from the original files in ``data_dir``
     (``~`` expanded; for CIFAR, ``data_dir`` may also be the official ``.tar.gz`` itself).
 
@@ -336,8 +340,10 @@ def tfds_val_indices(n_train: int, seed: int = TFDS_VAL_SEED) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n_train, size=size, replace=False))
 
 
-def load_images(dataset: str, *, data_dir=None, normal_class: int | None = None,
-                source: str = "files", val_indices=None, offer_tfds: bool = True) -> AnomalySplit:
+def load_images(dataset: str, *, data_dir: str | os.PathLike[str] | None = None,
+                normal_class: int | None = None, source: str = "files",
+                val_indices: Sequence[int] | np.ndarray | None = None,
+                offer_tfds: bool = True) -> AnomalySplit:
     """Load an image dataset with the paper's one-class split and preprocessing.
 
     Args:

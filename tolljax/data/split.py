@@ -6,6 +6,7 @@ import hashlib
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -133,14 +134,14 @@ def data_folder(data_dir: str | Path, pretty: str) -> Path:
     return folder
 
 
-def unreadable(path, exc: OSError) -> TollError:
+def unreadable(path: str | os.PathLike[str], exc: OSError) -> TollError:
     """The error for a data file that is there but cannot be read (permissions, I/O): not to
     be confused with a damaged file, which another copy would mend."""
     return TollError(f"cannot read {path} ({exc.strerror or exc}); check the file's "
                      "permissions or copy it again")
 
 
-def folders_named_like(folder: Path, names) -> str:
+def folders_named_like(folder: Path, names: Iterable[str]) -> str:
     """A sentence for a "missing file" error, naming each of ``names`` that exists in
     ``folder`` as a folder (some unpackers make ``x.gz/x``); "" when none does."""
     dirs = [str(folder / n) for n in names if (folder / n).is_dir()]

@@ -67,7 +67,8 @@ def _read_split(tfds, dataset: str, split: str, data_dir) -> tuple[np.ndarray, n
     return np.concatenate(images), np.concatenate(labels)
 
 
-def read_tfds(dataset: str, data_dir=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def read_tfds(dataset: str, data_dir: str | os.PathLike[str] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Raw ``(train_x, train_y, test_x, test_y)`` from TFDS: NHWC uint8 images, int64 labels."""
     if dataset not in TFDS_NAMES:
         raise TollError(f"unknown image dataset {dataset!r}; choose one of: "
