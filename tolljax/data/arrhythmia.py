@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,7 @@ def split_arrhythmia(x: np.ndarray, y: np.ndarray, normal_perm: np.ndarray,
     return AnomalySplit("arrhythmia", train, val_x, val_y, test_x, test_y)
 
 
-def load_arrhythmia(data_dir: str | Path | None = None) -> AnomalySplit:
+def load_arrhythmia(data_dir: str | os.PathLike[str] | None = None) -> AnomalySplit:
     """Load Arrhythmia (452 × 274, 66 anomalies) with the paper's fixed split.
 
     ``data_dir``: folder holding ``arrhythmia.mat``; ``None`` uses the copy shipped with the

@@ -116,7 +116,7 @@ def pad_rows(train: np.ndarray, n_rows: int) -> np.ndarray:
     return padded
 
 
-def data_folder(data_dir: str | Path, pretty: str) -> Path:
+def data_folder(data_dir: str | os.PathLike[str], pretty: str) -> Path:
     """``data_dir`` (``~`` expanded) as an existing folder; else a :class:`TollError` saying
     whether it does not exist or is a file (naming the folder that holds the file).
     ``pretty``: the dataset's name in the message."""
