@@ -150,7 +150,7 @@ def seed_scaling(counts: list[int], steps: int, json_out: Path | None, repeat: i
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=positive_int, default=None, help="default 10")
     p.add_argument("--steps", type=positive_int, default=2000,

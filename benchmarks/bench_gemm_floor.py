@@ -205,7 +205,7 @@ def _rest(step_ms: float, products_ms: float) -> str:
     return f"none (the products alone took {products_ms - step_ms:.1f} ms more than the step)"
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["mnist", "cifar10"], choices=MODELS)
     p.add_argument("--batch", type=positive_int, default=64)

@@ -137,7 +137,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, extra
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args, extra = _parse(list(sys.argv[1:] if argv is None else argv))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"

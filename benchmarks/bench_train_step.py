@@ -65,6 +65,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -116,7 +117,7 @@ class TorchRunner:
 def bench_one(dataset: str, batch_size: int, variants: list[tuple[str, str]], steps: int,
               repeats: int, warmup: int, min_round_s: float = 0.0, scan: int = 1,
               dtypes: tuple[str, ...] = ("float32",), torch_device: str = "cpu",
-              peak=lambda dtype: None) -> dict:
+              peak: Callable[[str], float | None] = lambda dtype: None) -> dict:
     """Time every variant and PyTorch on one random batch; ``peak(dtype)`` gives the device's
     peak FLOP/s for a row's compute dtype (None: no MFU)."""
     rng = np.random.default_rng(0)
@@ -182,7 +183,7 @@ def _variants(dataset: str, cts: list[str], cvs: list[str]) -> list[tuple[str, s
     return out
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--batches", nargs="+", type=batch_arg, default=["paper", 64],

@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from tolljax.train import create_train_state, train_step  # noqa: E402
 MODELS = ("mnist", "cifar10", "arrhythmia")
 
 
-def timed_steps(run_step, steps: int, min_seconds: float) -> float:
+def timed_steps(run_step: Callable[[], object], steps: int, min_seconds: float) -> float:
     """Seconds per step, mean over ≥ ``steps`` consecutive steps lasting ≥ ``min_seconds``."""
     if steps < 1:
         raise ValueError(f"timed_steps: steps must be at least 1, got {steps}")
@@ -42,14 +43,15 @@ def timed_steps(run_step, steps: int, min_seconds: float) -> float:
     return (time.perf_counter() - start) / done
 
 
-def intercepted_init(model, shape, interceptor) -> None:
+def intercepted_init(model: nn.Module, shape: tuple[int, ...],
+                     interceptor: Callable[..., Any]) -> None:
     """An abstract init of ``model`` on a batch of 2 samples of ``shape``, with every module
     method call passed through ``interceptor`` (``flax.linen.intercept_methods``)."""
     with nn.intercept_methods(interceptor):
         jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *shape)), train=False))
 
 
-def layer_classes(model, shape) -> dict[str, str]:
+def layer_classes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, str]:
     """Which convolution classes ``model`` builds (read from an abstract init)."""
     seen: dict[str, str] = {}
 
@@ -114,7 +116,7 @@ class JaxRunner:
         jax.block_until_ready((self.state, metrics))
 
 
-def step_fn(scan: int = 1):
+def step_fn(scan: int = 1) -> Callable[..., Any]:
     """A fresh jit of ``train_step`` (the implementations are chosen at trace time); with
     ``scan > 1``, that many steps in one ``lax.scan``, as the protocol runs them."""
     if scan == 1:
@@ -145,13 +147,13 @@ def step_flops(dataset: str, batch_size: int, z_dim: int | None = None) -> float
     return xla_flops(step_fn(), state, x, beta)
 
 
-def on_host_cpu(tree):
+def on_host_cpu(tree: Any) -> Any:
     """``tree``'s shapes (``jax.ShapeDtypeStruct`` leaves) placed on the host CPU device."""
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), tree)
 
 
-def xla_flops(fn, *shapes) -> float:
+def xla_flops(fn: Callable[..., Any], *shapes: Any) -> float:
     """FLOPs of the jitted ``fn`` on arguments of these shapes, by XLA's cost analysis of the
     program compiled for the host CPU (NaN where XLA reports none).
 

@@ -77,7 +77,7 @@ def analyse(dataset: str, batch_size: int | None = None) -> dict:
     return {"model": dataset, "batch": batch_size, "train_step": step_mem, "score": score_mem}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--batch", type=positive_int, default=None,

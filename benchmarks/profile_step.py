@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -53,7 +54,7 @@ _NOT_OPS = re.compile(r"^(\$|end: |ThunkExecutor|Thread|SlinkyThreadPool|Threadp
 _CONTROL_FLOW = frozenset({"while", "conditional", "call"})
 
 
-def op_lines(data: ProfileData):
+def op_lines(data: ProfileData) -> Iterator[Any]:
     """The trace lines holding one event per executed operation (module docstring)."""
     for plane in data.planes:
         if plane.name.startswith("/device:"):
@@ -130,7 +131,7 @@ def summarize(data: ProfileData, steps: int) -> dict:
             "ms_per_step_by_kind": {k: v / steps / 1e6 for k, v in per_kind.most_common()}}
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="mnist", choices=MODELS)
     p.add_argument("--batch", type=positive_int, default=None, help="default: the paper's")

@@ -42,6 +42,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +51,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(REPO))
 
 from benchmarks._cli import positive_int, require_torch  # noqa: E402
-from tolljax.data import load_arrhythmia  # noqa: E402
+from tolljax.data import AnomalySplit, load_arrhythmia  # noqa: E402
 
 torch = require_torch("torch_arrhythmia.py")
 nn = torch.nn
@@ -112,7 +113,7 @@ def evaluate_f1(model: nn.Module, x: torch.Tensor, y: np.ndarray, beta: float) -
     return f1_top_fraction(scores.numpy(), y)
 
 
-def run_seed(seed: int, split, *, steps: int = 2000, eval_every: int = EVAL_EVERY,
+def run_seed(seed: int, split: AnomalySplit, *, steps: int = 2000, eval_every: int = EVAL_EVERY,
              batch_size: int = 100, beta: float = 10.0, lr: float = 1e-3,
              compile_model: bool = False) -> dict:
     """One training run (one network initialisation) of the protocol."""
@@ -163,8 +164,9 @@ def run_seed(seed: int, split, *, steps: int = 2000, eval_every: int = EVAL_EVER
     return {"test_f1": test_f1, "best_step": best_step, "best_val_f1": best_f1, "train_s": train_s}
 
 
-def run_protocol(seeds=range(10), steps=2000, eval_every=EVAL_EVERY, batch_size=100, beta=10.0,
-                 lr=1e-3, verbose=False, compile_model=False) -> dict:
+def run_protocol(seeds: Sequence[int] = range(10), steps: int = 2000,
+                 eval_every: int = EVAL_EVERY, batch_size: int = 100, beta: float = 10.0,
+                 lr: float = 1e-3, verbose: bool = False, compile_model: bool = False) -> dict:
     """Run the Arrhythmia protocol for each seed in turn (as the authors did).
 
     Returns per-seed test F1, best step and best validation F1 (fractions in [0, 1]), their
@@ -209,7 +211,7 @@ def run_protocol(seeds=range(10), steps=2000, eval_every=EVAL_EVERY, batch_size=
     }
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--seeds", type=positive_int, default=10,
                    help="run SEEDS seeds from --seed-offset (default 10)")

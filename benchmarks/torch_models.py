@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
@@ -131,7 +132,8 @@ def toll_loss(x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor, beta: float
     return (rec + beta * torch.linalg.vector_norm(z.flatten(1), dim=1)).mean()
 
 
-def make_train_step(model: nn.Module, beta: float, lr: float):
+def make_train_step(model: nn.Module, beta: float, lr: float
+                    ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``step(batch) -> loss``: one Adam step in train mode (BatchNorm batch statistics)."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
