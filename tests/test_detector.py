@@ -705,3 +705,43 @@ def test_load_messages(tmp_path, labelled):
 
 def test_exported_from_the_package():
     assert tolljax.TollDetector is TollDetector and "TollDetector" in tolljax.__all__
+
+
+def test_best_f1_threshold_ties_of_f1_go_to_the_higher_threshold():
+    # flag the top 1: F1 = 2·1/(1 + 2) = 2/3; top 2: 1/2; top 3: 2/5; all 4: 2·2/(4 + 2) = 2/3.
+    # The tie (2/3) goes to the higher threshold, between 4 and 3 (fewer flagged).
+    t, f1 = _best_f1_threshold(np.array([4.0, 3.0, 2.0, 1.0], np.float32), np.array([1, 0, 0, 1]))
+    assert f1 == pytest.approx(2 / 3) and t == 3.5
+
+
+def test_a_score_equal_to_the_threshold_is_not_flagged(labelled, arrhythmia):
+    import copy
+
+    det = copy.copy(labelled)  # the module fixture itself stays as it was
+    x = arrhythmia.test_x[:3]
+    det.threshold_ = float(det.score_samples(x)[0])  # exactly the first sample's score
+    assert det.decision_function(x)[0] == 0.0
+    assert det.predict(x)[0] == 0  # flagged only when strictly above
+
+
+def test_label_free_holdout_is_the_rounded_val_fraction():
+    # 8 rows, val_fraction 0.2: round(1.6) = 2 held out, so 6 training rows bound the batch
+    det = TollDetector(steps=20, eval_every=20, hidden=(16,), z_dim=4).fit(X8[:8])
+    assert det.hyperparameters_["batch_size"] == 6
+
+
+def test_standardize_images_per_channel():
+    # Images are standardised per channel (mean/std over samples and pixels): one mean and
+    # one scale for a grayscale image, not one per pixel.
+    rng = np.random.default_rng(0)
+    X = (3.0 + 2.0 * rng.standard_normal((8, 28, 28, 1))).astype(np.float32)
+    det = TollDetector(steps=2, eval_every=2, batch_size=4, standardize=True).fit(X)
+    assert det.mean_.shape == (1,) and det.scale_.shape == (1,)
+    np.testing.assert_allclose(det.mean_, [X.astype(np.float64).mean()], rtol=1e-6)
+    np.testing.assert_allclose(det.scale_, [X.astype(np.float64).std()], rtol=1e-6)
+
+
+def test_standardize_uses_the_population_std(label_free, arrhythmia):
+    # numpy's default std (ddof=0), as scikit-learn's StandardScaler
+    std = arrhythmia.train.astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(label_free.scale_[std > 0], std[std > 0], rtol=1e-5)

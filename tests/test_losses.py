@@ -104,3 +104,23 @@ def test_empty_batch():
     assert toll_score(*empty, 1.0).shape == (0,)  # nothing to score: no scores
     with pytest.raises(TollError, match="empty batch"):  # the mean of nothing has no value
         toll_loss(*empty, 1.0)
+
+
+@pytest.mark.parametrize("alias, order", [
+    ("l1", 1), ("L1", 1), ("1.0", 1), (1.0, 1), ("l2", 2), ("2.0", 2), (2.0, 2),
+    ("linf", math.inf), ("Linf", math.inf), ("infinity", math.inf), ("INF", math.inf),
+    (float("inf"), math.inf),
+])
+def test_parse_norm_every_documented_alias(alias, order):
+    # "L1" was never checked: mapping it to the L2 norm went unnoticed.
+    assert parse_norm(alias) == order
+    z = np.array([[3.0, -4.0]], np.float32)  # ||z||_1 = 7, ||z||_2 = 5, ||z||_inf = 4
+    expected = {1: 7.0, 2: 5.0, math.inf: 4.0}[order]
+    np.testing.assert_allclose(latent_norm(z, alias), [expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fn", [toll_score, toll_loss])
+def test_a_code_without_a_batch_axis_is_a_toll_error(fn):
+    # x and x_hat have a batch axis, z is a scalar: an IndexError from z_shape[0] otherwise.
+    with pytest.raises(TollError, match="need a leading batch axis"):
+        fn(X, X_HAT, np.float32(1.0), 1.0)

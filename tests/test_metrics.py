@@ -152,3 +152,10 @@ def test_f1_compares_integer_scores_in_float32():
     assert float(f1_top_fraction(scores, labels, 0.75)) == expected == 1.0
     assert float(f1_top_fraction(scores, labels, 0.75)) == float(
         f1_top_fraction(scores.astype(np.float32), labels, 0.75))
+
+
+def test_auroc_compares_integer_scores_in_float32():
+    # As f1_top_fraction: int64 scores above 2**31 became int32 (x64 off) and wrapped, so
+    # 3e9 would rank lowest. Reference: sklearn on the exact integers.
+    scores, labels = np.array([3_000_000_000, 1, 2, 3]), np.array([1, 0, 0, 1])
+    assert float(auroc(scores, labels)) == roc_auc_score(labels, scores) == 1.0

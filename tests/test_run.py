@@ -701,3 +701,39 @@ def test_summary_is_what_the_saved_per_seed_values_give():
     pct = (100.0 * np.array([0.6153846, 0.7142857, 0.5], np.float32)).astype(np.float32)
     saved = [float(v) for v in pct]  # as results.json holds them
     assert summarize(pct) == {"mean": float(np.mean(saved)), "std": float(np.std(saved))}
+
+
+def test_device_data_pads_train_and_passes_the_valid_row_count(arrhythmia):
+    # n_train must be the real row count: the padded rows would otherwise be drawn as batches
+    from experiments.run import _device_data
+
+    d = _device_data(arrhythmia, 300)
+    assert d["train"].shape == (300, 274) and d["train"].dtype == np.float32
+    assert int(d["n_train"]) == 232
+    np.testing.assert_array_equal(d["train"][:232], arrhythmia.train)
+    assert not d["train"][232:].any()
+    assert d["val_y"].dtype == np.int32 and d["test_y"].dtype == np.int32
+
+
+def test_class_result_by_hand():
+    """results.json's per-class entry from hand-made protocol outputs: metrics in percent,
+    NaN/-inf as null, and each seed listed under the right failure kind."""
+    from experiments.run import _class_result
+
+    nan, inf = float("nan"), float("inf")
+    out = {"test_metric": np.array([0.8, nan, nan, 0.6], np.float32),
+           "n_train": np.array([232] * 4), "best_step": np.array([20, 40, 0, 60]),
+           "best_val_metric": np.array([0.75, 0.5, -inf, 0.25], np.float32),
+           "nonfinite_step": np.array([-1, 47, -1, -1]),
+           "val_curve": np.array([[0.75], [0.5], [nan], [0.25]], np.float32),
+           "loss_curve": np.array([[1.0], [2.0], [3.0], [4.0]], np.float32),
+           "constant_test_scores": np.array([False, False, False, True])}
+    paper_value = lambda dataset, normal_class, beta, norm: (None, None)  # noqa: E731
+    config = {"dataset": "arrhythmia", "beta": 10.0, "norm": "2"}
+    r = _class_result(out, None, [3, 4, 5, 6], config, paper_value, "abc")
+    assert r["test_metric"] == pytest.approx([80.0, None, None, 60.0])
+    assert r["best_val_metric"] == pytest.approx([75.0, 50.0, None, 25.0])
+    assert r["mean"] == pytest.approx(70.0) and r["std"] == pytest.approx(10.0)  # population std
+    assert r["failed_seeds"] == [4] and r["unselected_seeds"] == [5]
+    assert r["constant_score_seeds"] == [6] and r["n_train"] == 232
+    assert r["best_step"] == [20, 40, 0, 60] and r["val_curve"][0] == [75.0]

@@ -489,3 +489,44 @@ def test_boolean_times_and_matrices_are_refused():
         figure2.fit(0.5, t_train=True)
     with pytest.raises(TheoryInputError, match="squared must be True or False, got 'no'"):
         figure2.score(W, W.T, 0.5, np.ones((3, 2)), squared="no")
+
+
+def test_the_verify_checks_fail_when_what_they_check_is_wrong(monkeypatch):
+    """Each check compares the implementation with an independent reference; with the
+    implementation broken on purpose, the check must report a failure (a check comparing a
+    function with itself would pass either way)."""
+    good_closed, good_lemma1_rhs = linear.theorem1_closed_form, linear.lemma1_rhs
+    good_t2_rhs = linear.theorem2_rhs
+    assert checks.check_theorem1_vs_expm(seeds=(0,)).passed
+    # Theorem 1 with the eigenvalues' decay twice as fast
+    monkeypatch.setattr(linear, "theorem1_closed_form",
+                        lambda W0, S, t: good_closed(W0, 2 * np.asarray(S), t))
+    assert not checks.check_theorem1_vs_expm(seeds=(0,)).passed
+    monkeypatch.setattr(linear, "theorem1_closed_form", good_closed)
+    # Lemma 1's right-hand side with the wrong sign
+    monkeypatch.setattr(linear, "lemma1_rhs", lambda W, S: -good_lemma1_rhs(W, S))
+    assert not checks.check_lemma1_rhs_vs_grad(seeds=(0,)).passed
+    monkeypatch.setattr(linear, "lemma1_rhs", good_lemma1_rhs)
+    # Theorem 2's right-hand side with a decoder update scaled by 1.1
+    monkeypatch.setattr(linear, "theorem2_rhs", lambda *a, **k: (
+        good_t2_rhs(*a, **k)[0], 1.1 * good_t2_rhs(*a, **k)[1]))
+    assert not checks.check_theorem2_rhs_vs_grad(seeds=(0,)).passed
+    assert not checks.check_balance_identity_pointwise().passed
+
+
+def test_an_error_check_passes_only_within_its_tolerance():
+    assert checks.Check("x", 1e-9, 1e-8).passed and checks.Check("x", 1e-8, 1e-8).passed
+    assert not checks.Check("x", 1.1e-8, 1e-8).passed
+    assert not checks.Check("x", float("nan"), 1e-8).passed
+    assert not checks.Check("x", float("nan"), requirement="in [1, 2]", ok=True).passed
+
+
+def test_one_non_centred_row_is_enough_to_be_rejected_by_covariance():
+    # Every existing case offsets all rows; the check must look at each row.
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((3, 500))
+    X -= X.mean(axis=1, keepdims=True)
+    linear.covariance(X)  # centred: accepted
+    X[2] += 3.0
+    with pytest.raises(TheoryInputError, match="zero-mean"):
+        linear.covariance(X)

@@ -7,9 +7,9 @@ import pytest
 
 from tolljax.errors import TollError
 from tolljax.models import build_model
-from tolljax.train import (ProtocolConfig, checkpoint_keys, compile_protocol, create_train_state,
-                           map_in_chunks, protocol, sample_batch_indices, score, train_and_select,
-                           train_step)
+from tolljax.train import (ProtocolConfig, TrainState, checkpoint_keys, compile_protocol,
+                           create_train_state, map_in_chunks, protocol, sample_batch_indices,
+                           score, train_and_select, train_step)
 
 SHORT = dict(beta=10.0, lr=1e-3, batch_size=100, steps=60, eval_every=20, metric="f1")
 
@@ -489,3 +489,149 @@ def test_compiled_protocol_checks_its_arguments(data, three_seeds):
             for k, v in padded.items()}
     np.testing.assert_array_equal(small([0], as64, 10.0)["test_metric"],
                                   small([0], padded, 10.0)["test_metric"])
+
+
+# ------------------------------------------------------------------ audit: closed-form checks
+# The models below make the loss a known function of the step count (Adam's first steps on a
+# constant gradient g move a parameter by exactly -lr·sign(g)), so the loss curve, the selected
+# checkpoint, the failure step and the test scores can be checked against hand-computed values.
+
+
+class _CountingClock(nn.Module):
+    """x̂ = x (+ NaN once c < ``fail_below``; 0.745 is from the 27th step on at lr 0.01) and
+    z = c: the loss is β·|c| until then. ``batch_stats['count']`` counts the training steps, so
+    a selection function can read the step even after the parameters have become NaN."""
+
+    fail_below: float = -1.0  # never
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        count = self.variable("batch_stats", "count", lambda: jnp.zeros((), jnp.int32))
+        if train and not self.is_initializing():
+            count.value = count.value + 1
+        c = self.param("c", lambda key: jnp.float32(1.0))
+        x_hat = x + jnp.where(c < self.fail_below, jnp.nan, 0.0)
+        return x_hat, jnp.broadcast_to(c, (x.shape[0], 1))
+
+
+def _counting_state(lr=0.01, fail_below=-1.0):
+    model = _CountingClock(fail_below)
+    return model, TrainState.create(apply_fn=model.apply, params={"c": jnp.float32(1.0)},
+                                    tx=optax.adam(lr),
+                                    batch_stats={"count": jnp.zeros((), jnp.int32)})
+
+
+def test_loss_curve_is_the_mean_training_loss_of_each_checkpoint():
+    # loss of step k (1-based) = β·(1 − (k − 1)·lr): checkpoint means 1 − 0.095 and 1 − 0.295
+    _, state = _counting_state()
+    select = lambda v: jnp.float32(0.5)  # noqa: E731
+    _, values, losses, bad = jax.jit(lambda st: train_and_select(
+        st, jax.random.key(0), jnp.zeros((10, 3)), 10, select, batch_size=4, steps=40,
+        eval_every=20, beta=1.0))(state)
+    np.testing.assert_allclose(losses, [0.905, 0.705], rtol=1e-4)
+    assert int(bad) == -1
+
+
+def test_a_failed_run_selects_nothing_after_the_first_nonfinite_step():
+    """The loss is NaN from step 27 on; the scripted validation values keep rising (.5, .7, .9)
+    but checkpoints 40 and 60 are failed: value -inf, never selected; the failure is reported
+    at the first non-finite step (27), not the last (60)."""
+    _, state = _counting_state(fail_below=0.745)
+    script = jnp.array([0.5, 0.7, 0.9])
+    select = lambda v: script[v["batch_stats"]["count"] // 20 - 1]  # noqa: E731
+    best, values, _, bad = jax.jit(lambda st: train_and_select(
+        st, jax.random.key(0), jnp.zeros((10, 3)), 10, select, batch_size=4, steps=60,
+        eval_every=20, beta=1.0))(state)
+    assert int(bad) == 27
+    np.testing.assert_array_equal(np.asarray(values), [0.5, -np.inf, -np.inf])
+    assert int(best["step"]) == 20 and float(best["val"]) == 0.5
+    assert float(best["variables"]["params"]["c"]) == pytest.approx(1.0 - 20 * 0.01, abs=1e-4)
+
+
+def test_padding_rows_beyond_n_train_are_never_drawn():
+    # Rows 4..9 are NaN padding: one drawn row would make the loss NaN (x̂ − x = NaN).
+    _, state = _counting_state()
+    train = jnp.concatenate([jnp.zeros((4, 3)), jnp.full((6, 3), jnp.nan)])
+    select = lambda v: jnp.float32(0.5)  # noqa: E731
+    _, _, losses, bad = jax.jit(lambda st: train_and_select(
+        st, jax.random.key(0), train, 4, select, batch_size=4, steps=20, eval_every=10,
+        beta=1.0))(state)
+    assert int(bad) == -1 and np.isfinite(np.asarray(losses)).all()
+
+
+def test_protocol_scores_the_test_set_with_the_selected_checkpoint_and_honours_n_train():
+    """Constant scores give AUROC 0.5 at every checkpoint, so the first (step 20) is kept; its
+    test scores are β·c = 2·(1 − 20·0.01) = 1.6 (the final state would give 2·0.6, the initial
+    one 2·1). ``n_train`` = 4 valid rows of a NaN-padded ``train``: padding never drawn."""
+    model = _CountingClock()
+    config = ProtocolConfig(beta=2.0, lr=0.01, batch_size=4, steps=40, eval_every=20,
+                            metric="auroc")
+    y = jnp.array([0, 0, 1, 1])
+    data = {"train": jnp.concatenate([jnp.zeros((4, 3)), jnp.full((6, 3), jnp.nan)]),
+            "n_train": jnp.int32(4), "val_x": jnp.zeros((4, 3)), "val_y": y,
+            "test_x": jnp.zeros((4, 3)), "test_y": y}
+    out = jax.jit(lambda d: protocol(jax.random.key(0), d, 2.0, model=model, config=config))(data)
+    assert int(out["nonfinite_step"]) == -1 and int(out["best_step"]) == 20
+    np.testing.assert_allclose(out["test_scores"], np.full(4, 1.6), rtol=1e-4)
+    assert float(out["test_metric"]) == 0.5 and bool(out["constant_test_scores"])
+
+
+@pytest.mark.parametrize("norm", [1, 2, "inf"])
+def test_train_step_loss_is_the_batch_mean_of_the_score_in_the_trained_norm(data, norm):
+    # Reference: NumPy norms of the model's own outputs (no BatchNorm: train = eval mode).
+    model = _GridCodeAutoencoder()
+    state = create_train_state(model, jax.random.key(0), (274,), optax.adam(1e-3))
+    batch = data["train"][:16]
+    x_hat, z = model.apply({"params": state.params}, batch)
+    order = {1: 1, 2: 2, "inf": np.inf}[norm]
+    residual = np.asarray(x_hat, np.float64) - np.asarray(batch, np.float64)
+    per_sample = (np.linalg.norm(residual, axis=1)
+                  + 3.0 * np.linalg.norm(np.asarray(z, np.float64).reshape(16, 6), ord=order, axis=1))
+    _, metrics = train_step(state, batch, 3.0, norm)
+    np.testing.assert_allclose(float(metrics["loss"]), per_sample.mean(), rtol=1e-5)
+
+
+def test_a_zero_learning_rate_is_refused():
+    with pytest.raises(TollError, match="--lr must be a positive number, got 0"):
+        ProtocolConfig(**{**SHORT, "lr": 0.0})
+
+
+def test_protocol_reports_no_metric_for_a_run_that_failed_after_its_best_checkpoint():
+    # The loss is NaN from step 27 on; the checkpoint at step 20 (finite, AUROC 0.5) stays the
+    # selected one, but a failed run reports no test metric (its test scores are still those
+    # of step 20: β·c = 2·0.8).
+    model = _CountingClock(fail_below=0.745)
+    config = ProtocolConfig(beta=2.0, lr=0.01, batch_size=4, steps=60, eval_every=20,
+                            metric="auroc")
+    y = jnp.array([0, 0, 1, 1])
+    data = {"train": jnp.zeros((4, 3)), "val_x": jnp.zeros((4, 3)), "val_y": y,
+            "test_x": jnp.zeros((4, 3)), "test_y": y}
+    out = jax.jit(lambda d: protocol(jax.random.key(0), d, 2.0, model=model, config=config))(data)
+    assert int(out["nonfinite_step"]) == 27 and int(out["best_step"]) == 20
+    np.testing.assert_array_equal(np.asarray(out["val_curve"]), [0.5, -np.inf, -np.inf])
+    np.testing.assert_allclose(out["test_scores"], np.full(4, 1.6), rtol=1e-4)
+    assert np.isnan(float(out["test_metric"]))
+
+
+class _Projector(nn.Module):
+    """x̂ = x and z = c·x[:, :2] (c = 1 stays: zero training data give a zero gradient)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        c = self.param("c", lambda key: jnp.float32(1.0))
+        return x, c * x[:, :2]
+
+
+def test_protocol_scores_validation_and_test_in_the_configured_norm():
+    # normal z = (1, 1), anomalous z = (1.9, 0): ||·||_1 gives 2 > 1.9 (AUROC 0), the L2 norm
+    # gives 1.41 < 1.9 (AUROC 1). With norm=1 every checkpoint's validation AUROC is 0.
+    x = jnp.array([[1.0, 1.0, 0.0], [1.9, 0.0, 0.0]])
+    y = jnp.array([0, 1])
+    data = {"train": jnp.zeros((4, 3)), "val_x": x, "val_y": y, "test_x": x, "test_y": y}
+    config = ProtocolConfig(beta=1.0, lr=0.01, batch_size=2, steps=40, eval_every=20,
+                            metric="auroc", norm=1)
+    out = jax.jit(lambda d: protocol(jax.random.key(0), d, 1.0, model=_Projector(),
+                                     config=config))(data)
+    np.testing.assert_array_equal(np.asarray(out["val_curve"]), [0.0, 0.0])
+    np.testing.assert_allclose(out["test_scores"], [2.0, 1.9], rtol=1e-6)
+    assert float(out["test_metric"]) == 0.0
