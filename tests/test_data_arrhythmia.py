@@ -178,3 +178,44 @@ def test_validate_split_names_each_problem(arrhythmia):
 def test_unknown_dataset():
     with pytest.raises(TollError, match="unknown dataset 'mnits'"):
         load_dataset("mnits")
+
+
+def test_split_rounds_each_holdout_count_to_nearest():
+    from tolljax.data.arrhythmia import split_arrhythmia
+
+    # 8 normal rows (0.2·8 = 1.6 → 2) and 3 anomalous rows (0.2·3 = 0.6 → 1): floor would
+    # give 1 and 0. Row i holds the value i, so every part can be named by hand.
+    x = np.arange(11, dtype=np.float64)[:, None] * np.ones((1, 2))
+    y = np.array([0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0])     # normal rows 0,2,3,5,6,7,9,10
+    normal_perm = np.array([7, 6, 5, 4, 3, 2, 1, 0])    # → rows 10,9,7,6,5,3,2,0
+    anomalous_perm = np.array([2, 0, 1])                # → rows 8,1,4
+    s = split_arrhythmia(x, y, normal_perm, anomalous_perm)
+    np.testing.assert_array_equal(s.test_x[:, 0], [10, 9, 8])
+    np.testing.assert_array_equal(s.test_y, [0, 0, 1])
+    np.testing.assert_array_equal(s.val_x[:, 0], [7, 6, 1])
+    np.testing.assert_array_equal(s.val_y, [0, 0, 1])
+    np.testing.assert_array_equal(s.train[:, 0], [5, 3, 2, 0])
+    assert s.train.dtype == s.val_x.dtype == s.test_x.dtype == np.float32
+
+
+@pytest.mark.parametrize("case, message", [
+    # a NaN in the file: was carried into the split without a word
+    ("nan", r"X contains 1 NaN/inf values \(rows \[3\]\); clean or impute"),
+    # a large *negative* value: float32 would turn it into -inf
+    ("negative_overflow", r"X holds 1 values beyond the float32 range \(\|x\| > 3.4e38, rows "
+                          r"\[2\]\)"),
+    # one label fewer than rows: was an IndexError from the boolean mask
+    ("rows", r"X has shape \(452, 274\) and y has 451 labels; they must agree"),
+])
+def test_file_values_and_shapes_the_split_cannot_use_are_named(tmp_path, case, message):
+    mat = scipy.io.loadmat(str(shipped_file("arrhythmia.mat")))
+    x, y = mat["X"].astype(np.float64), mat["y"].ravel()
+    if case == "nan":
+        x[3, 5] = np.nan
+    elif case == "negative_overflow":
+        x[2, 0] = -1e300
+    else:
+        y = y[:-1]
+    scipy.io.savemat(str(tmp_path / "arrhythmia.mat"), {"X": x, "y": y.reshape(-1, 1)})
+    with pytest.raises(TollError, match=message):
+        load_arrhythmia(tmp_path)

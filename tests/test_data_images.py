@@ -780,3 +780,61 @@ def test_a_cifar_archive_without_a_member_is_named(tmp_path, rng):
     with pytest.raises(TollError, match="has no member cifar-10-batches-py/test_batch; expected "
                                         "the official cifar-10-python.tar.gz"):
         img.read_raw("cifar10", tmp_path)
+
+
+def test_idx_file_longer_than_its_header_says_is_named():
+    from tolljax.data.idx import parse_idx
+
+    # labels header for 3 items, then 4 data bytes: one byte more than declared
+    buf = bytes([0, 0, 8, 1]) + (3).to_bytes(4, "big") + bytes([1, 2, 3, 4])
+    with pytest.raises(TollError, match=r"<bytes> is longer than its header says: the header "
+                                        r"declares shape 3 = 3 bytes of data, the file holds 4"):
+        parse_idx(buf, magic=IDX_LABELS_MAGIC)
+    np.testing.assert_array_equal(parse_idx(buf[:-1], magic=IDX_LABELS_MAGIC), [1, 2, 3])
+
+
+def test_gcn_of_a_constant_image_is_zero_not_nan():
+    import warnings
+
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    images[0] = 255  # constant (255/255 = 1 exactly, so its float32 mean is exact): deviation 0
+    images[1, :16] = 200                           # half 200, half 0: ±100/255 around the mean
+    lo, hi = img.cifar_minmax("cifar100", 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # no "invalid value in divide"
+        out = img.preprocess("cifar100", images, 4)
+    np.testing.assert_allclose(out[0], np.full((32, 32, 3), -lo / (hi - lo)), rtol=1e-6)
+    # image 1 by hand: deviations are ±(100/255), their mean absolute value 100/255 → ±1
+    np.testing.assert_allclose(out[1, :16], np.full((16, 32, 3), (1 - lo) / (hi - lo)), rtol=1e-5)
+    np.testing.assert_allclose(out[1, 16:], np.full((16, 32, 3), (-1 - lo) / (hi - lo)), rtol=1e-5)
+
+
+
+def test_a_negative_validation_index_is_refused_not_wrapped():
+    # -1 would select the last training image (NumPy wraps) and keep[-1] would drop it.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (40, 28, 28, 1), np.uint8)
+    y = np.repeat(np.arange(4), 10)
+    with pytest.raises(TollError, match="mnist: validation index -1 is out of range for a "
+                                        "training split of 40 images"):
+        img.make_split("mnist", x, y, x, y, 1, [0, 15, -1])
+    with pytest.raises(TollError, match="non-empty 1-D integer array"):
+        img.make_split("mnist", x, y, x, y, 1, [0.0, 15.0])
+
+
+def test_preprocess_converts_every_chunk(monkeypatch):
+    # Images are converted _CHUNK at a time into an np.empty array; with a chunk of 4, 10
+    # images take three chunks (the last partial). Every image must match the formula (a
+    # skipped chunk would leave uninitialised memory, caught before only when it held NaN).
+    rng = np.random.default_rng(5)
+    monkeypatch.setattr(img, "_CHUNK", 4)
+    gray = rng.integers(0, 256, (10, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_allclose(img.preprocess("fmnist", gray),
+                               (gray / 255 - 0.2860) / 0.3530, rtol=1e-5, atol=1e-5)
+    color = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    lo, hi = img.cifar_minmax("cifar10", 3)
+    x = color / 255
+    x = x - x.mean(axis=(1, 2, 3), keepdims=True)
+    x = x / np.abs(x).mean(axis=(1, 2, 3), keepdims=True)
+    np.testing.assert_allclose(img.preprocess("cifar10", color, 3), (x - lo) / (hi - lo),
+                               rtol=1e-5, atol=1e-5)

@@ -385,3 +385,38 @@ def test_register_model_checks_its_arguments(args, message):
     with pytest.raises(TollError, match=message):
         register_model(*args)
     assert "m" not in model_names()
+
+
+def test_arrhythmia_mlp_torch_init_and_forward_by_hand():
+    """Appendix B.3 by hand in NumPy: Linear-BN-ReLU-Linear-BN-ReLU-Linear per half, every
+    Linear ~ U(±1/√fan_in) with PyTorch's fan_in = its input width."""
+    model = build_model("arrhythmia")
+    variables = init_variables(model, jax.random.key(3), (274,))
+    params = jax.tree_util.tree_map(np.asarray, variables["params"])
+    fan_ins = {"encoder": (274, 256, 128), "decoder": (16, 128, 256)}
+    widths = {"encoder": (256, 128, 16), "decoder": (128, 256, 274)}
+    for half in ("encoder", "decoder"):
+        for i, (fan_in, width) in enumerate(zip(fan_ins[half], widths[half])):
+            dense = params[half][f"Dense_{i}"]
+            assert dense["kernel"].shape == (fan_in, width)
+            bound = 1 / np.sqrt(fan_in)
+            for value in (dense["kernel"], dense["bias"]):
+                assert bound * 0.9 <= np.abs(value).max() <= bound * (1 + 1e-6), (half, i)
+
+    def half_by_hand(h, p, train):
+        for i in range(3):
+            h = h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"]
+            if i < 2:  # BN (fresh: scale 1, bias 0, running mean 0, var 1; eps 1e-5) + ReLU
+                mean, var = (h.mean(0), h.var(0)) if train else (0.0, 1.0)
+                h = np.maximum((h - mean) / np.sqrt(var + 1e-5), 0.0)
+        return h
+
+    x = np.random.default_rng(0).normal(size=(8, 274)).astype(np.float32) * 3 - 1
+    for train in (False, True):
+        kwargs = {"mutable": ["batch_stats"]} if train else {}
+        out = model.apply(variables, jnp.asarray(x), train=train, **kwargs)
+        x_hat, z = out[0] if train else out
+        z_ref = half_by_hand(x.astype(np.float64), params["encoder"], train)
+        np.testing.assert_allclose(z, z_ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(x_hat, half_by_hand(z_ref, params["decoder"], train),
+                                   rtol=1e-4, atol=1e-4)

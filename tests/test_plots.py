@@ -366,3 +366,76 @@ def test_saved_figures_are_byte_reproducible(tmp_path):
         assert a.read_bytes() == b.read_bytes(), fmt  # SVG: random clip-path and marker ids
     assert b"/CreationDate" not in (tmp_path / "a.pdf").read_bytes()
     assert b"<dc:date>" not in (tmp_path / "a.svg").read_bytes()  # was the time of saving
+
+
+def test_curves_are_drawn_at_the_checkpoint_steps(monkeypatch, tmp_path):
+    figs = _figures(monkeypatch, tmp_path, classes=(0, 2))
+    results = json.loads((tmp_path / "res" / "results.json").read_text())
+    run = results["runs"][0]
+    # eval_every 20 and 8 checkpoints: the first checkpoint is after 20 steps
+    steps = [20, 40, 60, 80, 100, 120, 140, 160]
+    val_ax = figs["val_curve"].axes[0]
+    lines = {ln.get_label(): ln for ln in val_ax.lines}
+    seed_lines = [ln for ln in val_ax.lines if ln.get_label().startswith("_")]
+    assert len(seed_lines) == 3
+    for ln, row in zip(seed_lines, run["val_curve"]):
+        np.testing.assert_array_equal(ln.get_xdata(), steps)
+        np.testing.assert_array_equal(ln.get_ydata(), row)
+    mean = lines["mean over seeds"]
+    np.testing.assert_array_equal(mean.get_xdata(), steps)
+    np.testing.assert_allclose(mean.get_ydata(), np.mean(run["val_curve"], axis=0), rtol=1e-12)
+    # the selected checkpoints: (best_step, best_val_metric) per seed
+    stars = val_ax.collections[-1].get_offsets()
+    np.testing.assert_allclose(stars, np.c_[run["best_step"], run["best_val_metric"]])
+    loss_mean = {ln.get_label(): ln for ln in figs["loss_curve"].axes[0].lines}["mean over seeds"]
+    np.testing.assert_array_equal(loss_mean.get_xdata(), steps)
+    np.testing.assert_allclose(loss_mean.get_ydata(), np.mean(run["loss_curve"], axis=0), rtol=1e-12)
+    # class 2: seed 1 failed after checkpoint 3 (null): from there the mean is of seeds 0 and 2
+    curves = results["runs"][1]["val_curve"]
+    assert curves[1][3:] == [None] * 5
+    expect = [np.mean([curves[0][j], curves[2][j]] + ([curves[1][j]] if j < 3 else []))
+              for j in range(8)]
+    mean2 = {ln.get_label(): ln for ln in figs["val_curve"].axes[1].lines}["mean over seeds"]
+    np.testing.assert_allclose(mean2.get_ydata(), expect, rtol=1e-12)
+
+
+def test_arrhythmia_histogram_marks_the_f1_rules_threshold(monkeypatch, tmp_path):
+    import re
+
+    def edit(r):
+        r["config"]["dataset"], r["metric"] = "arrhythmia", "f1"
+
+    ax = _figures(monkeypatch, tmp_path, edit, classes=(0,))["score_hist"].axes[0]
+    seed = int(re.search(r"seed (\d+) \(median", ax.get_title()).group(1))
+    row = load_scores(tmp_path / "res")["0"][0][seed].astype(np.float64)
+    # the F1 rule flags all but the normal fraction 0.854 (386/452 of ODDS Arrhythmia) of the
+    # scores: round(0.854 · 200) = 171 normal, the top 29 flagged
+    (line,) = [ln for ln in ax.lines if ln.get_label().startswith("F1 rule")]
+    assert line.get_label() == "F1 rule: top 29 flagged"
+    cut = line.get_xdata()[0]
+    assert (row > cut).sum() == 29 and (row < cut).sum() == 171  # no score on the line
+
+
+def test_panel_labels_name_the_class():
+    runs = [{"normal_class": 0}, {"normal_class": 9}]
+    assert plots._labels({"config": {"dataset": "cifar10"}, "runs": runs}) == ["0: airplane",
+                                                                              "9: truck"]
+    assert plots._labels({"config": {"dataset": "fmnist"}, "runs": runs}) == ["0: T-shirt/top",
+                                                                             "9: Ankle boot"]
+    # digits are their own names; one normal set; an unknown dataset falls back to numbers
+    assert plots._labels({"config": {"dataset": "mnist"}, "runs": runs}) == ["class 0", "class 9"]
+    assert plots._labels({"config": {"dataset": "arrhythmia"},
+                          "runs": [{"normal_class": None}]}) == ["arrhythmia (one normal set)"]
+    assert plots._labels({"config": {}, "dataset": "x", "runs": runs}) == ["class 0", "class 9"]
+
+
+def test_per_seed_label_rows_must_agree(tmp_path):
+    labels = np.array([0, 1, 1, 0, 1])
+    scores = np.arange(10.0).reshape(2, 5)
+    save_scores(tmp_path, 3, scores, np.stack([labels, labels]))  # one row per seed: accepted
+    got_scores, got_labels = load_scores(tmp_path)["3"]
+    np.testing.assert_array_equal(got_labels, labels)
+    np.testing.assert_array_equal(got_scores, scores)
+    other = np.stack([labels, 1 - labels])
+    with pytest.raises(TollError, match="labels for class 3 differ between seeds; pass one row"):
+        save_scores(tmp_path, 3, scores, other)

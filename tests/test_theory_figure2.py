@@ -232,3 +232,54 @@ def test_half_axis_ratio_of_the_beta0_flow_is_large_not_infinite():
     assert 1e6 < ratio < np.inf
     W1, W2 = np.array([[1.0, 0.0]]), np.array([[1.0], [0.0]])  # exactly PCA: Q11 = 0
     assert figure2.half_axis_ratio(W1, W2, 0.0) == np.inf
+
+
+def test_sample_has_the_figures_covariance():
+    x = figure2.sample(200_000, seed=3)
+    assert x.shape == (200_000, 2)
+    # N(0, diag(4, 1)): std 2 along x1, 1 along x2, uncorrelated (sampling error ~0.3 %)
+    np.testing.assert_allclose(np.cov(x.T), [[4.0, 0.0], [0.0, 1.0]], atol=0.05)
+    np.testing.assert_allclose(x.mean(axis=0), [0.0, 0.0], atol=0.02)
+
+
+def test_mahalanobis_sq_is_the_gaussians_log_density_level():
+    from scipy.stats import multivariate_normal
+
+    x = np.array([[2.0, 0.0], [0.0, 1.0], [2.0, 1.0], [-1.0, 3.0], [0.0, 0.0]])
+    np.testing.assert_allclose(figure2.mahalanobis_sq(x), [1.0, 1.0, 2.0, 9.25, 0.0], rtol=1e-15)
+    g = multivariate_normal(mean=[0.0, 0.0], cov=[[4.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(figure2.mahalanobis_sq(x), -2 * (g.logpdf(x) - g.logpdf([0, 0])),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_fit_path_is_the_gradient_flow_of_the_weighted_loss():
+    """dW/dt = −∇ℓ with ℓ = ½·E[(1 − β)·||W2 W1 x − x||² + β·||W1 x||²] over N(0, diag(4, 1))
+    (half the mean score: the module's convention), written out by hand here; the velocity
+    comes from central differences of the solver's path, the gradient from differences of ℓ."""
+    beta, cov = 0.7, np.diag([4.0, 1.0])
+
+    def loss(w):
+        W1, W2 = w[:2].reshape(1, 2), w[2:].reshape(2, 1)
+        E = W2 @ W1 - np.eye(2)
+        return 0.5 * ((1 - beta) * np.trace(E @ cov @ E.T) + beta * np.trace(W1 @ cov @ W1.T))
+
+    def grad(w, h=1e-6):
+        return np.array([(loss(w + h * e) - loss(w - h * e)) / (2 * h) for e in np.eye(4)])
+
+    for t in (0.5, 2.0, 8.0):
+        W1s, W2s = figure2.fit_path(beta, np.array([t - 1e-4, t, t + 1e-4]))
+        w = [np.r_[a.ravel(), b.ravel()] for a, b in zip(W1s, W2s)]
+        velocity = (w[2] - w[0]) / 2e-4
+        np.testing.assert_allclose(velocity, -grad(w[1]), rtol=1e-5, atol=1e-8 * np.abs(velocity).max())
+
+
+def test_initial_weights_are_small_gaussians():
+    # N(0, 0.1²) i.i.d. (module docstring): 4 weights × 1000 seeds; the bounds are 4 standard
+    # errors (std: 0.1/√8000 ≈ 0.0011, mean: 0.1/√4000 ≈ 0.0016)
+    w = np.concatenate([np.r_[a.ravel(), b.ravel()]
+                        for a, b in (figure2.init_weights(seed) for seed in range(1000))])
+    assert w.size == 4000
+    assert abs(w.std() - 0.1) < 0.0045 and abs(w.mean()) < 0.0065
+    a, b = figure2.init_weights(7, init_scale=2.0)
+    c, d = figure2.init_weights(7, init_scale=1.0)
+    np.testing.assert_allclose(np.r_[a.ravel(), b.ravel()], 2 * np.r_[c.ravel(), d.ravel()], rtol=1e-15)
