@@ -809,6 +809,20 @@ def test_gcn_of_a_constant_image_is_zero_not_nan():
     np.testing.assert_allclose(out[1, 16:], np.full((16, 32, 3), (-1 - lo) / (hi - lo)), rtol=1e-5)
 
 
+def test_gcn_of_every_constant_image_is_zero():
+    # Found by the mutation audit: the float32 mean of a constant 77/255 image is off by an
+    # ulp, so centring left the same tiny ±ε everywhere and the image came out all ±1.
+    images = np.repeat(np.arange(256, dtype=np.uint8), 32 * 32 * 3).reshape(256, 32, 32, 3)
+    x = images.astype(np.float32) / np.float32(255)
+    with np.errstate(all="raise"):
+        out = img.gcn_l1(x.copy())
+    assert not out.any()
+    # a non-constant image is normalised as before: mean 0, mean absolute value 1
+    y = img.gcn_l1(np.linspace(0, 1, 2 * 12, dtype=np.float32).reshape(2, 2, 2, 3) ** 2)
+    flat = y.reshape(2, -1).astype(np.float64)
+    np.testing.assert_allclose(flat.mean(axis=1), 0, atol=1e-6)
+    np.testing.assert_allclose(np.abs(flat).mean(axis=1), 1, rtol=1e-6)
+
 
 def test_a_negative_validation_index_is_refused_not_wrapped():
     # -1 would select the last training image (NumPy wraps) and keep[-1] would drop it.

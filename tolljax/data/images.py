@@ -131,9 +131,14 @@ def gcn_l1(x: np.ndarray) -> np.ndarray:
     result. A constant image (mean absolute value 0) becomes all zeros instead of NaN.
     """
     flat = x.reshape(x.shape[0], -1)
+    # Constant images are found on the input, not by a zero scale after centring: the float32
+    # mean of a constant 77/255 image is off by an ulp, which made every deviation the same
+    # ±ε and the image all ±1 instead of zeros. Other images are unchanged, bit for bit.
+    constant = (flat.max(axis=1) == flat.min(axis=1))[:, None]
     flat -= flat.mean(axis=1, keepdims=True)
+    flat[constant[:, 0]] = 0
     scale = np.abs(flat).mean(axis=1, keepdims=True)
-    flat /= np.where(scale > 0, scale, 1).astype(flat.dtype)
+    flat /= np.where(constant, 1, scale).astype(flat.dtype)
     return x
 
 
