@@ -134,11 +134,11 @@ def gcn_l1(x: np.ndarray) -> np.ndarray:
     # Constant images are found on the input, not by a zero scale after centring: the float32
     # mean of a constant 77/255 image is off by an ulp, which made every deviation the same
     # ±ε and the image all ±1 instead of zeros. Other images are unchanged, bit for bit.
-    constant = (flat.max(axis=1) == flat.min(axis=1))[:, None]
+    constant = flat.max(axis=1) == flat.min(axis=1)
     flat -= flat.mean(axis=1, keepdims=True)
-    flat[constant[:, 0]] = 0
+    flat[constant] = 0
     scale = np.abs(flat).mean(axis=1, keepdims=True)
-    flat /= np.where(constant, 1, scale).astype(flat.dtype)
+    flat /= np.where(constant[:, None], 1, scale).astype(flat.dtype)
     return x
 
 
