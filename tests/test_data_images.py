@@ -797,7 +797,7 @@ def test_gcn_of_a_constant_image_is_zero_not_nan():
     import warnings
 
     images = np.zeros((2, 32, 32, 3), np.uint8)
-    images[0] = 255  # constant (255/255 = 1 exactly, so its float32 mean is exact): deviation 0
+    images[0] = 255  # constant: no deviation, so zeros before the min-max scaling
     images[1, :16] = 200                           # half 200, half 0: ±100/255 around the mean
     lo, hi = img.cifar_minmax("cifar100", 4)
     with warnings.catch_warnings():
